@@ -1,0 +1,96 @@
+//! Commands that travel through Raft, and their outcomes.
+
+use causeway_proto::{ClusterId, EndpointKey};
+use serde::{Deserialize, Serialize};
+
+/// One change to the catalog. Everything a command needs is inside it (including "now" for
+/// time-dependent checks, chosen by the proposer), so applying it is deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First command of a cluster: its key and name, shared with every member through Raft.
+    InitCluster {
+        cluster_id: ClusterId,
+        cluster_secret: [u8; 32],
+        name: String,
+    },
+    RegisterResource {
+        name: String,
+        kind: String,
+        owner: String,
+        registered_at_ms: u64,
+    },
+    CreateInvite {
+        invite_id: [u8; 16],
+        secret_hash: [u8; 32],
+        expires_at_ms: u64,
+        created_by: EndpointKey,
+    },
+    RedeemInvite {
+        invite_id: [u8; 16],
+        secret_hash: [u8; 32],
+        joiner: EndpointKey,
+        now_ms: u64,
+    },
+}
+
+impl Command {
+    /// Short name for logs; never includes secrets.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "init-cluster",
+            Command::RegisterResource { .. } => "register-resource",
+            Command::CreateInvite { .. } => "create-invite",
+            Command::RedeemInvite { .. } => "redeem-invite",
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// What applying a command produced. A rejection is a committed, deterministic outcome (every
+/// member agrees the command changed nothing), not a storage failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    /// Membership changes and blank entries.
+    #[default]
+    Applied,
+    ClusterInitialized,
+    ResourceRegistered(Resource),
+    InviteCreated,
+    InviteRedeemed,
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("cluster is already initialized")]
+    AlreadyInitialized,
+    #[error("a resource named {0:?} already exists")]
+    ResourceExists(String),
+    #[error("invalid resource: {0}")]
+    Invalid(String),
+    #[error("invite ticket is unknown to this cluster (forged, or made by another cluster)")]
+    InviteUnknown,
+    #[error("invite ticket was already used")]
+    InviteUsed,
+    #[error("invite ticket has expired")]
+    InviteExpired,
+    #[error("invite ticket secret does not match (forged ticket)")]
+    InviteForged,
+    #[error("invite id already exists")]
+    InviteExists,
+}
+
+/// A resource registered for federation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    pub kind: String,
+    pub owner: String,
+    pub version: u64,
+    pub registered_at_ms: u64,
+}

@@ -1,0 +1,10 @@
+//! The replicated state of one cluster: its identity, resources and invites, as redb tables,
+//! and the commands that change them. Applying a command is deterministic, so every member that
+//! applies the same log reaches the same tables.
+
+pub mod command;
+pub mod state;
+pub mod validate;
+
+pub use command::{Command, CommandResult, Rejection, Resource};
+pub use state::{CatalogError, CatalogSnapshot, ClusterIdentity, Invite, InviteState};

@@ -1,0 +1,383 @@
+//! The catalog tables in redb and the deterministic apply of commands to them, plus export and
+//! import of the whole catalog for Raft snapshots.
+
+use causeway_proto::{ClusterId, EndpointKey};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Rejection, Resource};
+use crate::validate;
+
+/// Singletons such as the cluster identity.
+const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_cluster");
+/// Resource name (UTF-8) to postcard `Resource`.
+const RESOURCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_resources");
+/// Invite id to postcard `Invite`.
+const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_invites");
+
+/// Every catalog table, in snapshot order.
+const ALL_TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [CLUSTER, RESOURCES, INVITES];
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
+/// Largest page a list call returns.
+pub const MAX_PAGE: usize = 1000;
+/// Largest stored record decoded from the tables.
+const MAX_RECORD: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog storage: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("catalog record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CatalogError {
+            fn from(e: $t) -> Self { CatalogError::Storage(e.into()) }
+        }
+    )*};
+}
+storage_from!(redb::TableError, redb::StorageError);
+
+/// The cluster's key and name, replicated to every member.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub cluster_id: ClusterId,
+    pub cluster_secret: [u8; 32],
+    pub name: String,
+}
+
+impl std::fmt::Debug for ClusterIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterIdentity")
+            .field("cluster_id", &self.cluster_id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum InviteState {
+    Open,
+    Used { by: EndpointKey, at_ms: u64 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Invite {
+    pub secret_hash: [u8; 32],
+    pub expires_at_ms: u64,
+    pub created_by: EndpointKey,
+    pub state: InviteState,
+}
+
+/// The whole catalog as plain rows, for a Raft snapshot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogSnapshot {
+    /// One entry per table in `ALL_TABLES` order: its rows as (key, value).
+    pub tables: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CatalogError> {
+    causeway_proto::decode(bytes, MAX_RECORD).map_err(|e| CatalogError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
+    causeway_proto::encode(value, MAX_RECORD).map_err(|e| CatalogError::Corrupt(e.to_string()))
+}
+
+/// Creates the catalog tables so later read transactions find them.
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
+    for t in ALL_TABLES {
+        txn.open_table(t)?;
+    }
+    Ok(())
+}
+
+/// Applies one committed command. Storage errors are returned (the caller must stop, as the
+/// state machine cannot skip an entry); rule violations become `CommandResult::Rejected`.
+pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    match cmd {
+        Command::InitCluster {
+            cluster_id,
+            cluster_secret,
+            name,
+        } => {
+            let mut t = txn.open_table(CLUSTER)?;
+            if t.get(IDENTITY_KEY)?.is_some() {
+                return Ok(CommandResult::Rejected(Rejection::AlreadyInitialized));
+            }
+            let identity = ClusterIdentity {
+                cluster_id: *cluster_id,
+                cluster_secret: *cluster_secret,
+                name: name.clone(),
+            };
+            t.insert(IDENTITY_KEY, encode(&identity)?.as_slice())?;
+            Ok(CommandResult::ClusterInitialized)
+        }
+        Command::RegisterResource {
+            name,
+            kind,
+            owner,
+            registered_at_ms,
+        } => {
+            if let Err(e) = validate::resource_name(name)
+                .and_then(|_| validate::kind(kind))
+                .and_then(|_| validate::owner(owner))
+            {
+                return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
+            }
+            let mut t = txn.open_table(RESOURCES)?;
+            if t.get(name.as_bytes())?.is_some() {
+                return Ok(CommandResult::Rejected(Rejection::ResourceExists(name.clone())));
+            }
+            let resource = Resource {
+                name: name.clone(),
+                kind: kind.clone(),
+                owner: owner.clone(),
+                version: 0,
+                registered_at_ms: *registered_at_ms,
+            };
+            t.insert(name.as_bytes(), encode(&resource)?.as_slice())?;
+            Ok(CommandResult::ResourceRegistered(resource))
+        }
+        Command::CreateInvite {
+            invite_id,
+            secret_hash,
+            expires_at_ms,
+            created_by,
+        } => {
+            let mut t = txn.open_table(INVITES)?;
+            if t.get(invite_id.as_slice())?.is_some() {
+                return Ok(CommandResult::Rejected(Rejection::InviteExists));
+            }
+            let invite = Invite {
+                secret_hash: *secret_hash,
+                expires_at_ms: *expires_at_ms,
+                created_by: *created_by,
+                state: InviteState::Open,
+            };
+            t.insert(invite_id.as_slice(), encode(&invite)?.as_slice())?;
+            Ok(CommandResult::InviteCreated)
+        }
+        Command::RedeemInvite {
+            invite_id,
+            secret_hash,
+            joiner,
+            now_ms,
+        } => {
+            let mut t = txn.open_table(INVITES)?;
+            let Some(mut invite) = t.get(invite_id.as_slice())?.map(|v| decode::<Invite>(v.value())).transpose()?
+            else {
+                return Ok(CommandResult::Rejected(Rejection::InviteUnknown));
+            };
+            if invite.secret_hash != *secret_hash {
+                return Ok(CommandResult::Rejected(Rejection::InviteForged));
+            }
+            if invite.state != InviteState::Open {
+                return Ok(CommandResult::Rejected(Rejection::InviteUsed));
+            }
+            if *now_ms > invite.expires_at_ms {
+                return Ok(CommandResult::Rejected(Rejection::InviteExpired));
+            }
+            invite.state = InviteState::Used {
+                by: *joiner,
+                at_ms: *now_ms,
+            };
+            t.insert(invite_id.as_slice(), encode(&invite)?.as_slice())?;
+            Ok(CommandResult::InviteRedeemed)
+        }
+    }
+}
+
+/// The cluster identity, once `InitCluster` has been applied.
+pub fn cluster_identity(txn: &ReadTransaction) -> Result<Option<ClusterIdentity>, CatalogError> {
+    let t = match txn.open_table(CLUSTER) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(IDENTITY_KEY)?.map(|v| decode(v.value())).transpose()
+}
+
+pub fn get_resource(txn: &ReadTransaction, name: &str) -> Result<Option<Resource>, CatalogError> {
+    let t = match txn.open_table(RESOURCES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
+}
+
+/// One page of resources in name order, starting strictly after `after`.
+pub fn list_resources(
+    txn: &ReadTransaction,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Resource>, CatalogError> {
+    let t = match txn.open_table(RESOURCES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let limit = limit.clamp(1, MAX_PAGE);
+    let mut out = Vec::with_capacity(limit.min(64));
+    let range = match after {
+        Some(a) => t.range::<&[u8]>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded))?,
+        None => t.range::<&[u8]>(..)?,
+    };
+    for row in range {
+        let (_, v) = row?;
+        out.push(decode(v.value())?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub fn get_invite(txn: &ReadTransaction, invite_id: &[u8; 16]) -> Result<Option<Invite>, CatalogError> {
+    let t = match txn.open_table(INVITES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(invite_id.as_slice())?.map(|v| decode(v.value())).transpose()
+}
+
+/// Copies every catalog row out, for a snapshot.
+pub fn export(txn: &ReadTransaction) -> Result<CatalogSnapshot, CatalogError> {
+    let mut snap = CatalogSnapshot::default();
+    for def in ALL_TABLES {
+        let mut rows = Vec::new();
+        match txn.open_table(def) {
+            Ok(t) => {
+                for row in t.range::<&[u8]>(..)? {
+                    let (k, v) = row?;
+                    rows.push((k.value().to_vec(), v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        snap.tables.push(rows);
+    }
+    Ok(snap)
+}
+
+/// Replaces the whole catalog with a snapshot's rows.
+pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), CatalogError> {
+    if snap.tables.len() > ALL_TABLES.len() {
+        return Err(CatalogError::Corrupt(format!(
+            "snapshot has {} tables, this version knows {}",
+            snap.tables.len(),
+            ALL_TABLES.len()
+        )));
+    }
+    for (i, def) in ALL_TABLES.into_iter().enumerate() {
+        txn.delete_table(def).map_err(|e| CatalogError::Storage(e.into()))?;
+        let mut t = txn.open_table(def)?;
+        if let Some(rows) = snap.tables.get(i) {
+            for (k, v) in rows {
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableDatabase};
+
+    fn db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("c.redb")).unwrap();
+        (dir, db)
+    }
+
+    fn run(db: &Database, cmd: Command) -> CommandResult {
+        let txn = db.begin_write().unwrap();
+        let r = apply(&txn, &cmd).unwrap();
+        txn.commit().unwrap();
+        r
+    }
+
+    fn register(name: &str) -> Command {
+        Command::RegisterResource {
+            name: name.into(),
+            kind: "artifact".into(),
+            owner: "ci".into(),
+            registered_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn register_list_and_duplicates() {
+        let (_d, db) = db();
+        assert!(matches!(run(&db, register("b")), CommandResult::ResourceRegistered(_)));
+        assert!(matches!(run(&db, register("a")), CommandResult::ResourceRegistered(_)));
+        assert_eq!(
+            run(&db, register("a")),
+            CommandResult::Rejected(Rejection::ResourceExists("a".into()))
+        );
+        assert!(matches!(run(&db, register("")), CommandResult::Rejected(Rejection::Invalid(_))));
+        let r = db.begin_read().unwrap();
+        let names: Vec<_> = list_resources(&r, None, 10).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        let page: Vec<_> = list_resources(&r, Some("a"), 10).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(page, ["b"]);
+    }
+
+    #[test]
+    fn invites_are_one_time_and_expire() {
+        let (_d, db) = db();
+        let me = EndpointKey([9; 32]);
+        let create = |id: u8, exp| Command::CreateInvite {
+            invite_id: [id; 16],
+            secret_hash: [1; 32],
+            expires_at_ms: exp,
+            created_by: me,
+        };
+        let redeem = |id: u8, hash: u8, now| Command::RedeemInvite {
+            invite_id: [id; 16],
+            secret_hash: [hash; 32],
+            joiner: EndpointKey([7; 32]),
+            now_ms: now,
+        };
+        assert_eq!(run(&db, create(1, 100)), CommandResult::InviteCreated);
+        assert_eq!(run(&db, redeem(1, 2, 50)), CommandResult::Rejected(Rejection::InviteForged));
+        assert_eq!(run(&db, redeem(1, 1, 50)), CommandResult::InviteRedeemed);
+        assert_eq!(run(&db, redeem(1, 1, 60)), CommandResult::Rejected(Rejection::InviteUsed));
+        assert_eq!(run(&db, create(2, 100)), CommandResult::InviteCreated);
+        assert_eq!(run(&db, redeem(2, 1, 101)), CommandResult::Rejected(Rejection::InviteExpired));
+        assert_eq!(run(&db, redeem(3, 1, 1)), CommandResult::Rejected(Rejection::InviteUnknown));
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let (_d, db) = db();
+        run(&db, register("x"));
+        run(
+            &db,
+            Command::InitCluster {
+                cluster_id: ClusterId([1; 32]),
+                cluster_secret: [2; 32],
+                name: "alpha".into(),
+            },
+        );
+        let snap = export(&db.begin_read().unwrap()).unwrap();
+        let (_d2, other) = super::tests::db();
+        run(&other, register("stale"));
+        let txn = other.begin_write().unwrap();
+        import(&txn, &snap).unwrap();
+        txn.commit().unwrap();
+        let r = other.begin_read().unwrap();
+        assert_eq!(export(&r).unwrap(), snap);
+        assert!(get_resource(&r, "stale").unwrap().is_none());
+        assert_eq!(cluster_identity(&r).unwrap().unwrap().name, "alpha");
+    }
+}

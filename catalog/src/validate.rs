@@ -1,0 +1,90 @@
+//! Input rules for names and kinds, shared by the CLI (to fail early) and the state machine (to
+//! stay correct whatever a proposer sends).
+
+/// Longest resource name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest kind, in bytes.
+pub const MAX_KIND_LEN: usize = 64;
+/// Longest owner, in bytes.
+pub const MAX_OWNER_LEN: usize = 128;
+/// Longest cluster name, in bytes.
+pub const MAX_CLUSTER_NAME_LEN: usize = 64;
+
+fn plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A resource name: 1..=200 bytes of letters, digits, `-`, `_`, `.` and `/`, not starting with
+/// `.` or `/` (names become paths of mirror repositories).
+pub fn resource_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("name is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.starts_with(['.', '/']) || name.contains("..") || name.ends_with('/') {
+        return Err(format!("name {name:?} may not start with '.' or '/', contain '..' or end with '/'"));
+    }
+    if let Some(c) = name.chars().find(|&c| !(plain(c) || c == '/')) {
+        return Err(format!("name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '/'"));
+    }
+    Ok(())
+}
+
+/// A kind: `segment` or `segment/segment`, each lowercase letters, digits, `-`, `_`, `.`.
+pub fn kind(kind: &str) -> Result<(), String> {
+    if kind.is_empty() || kind.len() > MAX_KIND_LEN {
+        return Err(format!("kind must be 1..={MAX_KIND_LEN} bytes"));
+    }
+    let ok_segment = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+    };
+    let segments: Vec<&str> = kind.split('/').collect();
+    if segments.len() > 2 || !segments.iter().all(|s| ok_segment(s)) {
+        return Err(format!(
+            "invalid kind {kind:?}: use lowercase words like \"artifact\" or \"forge/repo\""
+        ));
+    }
+    Ok(())
+}
+
+pub fn owner(owner: &str) -> Result<(), String> {
+    if owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
+        return Err(format!("owner must be at most {MAX_OWNER_LEN} bytes without control characters"));
+    }
+    Ok(())
+}
+
+pub fn cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CLUSTER_NAME_LEN || !name.chars().all(plain) {
+        return Err(format!(
+            "cluster name {name:?} must be 1..={MAX_CLUSTER_NAME_LEN} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(resource_name("infra-tools").is_ok());
+        assert!(resource_name("team/infra.tools_2").is_ok());
+        for bad in ["", ".hidden", "/abs", "a/../b", "a b", "x/", &"n".repeat(MAX_NAME_LEN + 1)] {
+            assert!(resource_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        for good in ["artifact", "forge/repo", "monitoring/dashboard", "edge/zone"] {
+            assert!(kind(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Forge/Repo", "a/b/c", "/x", "x/", "sp ace"] {
+            assert!(kind(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Wire types shared by every Causeway crate: protocol names, identifiers, size-limited
+//! postcard framing and the invite ticket. Nothing here performs I/O.
+
+pub mod alpn;
+pub mod frame;
+pub mod ids;
+pub mod ticket;
+
+pub use frame::{FrameError, decode, encode};
+pub use ids::{ClusterId, EndpointKey, IdParseError};
+pub use ticket::{InviteTicket, TicketError};

@@ -1,0 +1,194 @@
+//! The client side of `causeway/raft/1`: how this member sends Raft RPCs and forwarded requests
+//! to another member over iroh. One cached QUIC connection per peer, one stream per request.
+
+use std::time::Duration;
+
+use causeway_proto::EndpointKey;
+use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::Connection};
+use openraft::{
+    RaftNetworkFactory, RaftNetworkV2,
+    errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
+    network::RPCOption,
+    raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
+};
+
+use crate::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::wire::{self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError};
+
+/// How long a forwarded request may take before the caller gives up on that leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialling a member may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("member {0} unreachable: {1}")]
+    Unreachable(EndpointKey, String),
+    #[error("rpc to {0} failed: {1}")]
+    Network(EndpointKey, String),
+    #[error("member {0} refused the request: {1}")]
+    Remote(EndpointKey, String),
+    #[error("rpc to {0} timed out")]
+    Timeout(EndpointKey),
+}
+
+/// Turns a stored member key into an iroh endpoint address.
+pub fn endpoint_addr(id: &EndpointKey, node: &MemberNode) -> Result<EndpointAddr, CallError> {
+    let eid = EndpointId::from_bytes(id.as_bytes())
+        .map_err(|e| CallError::Unreachable(*id, format!("invalid endpoint key: {e}")))?;
+    let mut addr = EndpointAddr::new(eid);
+    for a in &node.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    Ok(addr)
+}
+
+/// A connection to one member, redialled when it breaks.
+pub struct PeerClient {
+    endpoint: Endpoint,
+    target: EndpointKey,
+    node: MemberNode,
+    conn: Option<Connection>,
+}
+
+impl PeerClient {
+    pub fn new(endpoint: Endpoint, target: EndpointKey, node: MemberNode) -> Self {
+        Self {
+            endpoint,
+            target,
+            node,
+            conn: None,
+        }
+    }
+
+    async fn connection(&mut self) -> Result<Connection, CallError> {
+        if let Some(c) = &self.conn
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let addr = endpoint_addr(&self.target, &self.node)?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, causeway_proto::alpn::RAFT))
+            .await
+            .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
+            .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request on a new stream and reads its response.
+    pub async fn call(&mut self, kind: StreamKind, req: &RaftRequest, timeout: Duration) -> Result<RaftResponse, CallError> {
+        let target = self.target;
+        let result = tokio::time::timeout(timeout, async {
+            let conn = self.connection().await?;
+            let net = |e: WireError| CallError::Network(target, e.to_string());
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| CallError::Network(target, e.to_string()))?;
+            send.write_all(&[kind as u8])
+                .await
+                .map_err(|e| CallError::Network(target, e.to_string()))?;
+            wire::write_frame(&mut send, req, kind.limit()).await.map_err(net)?;
+            send.finish().map_err(|e| CallError::Network(target, e.to_string()))?;
+            let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME).await.map_err(net)?;
+            Ok(resp)
+        })
+        .await
+        .map_err(|_| CallError::Timeout(target))?;
+        if matches!(result, Err(CallError::Network(..) | CallError::Timeout(_))) {
+            // Redial next time: the connection may be half-dead.
+            self.conn = None;
+        }
+        match result? {
+            RaftResponse::Error(msg) => Err(CallError::Remote(target, msg)),
+            other => Ok(other),
+        }
+    }
+
+    pub async fn forward(&mut self, req: ForwardRequest) -> Result<ForwardResponse, CallError> {
+        match self.call(StreamKind::Rpc, &RaftRequest::Forward(req), FORWARD_TIMEOUT).await? {
+            RaftResponse::Forward(r) => Ok(r),
+            other => Err(CallError::Remote(self.target, format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+fn rpc_err(e: CallError) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn unexpected(target: EndpointKey, resp: RaftResponse) -> CallError {
+    CallError::Remote(target, format!("unexpected response {resp:?}"))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(StreamKind::Rpc, &RaftRequest::Append(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+            RaftResponse::Append(r) => Ok(r),
+            other => Err(rpc_err(unexpected(self.target, other))),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(StreamKind::Rpc, &RaftRequest::Vote(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+            RaftResponse::Vote(r) => Ok(r),
+            other => Err(rpc_err(unexpected(self.target, other))),
+        }
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(StreamKind::Rpc, &RaftRequest::PreVote(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+            RaftResponse::Vote(r) => Ok(r),
+            other => Err(rpc_err(unexpected(self.target, other))),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = RaftRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        // Snapshots can be large: allow well beyond the per-RPC budget.
+        let timeout = option.hard_ttl().max(Duration::from_secs(120));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call(StreamKind::Snapshot, &req, timeout) => match r {
+                Ok(RaftResponse::Snapshot(r)) => Ok(r),
+                Ok(other) => Err(StreamingError::Network(NetworkError::new(&unexpected(self.target, other)))),
+                Err(e @ CallError::Unreachable(..)) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+            }
+        }
+    }
+}
+
+/// Creates a `PeerClient` per replication target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub endpoint: Endpoint,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: EndpointKey, node: &MemberNode) -> Self::Network {
+        PeerClient::new(self.endpoint.clone(), target, node.clone())
+    }
+}

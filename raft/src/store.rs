@@ -1,0 +1,458 @@
+//! Raft log and state machine in one redb file per node.
+//!
+//! Appends are committed without fsync so they are readable at once, and a flusher thread makes
+//! them durable with one fsync for everything queued since its last one (group commit); openraft
+//! is told an entry is flushed only after that fsync. Votes and truncations are made durable
+//! before returning. Entries are applied only when openraft hands them over as committed.
+
+use std::{
+    io,
+    ops::{Bound, RangeBounds},
+    path::Path,
+    sync::{Arc, mpsc},
+};
+
+use causeway_catalog::{CatalogSnapshot, CommandResult};
+use futures::StreamExt;
+use openraft::{
+    EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    entry::RaftEntry,
+    storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine},
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+const KEY_FLUSH: &str = "flush_seq";
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_SNAP_META: &str = "meta";
+const KEY_SNAP_DATA: &str = "data";
+
+/// Largest single stored record (a log entry or metadata) decoded back.
+pub const MAX_RECORD: usize = 64 << 20;
+/// Largest snapshot accepted from storage or the network.
+pub const MAX_SNAPSHOT: usize = 1 << 30;
+/// Most flush requests merged into one fsync.
+const MAX_FLUSH_BATCH: usize = 4096;
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(io_err)
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8], limit: usize) -> io::Result<T> {
+    causeway_proto::decode(b, limit).map_err(io_err)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
+
+fn write_txn(db: &Database, durability: Durability) -> io::Result<WriteTransaction> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(durability).map_err(io_err)?;
+    Ok(txn)
+}
+
+fn read_key<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> io::Result<Option<T>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    t.get(key).map_err(io_err)?.map(|v| dec(v.value(), MAX_RECORD)).transpose()
+}
+
+/// Opens (or creates) the node's database and returns its log store and state machine.
+pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
+    let db = Arc::new(Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?);
+    let txn = write_txn(&db, Durability::Immediate)?;
+    {
+        txn.open_table(LOG).map_err(io_err)?;
+        txn.open_table(META).map_err(io_err)?;
+        txn.open_table(SM_META).map_err(io_err)?;
+        txn.open_table(SNAPSHOT).map_err(io_err)?;
+        causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)?;
+    let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+    let flusher_db = db.clone();
+    std::thread::Builder::new()
+        .name("raft-log-flush".into())
+        .spawn(move || run_flusher(flusher_db, rx))?;
+    Ok((
+        LogStore {
+            db: db.clone(),
+            flush: tx,
+        },
+        StateMachineStore { db },
+    ))
+}
+
+/// Makes every append queued so far durable with one fsync, then acknowledges them all.
+fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    let mut seq: u64 = 0;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_FLUSH_BATCH {
+            match rx.try_recv() {
+                Ok(cb) => batch.push(cb),
+                Err(_) => break,
+            }
+        }
+        seq += 1;
+        let result = (|| -> io::Result<()> {
+            let txn = write_txn(&db, Durability::Immediate)?;
+            {
+                let mut meta = txn.open_table(META).map_err(io_err)?;
+                meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })();
+        tracing::debug!(entries = batch.len(), ok = result.is_ok(), "raft log flushed");
+        for cb in batch {
+            cb.io_completed(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+        }
+    }
+}
+
+/// The Raft log and vote.
+pub struct LogStore {
+    db: Arc<Database>,
+    flush: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+}
+
+/// Reads log entries for replication.
+#[derive(Clone)]
+pub struct LogReader {
+    db: Arc<Database>,
+}
+
+fn range_bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let t = txn.open_table(LOG).map_err(io_err)?;
+    let mut out = Vec::new();
+    for row in t.range(range).map_err(io_err)? {
+        let (_, v) = row.map_err(io_err)?;
+        out.push(dec(v.value(), MAX_RECORD)?);
+    }
+    Ok(out)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let db = self.db.clone();
+        let bounds = range_bounds(&range);
+        blocking(move || read_entries(&db, bounds)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        read_key(&self.db, META, KEY_VOTE)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let db = self.db.clone();
+        let bounds = range_bounds(&range);
+        blocking(move || read_entries(&db, bounds)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        read_key(&self.db, META, KEY_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            let last_purged: Option<LogId> = read_key(&db, META, KEY_PURGED)?;
+            let txn = db.begin_read().map_err(io_err)?;
+            let t = txn.open_table(LOG).map_err(io_err)?;
+            let last = match t.last().map_err(io_err)? {
+                Some((_, v)) => Some(dec::<Entry>(v.value(), MAX_RECORD)?.log_id()),
+                None => last_purged.clone(),
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader { db: self.db.clone() }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let bytes = enc(vote)?;
+        blocking(move || {
+            let txn = write_txn(&db, Durability::Immediate)?;
+            txn.open_table(META).map_err(io_err)?.insert(KEY_VOTE, bytes.as_slice()).map_err(io_err)?;
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let bytes = enc(&committed)?;
+        blocking(move || {
+            // Made durable by the next flush; losing it only delays re-applying after a crash.
+            let txn = write_txn(&db, Durability::None)?;
+            txn.open_table(META).map_err(io_err)?.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(read_key::<Option<LogId>>(&self.db, META, KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows = entries
+            .into_iter()
+            .map(|e| Ok((e.index(), enc(&e)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = write_txn(&db, Durability::None)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(io_err)?;
+                for (index, bytes) in &rows {
+                    t.insert(index, bytes.as_slice()).map_err(io_err)?;
+                }
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await?;
+        self.flush
+            .send(callback)
+            .map_err(|_| io_err("raft log flusher stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        blocking(move || {
+            let txn = write_txn(&db, Durability::Immediate)?;
+            txn.open_table(LOG).map_err(io_err)?.retain_in(from.., |_, _| false).map_err(io_err)?;
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let bytes = enc(&Some(log_id.clone()))?;
+        let upto = log_id.index();
+        blocking(move || {
+            let txn = write_txn(&db, Durability::None)?;
+            {
+                txn.open_table(META).map_err(io_err)?.insert(KEY_PURGED, bytes.as_slice()).map_err(io_err)?;
+                txn.open_table(LOG).map_err(io_err)?.retain_in(..=upto, |_, _| false).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+}
+
+/// The catalog state machine.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+}
+
+impl StateMachineStore {
+    /// The database, for reading the catalog tables.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+}
+
+fn applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = read_key::<Option<LogId>>(db, SM_META, KEY_APPLIED)?.flatten();
+    let membership = read_key(db, SM_META, KEY_MEMBERSHIP)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+fn put(txn: &WriteTransaction, table: TableDefinition<&str, &[u8]>, key: &str, bytes: &[u8]) -> io::Result<()> {
+    txn.open_table(table).map_err(io_err)?.insert(key, bytes).map_err(io_err)?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let db = self.db.clone();
+        blocking(move || applied_state(&db)).await
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let (batch, results) = blocking(move || {
+            let txn = write_txn(&db, Durability::None)?;
+            let mut results = Vec::with_capacity(batch.len());
+            let mut last = None;
+            let mut membership = None;
+            for (entry, _) in &batch {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => CommandResult::Applied,
+                    EntryPayload::Normal(cmd) => causeway_catalog::state::apply(&txn, cmd).map_err(io_err)?,
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
+                        CommandResult::Applied
+                    }
+                };
+                last = Some(entry.log_id());
+                results.push(result);
+            }
+            put(&txn, SM_META, KEY_APPLIED, &enc(&last)?)?;
+            if let Some(m) = membership {
+                put(&txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
+            }
+            txn.commit().map_err(io_err)?;
+            Ok((batch, results))
+        })
+        .await?;
+        for ((_, responder), result) in batch.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let catalog: CatalogSnapshot = dec(&snapshot, MAX_SNAPSHOT)?;
+            let txn = write_txn(&db, Durability::Immediate)?;
+            causeway_catalog::state::import(&txn, &catalog).map_err(io_err)?;
+            put(&txn, SM_META, KEY_APPLIED, &enc(&meta.last_log_id)?)?;
+            put(&txn, SM_META, KEY_MEMBERSHIP, &enc(&meta.last_membership)?)?;
+            put(&txn, SNAPSHOT, KEY_SNAP_META, &enc(&meta)?)?;
+            put(&txn, SNAPSHOT, KEY_SNAP_DATA, &snapshot)?;
+            txn.commit().map_err(io_err)?;
+            tracing::info!(last = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(io_err)?;
+            let t = txn.open_table(SNAPSHOT).map_err(io_err)?;
+            let (Some(meta), Some(data)) = (
+                t.get(KEY_SNAP_META).map_err(io_err)?,
+                t.get(KEY_SNAP_DATA).map_err(io_err)?,
+            ) else {
+                return Ok(None);
+            };
+            Ok(Some(Snapshot {
+                meta: dec(meta.value(), MAX_RECORD)?,
+                snapshot: data.value().to_vec(),
+            }))
+        })
+        .await
+    }
+}
+
+/// Builds a snapshot from a consistent read of the catalog.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            // One read transaction: applied state and catalog rows are from the same instant.
+            let txn = db.begin_read().map_err(io_err)?;
+            let sm = txn.open_table(SM_META).map_err(io_err)?;
+            let applied: Option<LogId> = match sm.get(KEY_APPLIED).map_err(io_err)? {
+                Some(v) => dec(v.value(), MAX_RECORD)?,
+                None => None,
+            };
+            let membership: StoredMembership = match sm.get(KEY_MEMBERSHIP).map_err(io_err)? {
+                Some(v) => dec(v.value(), MAX_RECORD)?,
+                None => Default::default(),
+            };
+            let catalog = causeway_catalog::state::export(&txn).map_err(io_err)?;
+            drop(sm);
+            drop(txn);
+            let data = enc(&catalog)?;
+            let meta = SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+            };
+            let wtxn = write_txn(&db, Durability::Immediate)?;
+            put(&wtxn, SNAPSHOT, KEY_SNAP_META, &enc(&meta)?)?;
+            put(&wtxn, SNAPSHOT, KEY_SNAP_DATA, &data)?;
+            wtxn.commit().map_err(io_err)?;
+            tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+            Ok(Snapshot { meta, snapshot: data })
+        })
+        .await
+    }
+}

@@ -1,0 +1,123 @@
+//! Messages on `causeway/raft/1` and their framing: a one-byte stream kind, then one
+//! length-prefixed postcard request per stream, answered by one response frame.
+
+use causeway_catalog::{Command, CommandResult};
+use causeway_proto::{EndpointKey, FrameError, frame};
+use iroh::endpoint::{RecvStream, SendStream};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::status::ClusterStatus;
+use crate::types::{MemberNode, SnapshotMeta, TypeConfig, Vote};
+
+/// Largest ordinary RPC frame (an append batch).
+pub const MAX_RPC_FRAME: usize = 64 << 20;
+/// Largest snapshot frame.
+pub const MAX_SNAPSHOT_FRAME: usize = crate::store::MAX_SNAPSHOT;
+
+/// First byte of a stream: which frame limit applies to the request that follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    Rpc = 1,
+    Snapshot = 2,
+}
+
+impl StreamKind {
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Rpc),
+            2 => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+    pub fn limit(self) -> usize {
+        match self {
+            Self::Rpc => MAX_RPC_FRAME,
+            Self::Snapshot => MAX_SNAPSHOT_FRAME,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    /// A request a member sends to the leader on behalf of its own client.
+    Forward(ForwardRequest),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    /// "Confirm you are leader and tell me the log index a linearizable read must wait for."
+    ReadIndex,
+    AddLearner { id: EndpointKey, node: MemberNode },
+    RemoveMember { id: EndpointKey },
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Written(CommandResult),
+    ReadIndex(u64),
+    Done,
+    Status(ClusterStatus),
+    /// The receiver is not the leader; the leader it knows of, if any.
+    NotLeader(Option<(EndpointKey, MemberNode)>),
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    Forward(ForwardResponse),
+    /// The request was refused or failed on the receiver.
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("unknown stream kind {0}")]
+    UnknownKind(u8),
+}
+
+fn stream_err(e: impl std::fmt::Display) -> WireError {
+    WireError::Stream(e.to_string())
+}
+
+/// Writes one frame (length prefix + body) without finishing the stream.
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T, limit: usize) -> Result<(), WireError> {
+    let body = frame::encode(value, limit)?;
+    send.write_all(&frame::prefix(body.len())).await.map_err(stream_err)?;
+    send.write_all(&body).await.map_err(stream_err)?;
+    Ok(())
+}
+
+/// Reads one frame, checking its announced length against `limit` before reading the body.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, limit: usize) -> Result<T, WireError> {
+    let mut prefix = [0u8; frame::PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(stream_err)?;
+    let len = frame::body_len(prefix, limit)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(stream_err)?;
+    Ok(frame::decode(&body, limit)?)
+}
+
+pub async fn read_kind(recv: &mut RecvStream) -> Result<StreamKind, WireError> {
+    let mut b = [0u8; 1];
+    recv.read_exact(&mut b).await.map_err(stream_err)?;
+    StreamKind::from_byte(b[0]).ok_or(WireError::UnknownKind(b[0]))
+}
