@@ -131,7 +131,9 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             }
             let mut t = txn.open_table(RESOURCES)?;
             if t.get(name.as_bytes())?.is_some() {
-                return Ok(CommandResult::Rejected(Rejection::ResourceExists(name.clone())));
+                return Ok(CommandResult::Rejected(Rejection::ResourceExists(
+                    name.clone(),
+                )));
             }
             let resource = Resource {
                 name: name.clone(),
@@ -169,7 +171,10 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             now_ms,
         } => {
             let mut t = txn.open_table(INVITES)?;
-            let Some(mut invite) = t.get(invite_id.as_slice())?.map(|v| decode::<Invite>(v.value())).transpose()?
+            let Some(mut invite) = t
+                .get(invite_id.as_slice())?
+                .map(|v| decode::<Invite>(v.value()))
+                .transpose()?
             else {
                 return Ok(CommandResult::Rejected(Rejection::InviteUnknown));
             };
@@ -208,7 +213,9 @@ pub fn get_resource(txn: &ReadTransaction, name: &str) -> Result<Option<Resource
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
+    t.get(name.as_bytes())?
+        .map(|v| decode(v.value()))
+        .transpose()
 }
 
 /// One page of resources in name order, starting strictly after `after`.
@@ -225,7 +232,10 @@ pub fn list_resources(
     let limit = limit.clamp(1, MAX_PAGE);
     let mut out = Vec::with_capacity(limit.min(64));
     let range = match after {
-        Some(a) => t.range::<&[u8]>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded))?,
+        Some(a) => t.range::<&[u8]>((
+            std::ops::Bound::Excluded(a.as_bytes()),
+            std::ops::Bound::Unbounded,
+        ))?,
         None => t.range::<&[u8]>(..)?,
     };
     for row in range {
@@ -238,13 +248,18 @@ pub fn list_resources(
     Ok(out)
 }
 
-pub fn get_invite(txn: &ReadTransaction, invite_id: &[u8; 16]) -> Result<Option<Invite>, CatalogError> {
+pub fn get_invite(
+    txn: &ReadTransaction,
+    invite_id: &[u8; 16],
+) -> Result<Option<Invite>, CatalogError> {
     let t = match txn.open_table(INVITES) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    t.get(invite_id.as_slice())?.map(|v| decode(v.value())).transpose()
+    t.get(invite_id.as_slice())?
+        .map(|v| decode(v.value()))
+        .transpose()
 }
 
 /// Copies every catalog row out, for a snapshot.
@@ -277,7 +292,8 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
         )));
     }
     for (i, def) in ALL_TABLES.into_iter().enumerate() {
-        txn.delete_table(def).map_err(|e| CatalogError::Storage(e.into()))?;
+        txn.delete_table(def)
+            .map_err(|e| CatalogError::Storage(e.into()))?;
         let mut t = txn.open_table(def)?;
         if let Some(rows) = snap.tables.get(i) {
             for (k, v) in rows {
@@ -318,17 +334,34 @@ mod tests {
     #[test]
     fn register_list_and_duplicates() {
         let (_d, db) = db();
-        assert!(matches!(run(&db, register("b")), CommandResult::ResourceRegistered(_)));
-        assert!(matches!(run(&db, register("a")), CommandResult::ResourceRegistered(_)));
+        assert!(matches!(
+            run(&db, register("b")),
+            CommandResult::ResourceRegistered(_)
+        ));
+        assert!(matches!(
+            run(&db, register("a")),
+            CommandResult::ResourceRegistered(_)
+        ));
         assert_eq!(
             run(&db, register("a")),
             CommandResult::Rejected(Rejection::ResourceExists("a".into()))
         );
-        assert!(matches!(run(&db, register("")), CommandResult::Rejected(Rejection::Invalid(_))));
+        assert!(matches!(
+            run(&db, register("")),
+            CommandResult::Rejected(Rejection::Invalid(_))
+        ));
         let r = db.begin_read().unwrap();
-        let names: Vec<_> = list_resources(&r, None, 10).unwrap().into_iter().map(|r| r.name).collect();
+        let names: Vec<_> = list_resources(&r, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
-        let page: Vec<_> = list_resources(&r, Some("a"), 10).unwrap().into_iter().map(|r| r.name).collect();
+        let page: Vec<_> = list_resources(&r, Some("a"), 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         assert_eq!(page, ["b"]);
     }
 
@@ -349,12 +382,24 @@ mod tests {
             now_ms: now,
         };
         assert_eq!(run(&db, create(1, 100)), CommandResult::InviteCreated);
-        assert_eq!(run(&db, redeem(1, 2, 50)), CommandResult::Rejected(Rejection::InviteForged));
+        assert_eq!(
+            run(&db, redeem(1, 2, 50)),
+            CommandResult::Rejected(Rejection::InviteForged)
+        );
         assert_eq!(run(&db, redeem(1, 1, 50)), CommandResult::InviteRedeemed);
-        assert_eq!(run(&db, redeem(1, 1, 60)), CommandResult::Rejected(Rejection::InviteUsed));
+        assert_eq!(
+            run(&db, redeem(1, 1, 60)),
+            CommandResult::Rejected(Rejection::InviteUsed)
+        );
         assert_eq!(run(&db, create(2, 100)), CommandResult::InviteCreated);
-        assert_eq!(run(&db, redeem(2, 1, 101)), CommandResult::Rejected(Rejection::InviteExpired));
-        assert_eq!(run(&db, redeem(3, 1, 1)), CommandResult::Rejected(Rejection::InviteUnknown));
+        assert_eq!(
+            run(&db, redeem(2, 1, 101)),
+            CommandResult::Rejected(Rejection::InviteExpired)
+        );
+        assert_eq!(
+            run(&db, redeem(3, 1, 1)),
+            CommandResult::Rejected(Rejection::InviteUnknown)
+        );
     }
 
     #[test]

@@ -24,10 +24,14 @@ pub fn resource_name(name: &str) -> Result<(), String> {
         return Err(format!("name is longer than {MAX_NAME_LEN} bytes"));
     }
     if name.starts_with(['.', '/']) || name.contains("..") || name.ends_with('/') {
-        return Err(format!("name {name:?} may not start with '.' or '/', contain '..' or end with '/'"));
+        return Err(format!(
+            "name {name:?} may not start with '.' or '/', contain '..' or end with '/'"
+        ));
     }
     if let Some(c) = name.chars().find(|&c| !(plain(c) || c == '/')) {
-        return Err(format!("name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '/'"));
+        return Err(format!(
+            "name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '/'"
+        ));
     }
     Ok(())
 }
@@ -38,7 +42,10 @@ pub fn kind(kind: &str) -> Result<(), String> {
         return Err(format!("kind must be 1..={MAX_KIND_LEN} bytes"));
     }
     let ok_segment = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        !s.is_empty()
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+            })
     };
     let segments: Vec<&str> = kind.split('/').collect();
     if segments.len() > 2 || !segments.iter().all(|s| ok_segment(s)) {
@@ -51,7 +58,9 @@ pub fn kind(kind: &str) -> Result<(), String> {
 
 pub fn owner(owner: &str) -> Result<(), String> {
     if owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
-        return Err(format!("owner must be at most {MAX_OWNER_LEN} bytes without control characters"));
+        return Err(format!(
+            "owner must be at most {MAX_OWNER_LEN} bytes without control characters"
+        ));
     }
     Ok(())
 }
@@ -73,14 +82,27 @@ mod tests {
     fn names() {
         assert!(resource_name("infra-tools").is_ok());
         assert!(resource_name("team/infra.tools_2").is_ok());
-        for bad in ["", ".hidden", "/abs", "a/../b", "a b", "x/", &"n".repeat(MAX_NAME_LEN + 1)] {
+        for bad in [
+            "",
+            ".hidden",
+            "/abs",
+            "a/../b",
+            "a b",
+            "x/",
+            &"n".repeat(MAX_NAME_LEN + 1),
+        ] {
             assert!(resource_name(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn kinds() {
-        for good in ["artifact", "forge/repo", "monitoring/dashboard", "edge/zone"] {
+        for good in [
+            "artifact",
+            "forge/repo",
+            "monitoring/dashboard",
+            "edge/zone",
+        ] {
             assert!(kind(good).is_ok(), "{good}");
         }
         for bad in ["", "Forge/Repo", "a/b/c", "/x", "x/", "sp ace"] {

@@ -146,6 +146,9 @@ mod tests {
         assert_eq!(long.parse::<InviteTicket>(), Err(TicketError::TooLong));
         let mut t = sample();
         t.members.clear();
-        assert_eq!(t.to_string().parse::<InviteTicket>(), Err(TicketError::NoMembers));
+        assert_eq!(
+            t.to_string().parse::<InviteTicket>(),
+            Err(TicketError::NoMembers)
+        );
     }
 }

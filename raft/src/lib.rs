@@ -1,1 +1,15 @@
+//! Causeway's Raft layer: openraft types, the redb log and state machine, the Raft network over
+//! iroh (`causeway/raft/1`), and the cluster handle the node uses for writes and reads.
 
+pub mod cluster;
+pub mod network;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod types;
+pub mod wire;
+
+pub use cluster::{ClusterError, ClusterNode, RaftSettings};
+pub use server::RaftService;
+pub use status::{ClusterStatus, MemberStatus, Role};
+pub use types::{MemberNode, TypeConfig};

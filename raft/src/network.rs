@@ -9,11 +9,15 @@ use openraft::{
     RaftNetworkFactory, RaftNetworkV2,
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
     network::RPCOption,
-    raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    },
 };
 
 use crate::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
-use crate::wire::{self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError};
+use crate::wire::{
+    self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError,
+};
 
 /// How long a forwarded request may take before the caller gives up on that leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +65,10 @@ impl PeerClient {
         }
     }
 
+    pub fn target(&self) -> EndpointKey {
+        self.target
+    }
+
     async fn connection(&mut self) -> Result<Connection, CallError> {
         if let Some(c) = &self.conn
             && c.close_reason().is_none()
@@ -68,16 +76,24 @@ impl PeerClient {
             return Ok(c.clone());
         }
         let addr = endpoint_addr(&self.target, &self.node)?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, causeway_proto::alpn::RAFT))
-            .await
-            .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
-            .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(addr, causeway_proto::alpn::RAFT),
+        )
+        .await
+        .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
+        .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
 
     /// Sends one request on a new stream and reads its response.
-    pub async fn call(&mut self, kind: StreamKind, req: &RaftRequest, timeout: Duration) -> Result<RaftResponse, CallError> {
+    pub async fn call(
+        &mut self,
+        kind: StreamKind,
+        req: &RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResponse, CallError> {
         let target = self.target;
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connection().await?;
@@ -89,9 +105,14 @@ impl PeerClient {
             send.write_all(&[kind as u8])
                 .await
                 .map_err(|e| CallError::Network(target, e.to_string()))?;
-            wire::write_frame(&mut send, req, kind.limit()).await.map_err(net)?;
-            send.finish().map_err(|e| CallError::Network(target, e.to_string()))?;
-            let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME).await.map_err(net)?;
+            wire::write_frame(&mut send, req, kind.limit())
+                .await
+                .map_err(net)?;
+            send.finish()
+                .map_err(|e| CallError::Network(target, e.to_string()))?;
+            let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME)
+                .await
+                .map_err(net)?;
             Ok(resp)
         })
         .await
@@ -107,9 +128,15 @@ impl PeerClient {
     }
 
     pub async fn forward(&mut self, req: ForwardRequest) -> Result<ForwardResponse, CallError> {
-        match self.call(StreamKind::Rpc, &RaftRequest::Forward(req), FORWARD_TIMEOUT).await? {
+        match self
+            .call(StreamKind::Rpc, &RaftRequest::Forward(req), FORWARD_TIMEOUT)
+            .await?
+        {
             RaftResponse::Forward(r) => Ok(r),
-            other => Err(CallError::Remote(self.target, format!("unexpected response {other:?}"))),
+            other => Err(CallError::Remote(
+                self.target,
+                format!("unexpected response {other:?}"),
+            )),
         }
     }
 }
@@ -133,21 +160,49 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(StreamKind::Rpc, &RaftRequest::Append(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+        match self
+            .call(
+                StreamKind::Rpc,
+                &RaftRequest::Append(rpc),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(rpc_err)?
+        {
             RaftResponse::Append(r) => Ok(r),
             other => Err(rpc_err(unexpected(self.target, other))),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(StreamKind::Rpc, &RaftRequest::Vote(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(StreamKind::Rpc, &RaftRequest::Vote(rpc), option.hard_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
             RaftResponse::Vote(r) => Ok(r),
             other => Err(rpc_err(unexpected(self.target, other))),
         }
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(StreamKind::Rpc, &RaftRequest::PreVote(rpc), option.hard_ttl()).await.map_err(rpc_err)? {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(
+                StreamKind::Rpc,
+                &RaftRequest::PreVote(rpc),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(rpc_err)?
+        {
             RaftResponse::Vote(r) => Ok(r),
             other => Err(rpc_err(unexpected(self.target, other))),
         }

@@ -4,7 +4,9 @@
 use causeway_catalog::{Command, CommandResult};
 use causeway_proto::{EndpointKey, FrameError, frame};
 use iroh::endpoint::{RecvStream, SendStream};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::status::ClusterStatus;
@@ -58,8 +60,13 @@ pub enum ForwardRequest {
     Write(Command),
     /// "Confirm you are leader and tell me the log index a linearizable read must wait for."
     ReadIndex,
-    AddLearner { id: EndpointKey, node: MemberNode },
-    RemoveMember { id: EndpointKey },
+    AddLearner {
+        id: EndpointKey,
+        node: MemberNode,
+    },
+    RemoveMember {
+        id: EndpointKey,
+    },
     Status,
 }
 
@@ -99,15 +106,24 @@ fn stream_err(e: impl std::fmt::Display) -> WireError {
 }
 
 /// Writes one frame (length prefix + body) without finishing the stream.
-pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T, limit: usize) -> Result<(), WireError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut SendStream,
+    value: &T,
+    limit: usize,
+) -> Result<(), WireError> {
     let body = frame::encode(value, limit)?;
-    send.write_all(&frame::prefix(body.len())).await.map_err(stream_err)?;
+    send.write_all(&frame::prefix(body.len()))
+        .await
+        .map_err(stream_err)?;
     send.write_all(&body).await.map_err(stream_err)?;
     Ok(())
 }
 
 /// Reads one frame, checking its announced length against `limit` before reading the body.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, limit: usize) -> Result<T, WireError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    limit: usize,
+) -> Result<T, WireError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(stream_err)?;
     let len = frame::body_len(prefix, limit)?;

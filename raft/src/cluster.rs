@@ -1,0 +1,483 @@
+//! One member's view of its cluster: the Raft node, its storage and network, and the operations
+//! the rest of the node needs (writes routed to the leader, linearizable read barriers,
+//! membership changes, status), plus the leader's task that promotes caught-up learners.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use causeway_catalog::{Command, CommandResult};
+use causeway_proto::EndpointKey;
+use iroh::Endpoint;
+use openraft::{
+    ChangeMembers, Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy,
+    async_runtime::watch::WatchReceiver as _,
+};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::network::{CallError, NetworkFactory, PeerClient};
+use crate::status::{ClusterStatus, MemberStatus, Role};
+use crate::store;
+use crate::types::{MemberNode, Raft};
+use crate::wire::{ForwardRequest, ForwardResponse};
+
+/// Tunables of the Raft layer; each one is a config key of the node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind the latest snapshot.
+    pub keep_logs: u64,
+    /// A learner within this many entries of the leader is promoted to voter.
+    pub promote_lag: u64,
+    /// A member is reported reachable if it acknowledged a heartbeat this recently.
+    pub reachable_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 150,
+            election_min_ms: 750,
+            election_max_ms: 1500,
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+            promote_lag: 100,
+            reachable_ms: 3_000,
+        }
+    }
+}
+
+/// How long a routed request keeps retrying while no leader is known.
+pub const ROUTE_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause between routing attempts when there is no leader yet.
+const ROUTE_RETRY: Duration = Duration::from_millis(100);
+/// How often the leader looks for learners to promote.
+const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no leader reachable within {0:?} (is a majority of the cluster up?)")]
+    NoLeader(Duration),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("unexpected response from leader: {0}")]
+    Unexpected(String),
+}
+
+struct Inner {
+    id: EndpointKey,
+    raft: Raft,
+    endpoint: Endpoint,
+    db: Arc<Database>,
+    settings: RaftSettings,
+    /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
+    bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
+    /// Cached connection to the leader, for forwarding.
+    leader_client: tokio::sync::Mutex<Option<PeerClient>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A cheap, clonable handle on this member's Raft node.
+#[derive(Clone)]
+pub struct ClusterNode(Arc<Inner>);
+
+impl ClusterNode {
+    /// Opens the node's database and starts its Raft node (initialized or not).
+    pub async fn start(
+        id: EndpointKey,
+        endpoint: Endpoint,
+        db_path: &Path,
+        settings: RaftSettings,
+        bootstrap_peers: BTreeSet<EndpointKey>,
+    ) -> Result<Self, ClusterError> {
+        let (log, sm) = store::open(db_path)?;
+        let db = sm.database();
+        let config = Config {
+            cluster_name: "causeway".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_min_ms,
+            election_timeout_max: settings.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
+            max_in_snapshot_log_to_keep: settings.keep_logs,
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let net = NetworkFactory {
+            endpoint: endpoint.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), net, log, sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let node = ClusterNode(Arc::new(Inner {
+            id,
+            raft,
+            endpoint,
+            db,
+            settings,
+            bootstrap_peers: Mutex::new(bootstrap_peers),
+            leader_client: tokio::sync::Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+        }));
+        let promoter = tokio::spawn(promote_learners(Arc::downgrade(&node.0)));
+        node.0
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(promoter);
+        Ok(node)
+    }
+
+    pub fn id(&self) -> EndpointKey {
+        self.0.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.0.raft
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoint
+    }
+
+    /// The node's database, for reading catalog tables after a [`Self::read_barrier`].
+    pub fn database(&self) -> Arc<Database> {
+        self.0.db.clone()
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.0.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Makes this node the only voter of a new cluster.
+    pub async fn initialize_single(&self, node: MemberNode) -> Result<(), ClusterError> {
+        let members = std::collections::BTreeMap::from([(self.0.id, node)]);
+        self.0
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// Whether `peer` may use the Raft protocol with this node: a member of the current
+    /// (possibly joint) membership, or a bootstrap peer while this node has no membership yet.
+    pub fn may_connect(&self, peer: &EndpointKey) -> bool {
+        let metrics = self.0.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(peer).is_some() {
+            return true;
+        }
+        let bootstrap = self
+            .0
+            .bootstrap_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        bootstrap.contains(peer)
+    }
+
+    /// Runs a request on this node, which must be the leader.
+    pub async fn execute_local(&self, req: ForwardRequest) -> ForwardResponse {
+        let raft = &self.0.raft;
+        macro_rules! not_leader_or_failed {
+            ($e:expr) => {{
+                let e = $e;
+                match e.forward_to_leader() {
+                    Some(f) => {
+                        ForwardResponse::NotLeader(match (f.leader_id, f.leader_node.clone()) {
+                            (Some(id), Some(node)) => Some((id, node)),
+                            _ => None,
+                        })
+                    }
+                    None => ForwardResponse::Failed(e.to_string()),
+                }
+            }};
+        }
+        match req {
+            ForwardRequest::Write(cmd) => {
+                tracing::debug!(command = cmd.label(), "proposing");
+                match raft.client_write(cmd).await {
+                    Ok(resp) => ForwardResponse::Written(resp.data),
+                    Err(e) => not_leader_or_failed!(e),
+                }
+            }
+            ForwardRequest::ReadIndex => {
+                match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(read) => ForwardResponse::ReadIndex(read.index()),
+                    Err(e) => not_leader_or_failed!(e),
+                }
+            }
+            ForwardRequest::AddLearner { id, node } => {
+                match raft.add_learner(id, node, false).await {
+                    Ok(_) => ForwardResponse::Done,
+                    Err(e) => not_leader_or_failed!(e),
+                }
+            }
+            ForwardRequest::RemoveMember { id } => {
+                let metrics = raft.metrics().borrow_watched().clone();
+                let membership = metrics.membership_config.membership().clone();
+                if membership.get_node(&id).is_none() {
+                    return ForwardResponse::Failed(format!(
+                        "{id} is not a member of this cluster"
+                    ));
+                }
+                let voters: BTreeSet<_> = membership.voter_ids().collect();
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return ForwardResponse::Failed(
+                            "cannot remove the last voter of a cluster".into(),
+                        );
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                match raft.change_membership(change, false).await {
+                    Ok(_) => ForwardResponse::Done,
+                    Err(e) => not_leader_or_failed!(e),
+                }
+            }
+            ForwardRequest::Status => {
+                if raft.metrics().borrow_watched().state == ServerState::Leader {
+                    ForwardResponse::Status(self.local_status())
+                } else {
+                    let m = raft.metrics().borrow_watched().clone();
+                    ForwardResponse::NotLeader(m.current_leader.and_then(|l| {
+                        m.membership_config
+                            .membership()
+                            .get_node(&l)
+                            .map(|n| (l, n.clone()))
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Routes a request to the leader (this node or another) and retries while leadership is
+    /// moving, up to [`ROUTE_DEADLINE`].
+    pub async fn submit(&self, req: ForwardRequest) -> Result<ForwardResponse, ClusterError> {
+        let deadline = tokio::time::Instant::now() + ROUTE_DEADLINE;
+        let mut last_err: Option<ClusterError> = None;
+        loop {
+            let leader = self.known_leader();
+            let resp = match leader {
+                Some((id, _)) if id == self.0.id => Ok(self.execute_local(req.clone()).await),
+                Some((id, node)) => self.forward_to(id, node, req.clone()).await,
+                None => Ok(ForwardResponse::NotLeader(None)),
+            };
+            match resp {
+                Ok(ForwardResponse::NotLeader(_)) => {}
+                Ok(other) => return Ok(other),
+                Err(e) => {
+                    tracing::debug!(error = %e, "forward to leader failed; retrying");
+                    last_err = Some(e);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_err.unwrap_or(ClusterError::NoLeader(ROUTE_DEADLINE)));
+            }
+            tokio::time::sleep(ROUTE_RETRY).await;
+        }
+    }
+
+    fn known_leader(&self) -> Option<(EndpointKey, MemberNode)> {
+        let m = self.0.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader?;
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()?;
+        Some((leader, node))
+    }
+
+    async fn forward_to(
+        &self,
+        id: EndpointKey,
+        node: MemberNode,
+        req: ForwardRequest,
+    ) -> Result<ForwardResponse, ClusterError> {
+        let mut guard = self.0.leader_client.lock().await;
+        let stale = guard.as_ref().is_none_or(|c| c.target() != id);
+        if stale {
+            *guard = Some(PeerClient::new(self.0.endpoint.clone(), id, node));
+        }
+        let client = guard
+            .as_mut()
+            .ok_or_else(|| ClusterError::Unexpected("no client".into()))?;
+        Ok(client.forward(req).await?)
+    }
+
+    /// Commits a command through Raft (via the leader) and returns what applying it produced.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        match self.submit(ForwardRequest::Write(cmd)).await? {
+            ForwardResponse::Written(r) => Ok(r),
+            ForwardResponse::Failed(e) => Err(ClusterError::Raft(e)),
+            other => Err(ClusterError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write committed before the call
+    /// (the leader confirms its leadership with a quorum, then this node applies up to it).
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let index = match self.submit(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(i) => i,
+            ForwardResponse::Failed(e) => return Err(ClusterError::Raft(e)),
+            other => return Err(ClusterError::Unexpected(format!("{other:?}"))),
+        };
+        self.0
+            .raft
+            .wait(Some(ROUTE_DEADLINE))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    pub async fn add_learner(&self, id: EndpointKey, node: MemberNode) -> Result<(), ClusterError> {
+        self.expect_done(ForwardRequest::AddLearner { id, node })
+            .await
+    }
+
+    pub async fn remove_member(&self, id: EndpointKey) -> Result<(), ClusterError> {
+        self.expect_done(ForwardRequest::RemoveMember { id }).await
+    }
+
+    async fn expect_done(&self, req: ForwardRequest) -> Result<(), ClusterError> {
+        match self.submit(req).await? {
+            ForwardResponse::Done => Ok(()),
+            ForwardResponse::Failed(e) => Err(ClusterError::Raft(e)),
+            other => Err(ClusterError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The leader's view of the cluster when a leader answers, else this node's own view.
+    pub async fn status(&self) -> ClusterStatus {
+        let leader = self.known_leader();
+        match leader {
+            Some((id, node)) if id != self.0.id => {
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    self.forward_to(id, node, ForwardRequest::Status),
+                )
+                .await
+                {
+                    Ok(Ok(ForwardResponse::Status(s))) => s,
+                    _ => self.local_status(),
+                }
+            }
+            _ => self.local_status(),
+        }
+    }
+
+    /// This node's own view; reachability is only known on the leader.
+    pub fn local_status(&self) -> ClusterStatus {
+        let m = self.0.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        let is_leader = m.state == ServerState::Leader;
+        let reach = Duration::from_millis(self.0.settings.reachable_ms);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let reachable = if *id == self.0.id {
+                    true
+                } else if is_leader {
+                    m.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id).cloned().flatten())
+                        .is_some_and(|at| at.elapsed() < reach)
+                } else {
+                    // A follower hears from the leader only; it vouches for nobody else.
+                    Some(*id) == m.current_leader
+                };
+                MemberStatus {
+                    endpoint_id: *id,
+                    role: if voters.contains(id) {
+                        Role::Voter
+                    } else {
+                        Role::Learner
+                    },
+                    reachable,
+                    addrs: node.addrs.clone(),
+                    matched_index: m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index()),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            reported_by: self.0.id,
+            members,
+        }
+    }
+
+    /// Stops background tasks and the Raft node. Storage is closed when the last handle drops.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.0.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// On the leader: promotes every learner whose log is within `promote_lag` of the leader's.
+async fn promote_learners(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROMOTE_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let m = inner.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            continue;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let ready: BTreeSet<EndpointKey> = membership
+            .learner_ids()
+            .filter(|id| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index());
+                matched.is_some_and(|i| i + inner.settings.promote_lag >= last)
+            })
+            .collect();
+        if ready.is_empty() {
+            continue;
+        }
+        tracing::info!(learners = ?ready, "promoting caught-up learners to voters");
+        if let Err(e) = inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ready), false)
+            .await
+        {
+            tracing::warn!(error = %e, "promotion failed; will retry");
+        }
+    }
+}

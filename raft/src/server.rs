@@ -1,0 +1,121 @@
+//! The serving side of `causeway/raft/1`: refuses endpoints that are not members, decodes each
+//! request with size limits, answers a bad one with an error and a closed stream, and hands good
+//! ones to the local Raft node.
+
+use causeway_proto::EndpointKey;
+use iroh::{
+    endpoint::{Connection, RecvStream, SendStream},
+    protocol::{AcceptError, ProtocolHandler},
+};
+
+use crate::cluster::ClusterNode;
+use crate::types::Snapshot;
+use crate::wire::{self, RaftRequest, RaftResponse};
+
+/// QUIC application close code for a refused peer.
+pub const CLOSE_NOT_MEMBER: u32 = 403;
+
+#[derive(Clone)]
+pub struct RaftService {
+    node: ClusterNode,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService")
+            .field("id", &self.node.id())
+            .finish()
+    }
+}
+
+impl RaftService {
+    pub fn new(node: ClusterNode) -> Self {
+        Self { node }
+    }
+}
+
+impl ProtocolHandler for RaftService {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let remote = EndpointKey(*conn.remote_id().as_bytes());
+        if !self.node.may_connect(&remote) {
+            tracing::warn!(peer = %remote, "refused raft connection: not a member of this cluster");
+            conn.close(CLOSE_NOT_MEMBER.into(), b"not a member of this cluster");
+            return Ok(());
+        }
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let node = self.node.clone();
+            tokio::spawn(async move { handle_stream(node, remote, send, recv).await });
+        }
+        Ok(())
+    }
+}
+
+async fn handle_stream(
+    node: ClusterNode,
+    remote: EndpointKey,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let response = match read_request(&node, &remote, &mut recv).await {
+        Ok(req) => dispatch(&node, req).await,
+        Err(msg) => {
+            tracing::warn!(peer = %remote, error = %msg, "bad raft request");
+            RaftResponse::Error(msg)
+        }
+    };
+    if let Err(e) = wire::write_frame(&mut send, &response, wire::MAX_RPC_FRAME).await {
+        tracing::debug!(peer = %remote, error = %e, "could not answer raft request");
+    }
+    let _ = send.finish();
+    // Whatever the peer still sends on this stream is not read.
+    let _ = recv.stop(0u32.into());
+}
+
+async fn read_request(
+    node: &ClusterNode,
+    remote: &EndpointKey,
+    recv: &mut RecvStream,
+) -> Result<RaftRequest, String> {
+    // Membership can change while a connection stays open: check every request.
+    if !node.may_connect(remote) {
+        return Err("not a member of this cluster".into());
+    }
+    let kind = wire::read_kind(recv).await.map_err(|e| e.to_string())?;
+    wire::read_frame(recv, kind.limit())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn dispatch(node: &ClusterNode, req: RaftRequest) -> RaftResponse {
+    let raft = node.raft();
+    match req {
+        RaftRequest::Append(r) => match raft.append_entries(r).await {
+            Ok(r) => RaftResponse::Append(r),
+            Err(e) => RaftResponse::Error(e.to_string()),
+        },
+        RaftRequest::Vote(r) => match raft.vote(r).await {
+            Ok(r) => RaftResponse::Vote(r),
+            Err(e) => RaftResponse::Error(e.to_string()),
+        },
+        RaftRequest::PreVote(r) => match raft.pre_vote(r).await {
+            Ok(r) => RaftResponse::Vote(r),
+            Err(e) => RaftResponse::Error(e.to_string()),
+        },
+        RaftRequest::Snapshot { vote, meta, data } => {
+            match raft
+                .install_full_snapshot(
+                    vote,
+                    Snapshot {
+                        meta,
+                        snapshot: data,
+                    },
+                )
+                .await
+            {
+                Ok(r) => RaftResponse::Snapshot(r),
+                Err(e) => RaftResponse::Error(e.to_string()),
+            }
+        }
+        RaftRequest::Forward(f) => RaftResponse::Forward(node.execute_local(f).await),
+    }
+}
