@@ -17,6 +17,8 @@ pub enum Command {
         name: String,
         kind: String,
         owner: String,
+        /// Local path of the resource's content on the registering node, if any.
+        path: Option<String>,
         registered_at_ms: u64,
     },
     CreateInvite {
@@ -92,5 +94,6 @@ pub struct Resource {
     pub kind: String,
     pub owner: String,
     pub version: u64,
+    pub path: Option<String>,
     pub registered_at_ms: u64,
 }

@@ -121,6 +121,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             name,
             kind,
             owner,
+            path,
             registered_at_ms,
         } => {
             if let Err(e) = validate::resource_name(name)
@@ -140,6 +141,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
                 kind: kind.clone(),
                 owner: owner.clone(),
                 version: 0,
+                path: path.clone(),
                 registered_at_ms: *registered_at_ms,
             };
             t.insert(name.as_bytes(), encode(&resource)?.as_slice())?;
@@ -327,6 +329,7 @@ mod tests {
             name: name.into(),
             kind: "artifact".into(),
             owner: "ci".into(),
+            path: None,
             registered_at_ms: 1,
         }
     }

@@ -1,1 +1,21 @@
+//! The Causeway node: configuration, data directory, endpoint, daemon lifecycle, the local
+//! control API, the CLI, and the public Rust API for subsystems (`Client` over the control
+//! socket, or `Node` embedded in-process).
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datadir;
+pub mod endpoint;
+pub mod error;
+pub mod init;
+pub mod join;
+pub mod node;
+
+pub use client::{Client, ClientError};
+pub use config::{Config, Discovery};
+pub use error::NodeError;
+pub use node::Node;

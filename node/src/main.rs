@@ -1,1 +1,5 @@
-fn main() {}
+//! The `causeway` binary.
+
+fn main() -> std::process::ExitCode {
+    causeway::cli::main()
+}

@@ -4,6 +4,7 @@
 pub mod alpn;
 pub mod frame;
 pub mod ids;
+pub mod join;
 pub mod ticket;
 
 pub use frame::{FrameError, decode, encode};

@@ -1,0 +1,449 @@
+//! The `causeway` command line: parses arguments, talks to the daemon through `Client` (or runs
+//! `init`, `join` and `run` directly), prints human text or one JSON document with `--json`,
+//! and reports errors as one line on stderr with a non-zero exit.
+
+use std::{
+    io::IsTerminal,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::api::{IdInfo, RegisterResource, ResourceView};
+use crate::client::Client;
+use crate::config::{self, Config, DEFAULT_PORT, Discovery};
+use crate::datadir;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "causeway",
+    version,
+    about = "Peer-to-peer federation node for independent clusters"
+)]
+pub struct Cli {
+    /// The node's data directory.
+    #[arg(long, global = true, env = "CAUSEWAY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new node that forms a new single-node cluster.
+    Init {
+        /// The new cluster's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// UDP address to listen on.
+        #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
+        bind: Option<SocketAddr>,
+        /// How peers are found: static (explicit addresses only) or n0 (iroh discovery + relays).
+        #[arg(long, value_enum, default_value = "n0")]
+        discovery: DiscoveryArg,
+    },
+    /// Run the daemon (systemd ExecStart).
+    Run {
+        /// Config file (it must name data_dir, unless --data-dir is given).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print this node's endpoint ID, cluster ID and addresses.
+    Id,
+    /// Membership of this node's cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Resources registered for federation.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DiscoveryArg {
+    Static,
+    N0,
+    Dht,
+}
+
+impl From<DiscoveryArg> for Discovery {
+    fn from(d: DiscoveryArg) -> Self {
+        match d {
+            DiscoveryArg::Static => Discovery::Static,
+            DiscoveryArg::N0 => Discovery::N0,
+            DiscoveryArg::Dht => Discovery::Dht,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Make a one-time invite ticket for a new node.
+    Invite {
+        /// How long the ticket stays valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Create a node in --data-dir that joins the ticket's cluster (then start it with `run`).
+    Join {
+        ticket: String,
+        /// UDP address the new node will listen on.
+        #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
+        bind: Option<SocketAddr>,
+        #[arg(long, value_enum, default_value = "n0")]
+        discovery: DiscoveryArg,
+    },
+    /// Leader, term, commit index and members.
+    Status,
+    /// Remove a member (by endpoint ID) from the cluster.
+    Remove { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ResourceCommand {
+    /// Register a resource for federation.
+    Register(RegisterArgs),
+    /// List resources, a page at a time.
+    List {
+        /// Start after this name.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size; without it every resource is listed.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one resource.
+    Show { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub name: String,
+    /// Local path of the resource's content (a file, directory or bare repository).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub owner: String,
+}
+
+/// Entry point of the binary: runs the CLI and turns errors into one line and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Run { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info,openraft=warn" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    cli.data_dir
+        .clone()
+        .ok_or_else(|| anyhow!("no data directory: pass --data-dir DIR or set CAUSEWAY_DATA_DIR"))
+}
+
+fn existing_data_dir(cli: &Cli) -> Result<PathBuf> {
+    let dir = data_dir(cli)?;
+    if !dir.is_dir() {
+        bail!(
+            "data directory {} does not exist (create a node with `causeway init --data-dir {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn client(cli: &Cli) -> Result<Client> {
+    let dir = existing_data_dir(cli)?;
+    datadir::require_node(&dir)?;
+    Ok(Client::connect(&dir).await?)
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init {
+            name,
+            bind,
+            discovery,
+        } => {
+            let dir = data_dir(&cli)?;
+            let info = crate::init::init(
+                &dir,
+                name.clone(),
+                bind.unwrap_or_else(default_bind),
+                (*discovery).into(),
+            )
+            .await
+            .with_context(|| format!("init {}", dir.display()))?;
+            if cli.json {
+                print_json(&info)?;
+            } else {
+                println!("initialized node in {}", dir.display());
+                print_id(&info);
+                println!("start it with: causeway run --data-dir {}", dir.display());
+            }
+        }
+        Command::Run { config } => {
+            let (dir, config) = match (config, &cli.data_dir) {
+                (Some(file), dir) => {
+                    let c = Config::load(file).map_err(|e| anyhow!(e))?;
+                    let dir = dir.clone().or_else(|| c.data_dir.clone()).ok_or_else(|| {
+                        anyhow!(
+                            "config {} names no data_dir and no --data-dir was given",
+                            file.display()
+                        )
+                    })?;
+                    (dir, c)
+                }
+                (None, Some(_)) => {
+                    let dir = existing_data_dir(&cli)?;
+                    let c =
+                        Config::load(&dir.join(datadir::CONFIG_FILE)).map_err(|e| anyhow!(e))?;
+                    (dir, c)
+                }
+                (None, None) => bail!(
+                    "no data directory: pass --data-dir DIR, --config FILE or set CAUSEWAY_DATA_DIR"
+                ),
+            };
+            crate::daemon::run(&dir, config).await.context("daemon")?;
+        }
+        Command::Id => {
+            let dir = existing_data_dir(&cli)?;
+            let info = match Client::connect(&dir).await {
+                Ok(mut c) => c.id().await?,
+                Err(_) => offline_id(&dir)?,
+            };
+            if cli.json {
+                print_json(&info)?;
+            } else {
+                print_id(&info);
+            }
+        }
+        Command::Cluster(cmd) => cluster(&cli, cmd).await?,
+        Command::Resource(cmd) => resource(&cli, cmd).await?,
+    }
+    Ok(())
+}
+
+/// `id` without a running daemon: from the key, state and config files.
+fn offline_id(dir: &Path) -> Result<IdInfo> {
+    let state = datadir::require_node(dir)?;
+    let key = datadir::read_key(dir)?;
+    let config = Config::load(&dir.join(datadir::CONFIG_FILE)).map_err(|e| anyhow!(e))?;
+    Ok(IdInfo {
+        endpoint_id: crate::node::endpoint_key(&key.public()).to_string(),
+        cluster_id: state.cluster_id.to_string(),
+        cluster_name: state.cluster_name,
+        addrs: vec![config.bind.to_string()],
+    })
+}
+
+fn print_id(info: &IdInfo) {
+    println!("endpoint id:  {}", info.endpoint_id);
+    println!("cluster id:   {}", info.cluster_id);
+    println!("cluster name: {}", info.cluster_name);
+    println!("addresses:    {}", info.addrs.join(", "));
+}
+
+async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Invite { ttl } => {
+            let invite = client(cli)
+                .await?
+                .invite(Some(Duration::from_secs(*ttl)))
+                .await?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "ticket": invite.ticket, "expires_at_ms": invite.expires_at_ms }),
+                )?;
+            } else {
+                println!("{}", invite.ticket);
+            }
+        }
+        ClusterCommand::Join {
+            ticket,
+            bind,
+            discovery,
+        } => {
+            let dir = data_dir(cli)?;
+            let ticket: causeway_proto::InviteTicket =
+                ticket.parse().context("invalid invite ticket")?;
+            let joined = crate::join::join_cluster(
+                &dir,
+                &ticket,
+                bind.unwrap_or_else(default_bind),
+                (*discovery).into(),
+            )
+            .await
+            .context("join")?;
+            if cli.json {
+                print_json(&joined)?;
+            } else {
+                println!(
+                    "joined cluster {} ({}) as {}",
+                    joined.cluster_name, joined.cluster_id, joined.endpoint_id
+                );
+                println!(
+                    "start the node with: causeway run --data-dir {}",
+                    dir.display()
+                );
+            }
+        }
+        ClusterCommand::Status => {
+            let s = client(cli).await?.cluster_status().await?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "cluster_id": s.cluster_id,
+                    "leader": s.leader,
+                    "term": s.term,
+                    "commit_index": s.commit_index,
+                    "applied_index": s.applied_index,
+                    "members": s.members.iter().map(|m| serde_json::json!({
+                        "endpoint_id": m.endpoint_id,
+                        "role": m.role,
+                        "reachable": m.reachable,
+                        "addrs": m.addrs,
+                    })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("cluster {}", s.cluster_id);
+                println!(
+                    "leader {}  term {}  commit {}",
+                    s.leader.as_deref().unwrap_or("none"),
+                    s.term,
+                    s.commit_index
+                );
+                for m in &s.members {
+                    println!(
+                        "  {}  {:<7}  {}  {}",
+                        m.endpoint_id,
+                        m.role,
+                        if m.reachable {
+                            "reachable  "
+                        } else {
+                            "unreachable"
+                        },
+                        m.addrs.join(",")
+                    );
+                }
+            }
+        }
+        ClusterCommand::Remove { node } => {
+            node.parse::<causeway_proto::EndpointKey>()
+                .map_err(|e| anyhow!("{e}"))?;
+            client(cli).await?.remove_member(node).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "removed": node }))?;
+            } else {
+                println!("removed {node}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
+    match cmd {
+        ResourceCommand::Register(a) => {
+            if let Some(p) = &a.path
+                && !p.exists()
+            {
+                bail!("path {} does not exist", p.display());
+            }
+            let req = RegisterResource {
+                name: a.name.clone(),
+                kind: a.kind.clone(),
+                owner: a.owner.clone(),
+                path: a.path.as_ref().map(|p| p.display().to_string()),
+            };
+            let r = client(cli).await?.register_resource(req).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("registered {} ({})", r.name, r.kind);
+            }
+        }
+        ResourceCommand::List { after, limit } => {
+            let mut c = client(cli).await?;
+            let mut rows: Vec<ResourceView> = Vec::new();
+            match limit {
+                Some(n) => rows = c.list_resources(after.as_deref(), *n).await?,
+                None => {
+                    c.all_resources(crate::control::DEFAULT_PAGE, |r| rows.push(r))
+                        .await?
+                }
+            }
+            if cli.json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                println!("no resources");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<32} {:<24} v{:<4} {}",
+                        r.name, r.kind, r.version, r.owner
+                    );
+                }
+            }
+        }
+        ResourceCommand::Show { name } => {
+            let r = client(cli).await?.show_resource(name).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("name:    {}", r.name);
+                println!("kind:    {}", r.kind);
+                println!("owner:   {}", r.owner);
+                println!("version: {}", r.version);
+                if let Some(p) = &r.path {
+                    println!("path:    {p}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `Client`: the Rust API a subsystem (a forge, CI, monitoring) uses to talk to its local node
+//! over the control socket.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::de::DeserializeOwned;
+use tokio::{
+    io::{AsyncWriteExt, BufReader},
+    net::{
+        UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
+
+use crate::api::{ClusterStatusView, IdInfo, InviteView, RegisterResource, ResourceView};
+use crate::config::Config;
+use crate::control::{ControlRequest, ControlResponse, read_line};
+use crate::datadir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the causeway daemon at {path}: {reason} (is `causeway run` running for this data dir?)"
+    )]
+    NotRunning { path: PathBuf, reason: String },
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("daemon closed the control connection")]
+    Closed,
+    #[error("bad response from daemon: {0}")]
+    BadResponse(String),
+    /// The daemon refused or failed the request; `kind` is machine-readable.
+    #[error("{message}")]
+    Remote { kind: String, message: String },
+}
+
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the daemon of the node in `data_dir` (finding its socket from the config).
+    pub async fn connect(data_dir: &Path) -> Result<Self, ClientError> {
+        let socket = Config::load(&data_dir.join(datadir::CONFIG_FILE))
+            .map(|c| c.socket_path(data_dir))
+            .unwrap_or_else(|_| data_dir.join("control.sock"));
+        Self::connect_socket(&socket).await
+    }
+
+    pub async fn connect_socket(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| ClientError::NotRunning {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let (r, w) = stream.into_split();
+        Ok(Self {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Sends one request and returns the daemon's result.
+    pub async fn request(
+        &mut self,
+        req: &ControlRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut line =
+            serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        let resp = read_line(&mut self.reader)
+            .await?
+            .ok_or(ClientError::Closed)?;
+        match serde_json::from_slice::<ControlResponse>(&resp)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?
+        {
+            ControlResponse::Ok { result } => Ok(result),
+            ControlResponse::Error { kind, message } => Err(ClientError::Remote { kind, message }),
+        }
+    }
+
+    async fn typed<T: DeserializeOwned>(&mut self, req: ControlRequest) -> Result<T, ClientError> {
+        let v = self.request(&req).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    pub async fn id(&mut self) -> Result<IdInfo, ClientError> {
+        self.typed(ControlRequest::Id).await
+    }
+
+    pub async fn cluster_status(&mut self) -> Result<ClusterStatusView, ClientError> {
+        self.typed(ControlRequest::ClusterStatus).await
+    }
+
+    pub async fn invite(&mut self, ttl: Option<Duration>) -> Result<InviteView, ClientError> {
+        self.typed(ControlRequest::Invite {
+            ttl_secs: ttl.map(|d| d.as_secs()),
+        })
+        .await
+    }
+
+    pub async fn remove_member(&mut self, node: &str) -> Result<(), ClientError> {
+        self.request(&ControlRequest::RemoveMember { node: node.into() })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn register_resource(
+        &mut self,
+        req: RegisterResource,
+    ) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::RegisterResource(req)).await
+    }
+
+    /// One page of resources after `after` (exclusive), in name order.
+    pub async fn list_resources(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ResourceView>, ClientError> {
+        self.typed(ControlRequest::ListResources {
+            after: after.map(Into::into),
+            limit: Some(limit),
+        })
+        .await
+    }
+
+    /// Every resource, fetched page by page so the catalog is never loaded whole at once.
+    pub async fn all_resources(
+        &mut self,
+        page: usize,
+        mut each: impl FnMut(ResourceView),
+    ) -> Result<(), ClientError> {
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self.list_resources(after.as_deref(), page).await?;
+            let done = rows.len() < page;
+            after = rows.last().map(|r| r.name.clone());
+            rows.into_iter().for_each(&mut each);
+            if done || after.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::ShowResource { name: name.into() })
+            .await
+    }
+}

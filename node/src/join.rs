@@ -1,0 +1,251 @@
+//! Joining a cluster with an invite ticket: the serving side on `causeway/join/1` (redeem the
+//! ticket through Raft, add the node as a learner) and the joining side that creates a new data
+//! dir for the node once the cluster has accepted it.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use causeway_catalog::{Command, CommandResult};
+use causeway_proto::{
+    ClusterId, EndpointKey, InviteTicket, alpn,
+    join::{JoinRequest, JoinResponse, MAX_JOIN_ADDRS, MAX_JOIN_FRAME},
+    ticket::{MAX_TICKET_MEMBERS, TicketMember},
+};
+use causeway_raft::{ClusterNode, MemberNode, Role, wire};
+use iroh::{
+    EndpointAddr, EndpointId,
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler},
+};
+
+use crate::api::JoinedView;
+use crate::config::{Config, Discovery};
+use crate::datadir::{self, NodeState};
+use crate::endpoint;
+use crate::error::NodeError;
+use crate::node::{endpoint_key, now_ms};
+
+/// How long one join exchange may take on either side.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves join requests for this node's cluster.
+#[derive(Clone)]
+pub struct JoinService {
+    cluster: ClusterNode,
+    cluster_id: ClusterId,
+    cluster_name: String,
+}
+
+impl std::fmt::Debug for JoinService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinService")
+            .field("cluster", &self.cluster_id)
+            .finish()
+    }
+}
+
+impl JoinService {
+    pub fn new(cluster: ClusterNode, cluster_id: ClusterId, cluster_name: String) -> Self {
+        Self {
+            cluster,
+            cluster_id,
+            cluster_name,
+        }
+    }
+
+    async fn handle(&self, joiner: EndpointKey, req: JoinRequest) -> JoinResponse {
+        if req.addrs.len() > MAX_JOIN_ADDRS {
+            return JoinResponse::Refused(format!(
+                "at most {MAX_JOIN_ADDRS} addresses may be announced"
+            ));
+        }
+        let redeem = Command::RedeemInvite {
+            invite_id: req.invite_id,
+            secret_hash: *blake3::hash(&req.secret).as_bytes(),
+            joiner,
+            now_ms: now_ms(),
+        };
+        match self.cluster.write(redeem).await {
+            Ok(CommandResult::InviteRedeemed) => {}
+            Ok(CommandResult::Rejected(r)) => {
+                tracing::warn!(joiner = %joiner, reason = %r, "join refused");
+                return JoinResponse::Refused(r.to_string());
+            }
+            Ok(other) => return JoinResponse::Refused(format!("unexpected result {other:?}")),
+            Err(e) => return JoinResponse::Refused(format!("cluster unavailable: {e}")),
+        }
+        if let Err(e) = self
+            .cluster
+            .add_learner(joiner, MemberNode { addrs: req.addrs })
+            .await
+        {
+            return JoinResponse::Refused(format!(
+                "ticket accepted but adding the node failed: {e}"
+            ));
+        }
+        tracing::info!(joiner = %joiner, "node joined as learner");
+        let status = self.cluster.status().await;
+        let members = status
+            .members
+            .into_iter()
+            .filter(|m| m.role == Role::Voter)
+            .take(MAX_TICKET_MEMBERS)
+            .map(|m| TicketMember {
+                endpoint: m.endpoint_id,
+                addrs: m.addrs,
+            })
+            .collect();
+        JoinResponse::Accepted {
+            cluster_id: self.cluster_id,
+            cluster_name: self.cluster_name.clone(),
+            members,
+        }
+    }
+}
+
+impl ProtocolHandler for JoinService {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let joiner = endpoint_key(&conn.remote_id());
+        let exchange = async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let response = match wire::read_frame::<JoinRequest>(&mut recv, MAX_JOIN_FRAME).await {
+                Ok(req) => self.handle(joiner, req).await,
+                Err(e) => {
+                    tracing::warn!(peer = %joiner, error = %e, "bad join request");
+                    JoinResponse::Refused(format!("bad join request: {e}"))
+                }
+            };
+            wire::write_frame(&mut send, &response, MAX_JOIN_FRAME)
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, exchange).await {
+            Ok(Ok(())) => {
+                // Let the joiner read the answer before the connection goes away.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            }
+            Ok(Err(e)) => tracing::debug!(peer = %joiner, error = %e, "join exchange failed"),
+            Err(_) => tracing::warn!(peer = %joiner, "join exchange timed out"),
+        }
+        Ok(())
+    }
+}
+
+async fn ask(
+    endpoint: &iroh::Endpoint,
+    member: &TicketMember,
+    req: &JoinRequest,
+) -> Result<JoinResponse, String> {
+    let id = EndpointId::from_bytes(member.endpoint.as_bytes()).map_err(|e| e.to_string())?;
+    let mut addr = EndpointAddr::new(id);
+    for a in &member.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let conn = endpoint
+        .connect(addr, alpn::JOIN)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    wire::write_frame(&mut send, req, MAX_JOIN_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let resp = wire::read_frame(&mut recv, MAX_JOIN_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.close(0u32.into(), b"done");
+    Ok(resp)
+}
+
+/// Creates a node in `data_dir` (which must not hold one) that is a member of the ticket's
+/// cluster. The node starts as a learner and is promoted to voter once `causeway run` has let
+/// it catch up.
+pub async fn join_cluster(
+    data_dir: &Path,
+    ticket: &InviteTicket,
+    bind: SocketAddr,
+    discovery: Discovery,
+) -> Result<JoinedView, NodeError> {
+    if ticket.expires_at_ms < now_ms() {
+        return Err(NodeError::Refused("invite ticket has expired".into()));
+    }
+    let staging = datadir::stage_new(data_dir)?;
+    let result = async {
+        let key = iroh::SecretKey::generate();
+        let ep = endpoint::bind(key.clone(), bind, discovery, vec![]).await?;
+        let req = JoinRequest {
+            invite_id: ticket.invite_id,
+            secret: ticket.secret,
+            addrs: endpoint::advertised_addrs(&ep),
+        };
+        let mut last_error = String::from("ticket lists no member");
+        let mut accepted = None;
+        for member in &ticket.members {
+            match tokio::time::timeout(JOIN_TIMEOUT, ask(&ep, member, &req)).await {
+                Ok(Ok(JoinResponse::Accepted {
+                    cluster_id,
+                    cluster_name,
+                    members,
+                })) => {
+                    accepted = Some((cluster_id, cluster_name, members));
+                    break;
+                }
+                Ok(Ok(JoinResponse::Refused(reason))) => {
+                    ep.close().await;
+                    return Err(NodeError::Refused(format!(
+                        "the cluster refused to join: {reason}"
+                    )));
+                }
+                Ok(Err(e)) => last_error = format!("member {}: {e}", member.endpoint.short()),
+                Err(_) => last_error = format!("member {}: timed out", member.endpoint.short()),
+            }
+        }
+        let id = endpoint_key(&ep.id());
+        ep.close().await;
+        let Some((cluster_id, cluster_name, members)) = accepted else {
+            return Err(NodeError::Refused(format!(
+                "no member of the cluster could be reached: {last_error}"
+            )));
+        };
+        if cluster_id != ticket.cluster {
+            return Err(NodeError::Refused(format!(
+                "the member answered for cluster {cluster_id}, but the ticket names {}",
+                ticket.cluster
+            )));
+        }
+        let state = NodeState {
+            cluster_id,
+            cluster_name: cluster_name.clone(),
+            bootstrap_peers: members
+                .iter()
+                .map(|m| m.endpoint)
+                .filter(|m| *m != id)
+                .collect(),
+        };
+        datadir::write_key(&staging, &key)?;
+        datadir::write_atomic(
+            &staging.join(datadir::CONFIG_FILE),
+            Config::new(bind, discovery).to_toml().as_bytes(),
+            0o600,
+        )?;
+        datadir::write_state(&staging, &state)?;
+        Ok(JoinedView {
+            endpoint_id: id.to_string(),
+            cluster_id: cluster_id.to_string(),
+            cluster_name,
+            data_dir: data_dir.display().to_string(),
+        })
+    }
+    .await;
+    match result {
+        Ok(view) => {
+            datadir::commit_staged(&staging, data_dir)?;
+            Ok(view)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}

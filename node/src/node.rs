@@ -1,0 +1,293 @@
+//! A running node: endpoint, router, Raft member and the operations subsystems and the CLI use.
+//! `Node` is the embedded API: a program can start one in-process and call it directly; the
+//! control socket exposes the same operations to other processes.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use causeway_catalog::{Command, CommandResult, Rejection};
+use causeway_proto::{
+    EndpointKey, InviteTicket, alpn,
+    ticket::{MAX_TICKET_MEMBERS, TicketMember},
+};
+use causeway_raft::{ClusterNode, RaftService, Role};
+use iroh::{Endpoint, protocol::Router};
+
+use crate::api::{
+    ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView,
+};
+use crate::config::Config;
+use crate::datadir::{self, NodeState};
+use crate::endpoint;
+use crate::error::{NodeError, storage};
+use crate::join::JoinService;
+
+/// Longest invite lifetime an admin may ask for.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Invite lifetime when none is given.
+pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
+/// Largest page of a list call.
+pub const MAX_LIST_PAGE: usize = causeway_catalog::state::MAX_PAGE;
+/// Longest local path stored with a resource.
+pub const MAX_PATH_LEN: usize = 4096;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn endpoint_key(id: &iroh::EndpointId) -> EndpointKey {
+    EndpointKey(*id.as_bytes())
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    config: Config,
+    state: NodeState,
+    endpoint: Endpoint,
+    router: Router,
+    cluster: ClusterNode,
+}
+
+/// A started node. Cloning gives another handle on the same node.
+#[derive(Clone)]
+pub struct Node(Arc<Inner>);
+
+impl Node {
+    /// Starts the node stored in `data_dir`: binds its endpoint, starts its Raft member and
+    /// serves the Raft and join protocols.
+    pub async fn start(data_dir: &Path, config: Config) -> Result<Node, NodeError> {
+        let state = datadir::require_node(data_dir)?;
+        let key = datadir::read_key(data_dir)?;
+        let alpns = vec![alpn::RAFT.to_vec(), alpn::JOIN.to_vec()];
+        let endpoint = endpoint::bind(key.clone(), config.bind, config.discovery, alpns).await?;
+        let id = endpoint_key(&endpoint.id());
+        let cluster = ClusterNode::start(
+            id,
+            endpoint.clone(),
+            &data_dir.join(datadir::DB_FILE),
+            config.raft.clone(),
+            state.bootstrap_peers.clone(),
+        )
+        .await?;
+        let join = JoinService::new(
+            cluster.clone(),
+            state.cluster_id,
+            state.cluster_name.clone(),
+        );
+        let router = Router::builder(endpoint.clone())
+            .accept(alpn::RAFT, RaftService::new(cluster.clone()))
+            .accept(alpn::JOIN, join)
+            .spawn();
+        tracing::info!(endpoint = %id, cluster = %state.cluster_id, bind = %config.bind, "node started");
+        Ok(Node(Arc::new(Inner {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            state,
+            endpoint,
+            router,
+            cluster,
+        })))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.0.data_dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn endpoint_id(&self) -> EndpointKey {
+        self.0.cluster.id()
+    }
+
+    pub fn cluster(&self) -> &ClusterNode {
+        &self.0.cluster
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        endpoint::advertised_addrs(&self.0.endpoint)
+    }
+
+    pub fn id_info(&self) -> IdInfo {
+        IdInfo {
+            endpoint_id: self.endpoint_id().to_string(),
+            cluster_id: self.0.state.cluster_id.to_string(),
+            cluster_name: self.0.state.cluster_name.clone(),
+            addrs: self.addrs().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    pub async fn cluster_status(&self) -> ClusterStatusView {
+        let s = self.0.cluster.status().await;
+        ClusterStatusView {
+            cluster_id: self.0.state.cluster_id.to_string(),
+            leader: s.leader.map(|l| l.to_string()),
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| MemberView {
+                    endpoint_id: m.endpoint_id.to_string(),
+                    role: match m.role {
+                        Role::Voter => "voter".into(),
+                        Role::Learner => "learner".into(),
+                    },
+                    reachable: m.reachable,
+                    addrs: m.addrs.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes a one-time invite ticket valid for `ttl`, recorded through Raft so any member can
+    /// redeem it exactly once.
+    pub async fn invite(&self, ttl: Duration) -> Result<InviteView, NodeError> {
+        if ttl.is_zero() || ttl > MAX_INVITE_TTL {
+            return Err(NodeError::Invalid(format!(
+                "invite lifetime must be between 1 s and {} s",
+                MAX_INVITE_TTL.as_secs()
+            )));
+        }
+        let invite_id: [u8; 16] = rand::random();
+        let secret: [u8; 32] = rand::random();
+        let expires_at_ms = now_ms() + ttl.as_millis() as u64;
+        let result = self
+            .0
+            .cluster
+            .write(Command::CreateInvite {
+                invite_id,
+                secret_hash: *blake3::hash(&secret).as_bytes(),
+                expires_at_ms,
+                created_by: self.endpoint_id(),
+            })
+            .await?;
+        if result != CommandResult::InviteCreated {
+            return Err(NodeError::Refused(format!(
+                "invite not created: {result:?}"
+            )));
+        }
+        let status = self.0.cluster.status().await;
+        let mut members: Vec<TicketMember> = status
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Voter)
+            .map(|m| TicketMember {
+                endpoint: m.endpoint_id,
+                addrs: m.addrs.clone(),
+            })
+            .collect();
+        // The inviting node first: it is known to be up.
+        members.sort_by_key(|m| m.endpoint != self.endpoint_id());
+        members.truncate(MAX_TICKET_MEMBERS);
+        let ticket = InviteTicket {
+            cluster: self.0.state.cluster_id,
+            members,
+            invite_id,
+            secret,
+            expires_at_ms,
+        };
+        Ok(InviteView {
+            ticket: ticket.to_string(),
+            expires_at_ms,
+        })
+    }
+
+    pub async fn remove_member(&self, node: EndpointKey) -> Result<(), NodeError> {
+        Ok(self.0.cluster.remove_member(node).await?)
+    }
+
+    pub async fn register_resource(
+        &self,
+        req: RegisterResource,
+    ) -> Result<ResourceView, NodeError> {
+        causeway_catalog::validate::resource_name(&req.name)
+            .and_then(|_| causeway_catalog::validate::kind(&req.kind))
+            .and_then(|_| causeway_catalog::validate::owner(&req.owner))
+            .map_err(NodeError::Invalid)?;
+        let path = match &req.path {
+            None => None,
+            Some(p) => {
+                let canonical = std::fs::canonicalize(p)
+                    .map_err(|e| NodeError::Invalid(format!("path {p:?} cannot be used: {e}")))?;
+                let s = canonical.to_string_lossy().into_owned();
+                if s.len() > MAX_PATH_LEN {
+                    return Err(NodeError::Invalid(format!(
+                        "path is longer than {MAX_PATH_LEN} bytes"
+                    )));
+                }
+                Some(s)
+            }
+        };
+        let result = self
+            .0
+            .cluster
+            .write(Command::RegisterResource {
+                name: req.name,
+                kind: req.kind,
+                owner: req.owner,
+                path,
+                registered_at_ms: now_ms(),
+            })
+            .await?;
+        match result {
+            CommandResult::ResourceRegistered(r) => Ok(r.into()),
+            CommandResult::Rejected(Rejection::ResourceExists(n)) => Err(NodeError::Conflict(
+                format!("a resource named {n:?} already exists"),
+            )),
+            CommandResult::Rejected(r) => Err(NodeError::Invalid(r.to_string())),
+            other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// A page of resources in name order, after `after`, read linearizably.
+    pub async fn list_resources(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<ResourceView>, NodeError> {
+        self.0.cluster.read_barrier().await?;
+        let db = self.0.cluster.database();
+        let limit = limit.clamp(1, MAX_LIST_PAGE);
+        let rows = tokio::task::spawn_blocking(move || {
+            let txn = redb::ReadableDatabase::begin_read(&*db).map_err(storage)?;
+            causeway_catalog::state::list_resources(&txn, after.as_deref(), limit).map_err(storage)
+        })
+        .await
+        .map_err(storage)??;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn show_resource(&self, name: &str) -> Result<ResourceView, NodeError> {
+        self.0.cluster.read_barrier().await?;
+        let db = self.0.cluster.database();
+        let key = name.to_string();
+        let row = tokio::task::spawn_blocking(move || {
+            let txn = redb::ReadableDatabase::begin_read(&*db).map_err(storage)?;
+            causeway_catalog::state::get_resource(&txn, &key).map_err(storage)
+        })
+        .await
+        .map_err(storage)??;
+        row.map(Into::into)
+            .ok_or_else(|| NodeError::NotFound(format!("no resource named {name:?}")))
+    }
+
+    /// Stops serving, stops Raft and closes the endpoint.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.0.router.shutdown().await {
+            tracing::debug!(error = %e, "router shutdown");
+        }
+        self.0.cluster.shutdown().await;
+        self.0.endpoint.close().await;
+        tracing::info!("node stopped");
+    }
+}
