@@ -27,6 +27,10 @@ pub struct ClusterStatusView {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// Which member's view this is (the leader's when it could be reached).
+    pub reported_by: String,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
     pub members: Vec<MemberView>,
 }
 

@@ -342,6 +342,9 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
                     "term": s.term,
                     "commit_index": s.commit_index,
                     "applied_index": s.applied_index,
+                    "reported_by": s.reported_by,
+                    "snapshot_index": s.snapshot_index,
+                    "purged_index": s.purged_index,
                     "members": s.members.iter().map(|m| serde_json::json!({
                         "endpoint_id": m.endpoint_id,
                         "role": m.role,
@@ -389,6 +392,10 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
 async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
     match cmd {
         ResourceCommand::Register(a) => {
+            causeway_catalog::validate::resource_name(&a.name)
+                .and_then(|_| causeway_catalog::validate::kind(&a.kind))
+                .and_then(|_| causeway_catalog::validate::owner(&a.owner))
+                .map_err(|e| anyhow!(e))?;
             if let Some(p) = &a.path
                 && !p.exists()
             {

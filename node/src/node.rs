@@ -133,6 +133,9 @@ impl Node {
             term: s.term,
             commit_index: s.commit_index,
             applied_index: s.applied_index,
+            reported_by: s.reported_by.to_string(),
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
             members: s
                 .members
                 .into_iter()

@@ -428,6 +428,8 @@ impl ClusterNode {
             commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
+            purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
             reported_by: self.0.id,
             members,
         }

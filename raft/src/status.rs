@@ -29,6 +29,10 @@ pub struct ClusterStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// Last log index covered by the reporting member's latest snapshot.
+    pub snapshot_index: u64,
+    /// Last log index the reporting member has purged from its log.
+    pub purged_index: u64,
     /// Which member produced this view (the leader when it could be reached).
     pub reported_by: EndpointKey,
     pub members: Vec<MemberStatus>,

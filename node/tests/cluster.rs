@@ -1,0 +1,139 @@
+//! A cluster of real `causeway` processes: forming by invite, replication, leader failure,
+//! restarts, clean shutdown and catch-up by snapshot.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn three_nodes_replicate_survive_leader_loss_and_full_restart() {
+    let h = Harness::new();
+    let mut nodes = h.three_node_cluster(|_| {});
+
+    // A write on any node is visible on all.
+    nodes[2].register("from-c");
+    nodes[1].register("from-b");
+    for n in &nodes {
+        assert_eq!(
+            n.resource_names().unwrap(),
+            ["from-b", "from-c"],
+            "on {}",
+            n.name
+        );
+    }
+
+    // Kill the leader: a new one is elected and writes continue.
+    let old_leader = leader_of(&nodes[0]).unwrap();
+    let li = nodes
+        .iter()
+        .position(|n| n.endpoint_id() == old_leader)
+        .unwrap();
+    nodes[li].kill9();
+    let survivor = (li + 1) % 3;
+    let new_leader = wait_for("a new leader", || {
+        leader_of(&nodes[survivor]).filter(|l| *l != old_leader)
+    });
+    assert_ne!(new_leader, old_leader);
+    nodes[survivor].register("after-failover");
+
+    // The old leader restarts and catches up.
+    nodes[li].start();
+    wait_for("old leader to catch up", || {
+        nodes[li]
+            .resource_names()
+            .filter(|n| n.contains(&"after-failover".to_string()))
+    });
+
+    // Clean stop of all three: exit 0 and the control socket is gone.
+    for n in nodes.iter_mut() {
+        assert!(n.stop(), "{} did not exit cleanly", n.name);
+        assert_path_gone(&n.dir.join("control.sock"));
+    }
+    // Restart all: nothing committed is lost.
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    wait_for_voters(&nodes[0], 3);
+    for n in &nodes {
+        assert_eq!(
+            n.resource_names().unwrap(),
+            ["after-failover", "from-b", "from-c"],
+            "after full restart on {}",
+            n.name
+        );
+    }
+}
+
+#[test]
+fn lagging_node_catches_up_through_a_snapshot() {
+    let h = Harness::new();
+    let tune = |c: &mut causeway::Config| {
+        c.raft.snapshot_logs = 10;
+        c.raft.keep_logs = 2;
+    };
+    let mut nodes = h.three_node_cluster(tune);
+    nodes[0].register("before");
+    wait_for("c to apply the first write", || {
+        nodes[2].resource_names().filter(|n| n.len() == 1)
+    });
+    let c_applied = nodes[2].json(&["cluster", "status"])["applied_index"]
+        .as_u64()
+        .unwrap();
+    assert!(nodes[2].stop());
+
+    for i in 0..40 {
+        nodes[i % 2].register(&format!("while-down-{i:02}"));
+    }
+    // The leader has purged the entries c is missing, so only a snapshot can bring it back.
+    let purged = wait_for("the leader to purge its log", || {
+        let s = nodes[0].try_json(&["cluster", "status"])?;
+        let p = s["purged_index"].as_u64()?;
+        (p > c_applied + 5).then_some(p)
+    });
+    assert!(purged > c_applied);
+
+    nodes[2].start();
+    let names = wait_for("c to catch up", || {
+        nodes[2].resource_names().filter(|n| n.len() == 41)
+    });
+    assert!(names.contains(&"while-down-39".to_string()));
+    assert!(
+        nodes[2].log().contains("installed snapshot"),
+        "c should have caught up by snapshot; log:\n{}",
+        nodes[2].log()
+    );
+}
+
+#[test]
+fn daemon_starts_from_config_file_or_environment() {
+    use std::process::{Command, Stdio};
+    let h = Harness::new();
+    let a = h.init("a");
+    // A config file elsewhere that names the data dir.
+    let mut config = causeway::Config::load(&a.dir.join("config.toml")).unwrap();
+    config.data_dir = Some(a.dir.clone());
+    let file = h.path("causeway.toml");
+    std::fs::write(&file, config.to_toml()).unwrap();
+
+    for how in ["config", "env"] {
+        let mut cmd = Command::new(BIN);
+        match how {
+            "config" => cmd
+                .args(["run", "--config", file.to_str().unwrap()])
+                .env_remove("CAUSEWAY_DATA_DIR"),
+            _ => cmd.args(["run"]).env("CAUSEWAY_DATA_DIR", &a.dir),
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let id = wait_for("daemon to answer", || a.try_json(&["id"]));
+        assert_eq!(id["cluster_name"], "a", "started via {how}");
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "clean exit via {how}");
+        assert_path_gone(&a.dir.join("control.sock"));
+    }
+}
