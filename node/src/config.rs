@@ -130,3 +130,14 @@ mod tests {
         assert!(parse_bind("1.2.3.4").unwrap_err().contains("IP:PORT"));
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// The shipped example config must stay loadable.
+    #[test]
+    fn packaged_example_parses() {
+        let text = include_str!("../../packaging/config.example.toml");
+        let c = super::Config::parse(text).expect("example config");
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/causeway")));
+    }
+}

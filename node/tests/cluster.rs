@@ -137,3 +137,56 @@ fn daemon_starts_from_config_file_or_environment() {
         assert_path_gone(&a.dir.join("control.sock"));
     }
 }
+
+#[test]
+fn removed_member_leaves_the_cluster() {
+    let h = Harness::new();
+    let mut nodes = h.three_node_cluster(|_| {});
+    let c_id = nodes[2].endpoint_id();
+    let out = nodes[1].cli(&["cluster", "remove", &c_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = wait_for_voters(&nodes[0], 2);
+    assert!(
+        status["members"].as_array().unwrap().iter().all(|m| m["endpoint_id"] != c_id.as_str()),
+        "{status}"
+    );
+    // The two remaining voters still commit.
+    nodes[0].register("after-removal");
+    assert!(nodes[1].resource_names().unwrap().contains(&"after-removal".to_string()));
+    nodes[2].kill9();
+    // Removing a node that is not a member, or the last voter, is refused.
+    let out = nodes[0].cli(&["cluster", "remove", &c_id]);
+    assert!(stderr(&out).contains("not a member"), "{}", stderr(&out));
+    let out = nodes[0].cli(&["cluster", "remove", "nonsense"]);
+    assert!(stderr(&out).contains("invalid id"), "{}", stderr(&out));
+}
+
+#[test]
+fn daemon_tells_systemd_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+    let h = Harness::new();
+    let a = h.init("a");
+    let sock_path = h.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--data-dir", a.dir_str()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("a notification from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means serving: the control socket answers right away.
+    assert!(a.try_json(&["id"]).is_some());
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = sock.recv(&mut buf).expect("stopping notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}

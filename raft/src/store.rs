@@ -145,7 +145,7 @@ fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
             "raft log flushed"
         );
         for cb in batch {
-            cb.io_completed(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+            cb.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
     }
 }
@@ -224,7 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let t = txn.open_table(LOG).map_err(io_err)?;
             let last = match t.last().map_err(io_err)? {
                 Some((_, v)) => Some(dec::<Entry>(v.value(), MAX_RECORD)?.log_id()),
-                None => last_purged.clone(),
+                None => last_purged,
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,

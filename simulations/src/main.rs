@@ -1,1 +1,46 @@
-fn main() {}
+//! `causeway-simulations`: runs many Causeway nodes on one machine. Each subcommand lives in
+//! its own module; this file only parses the command line and dispatches.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "causeway-simulations",
+    about = "Many Causeway nodes on one machine: benchmarks and simulations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Raft write latency and throughput as ratios to a raw redb commit on the same disk.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    // Node logs would interleave with the figures, so they are off unless asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match Cli::parse().command {
+        Cmd::Bench(args) => bench::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

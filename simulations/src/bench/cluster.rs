@@ -1,0 +1,136 @@
+//! Throwaway Causeway clusters for the bench: nodes created with `init` and `join` in a scratch
+//! directory, run in-process on loopback with static discovery, and stopped again.
+
+use std::{
+    future::Future,
+    net::{SocketAddr, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use causeway::{Config, Discovery, Node, NodeError, join::join_cluster};
+use causeway_proto::InviteTicket;
+use causeway_raft::{ClusterStatus, Role};
+
+/// How long forming the cluster (election, join, promotion) may take before the bench gives up.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+/// Attempts at binding a port that was free a moment ago.
+const BIND_ATTEMPTS: usize = 5;
+const POLL: Duration = Duration::from_millis(50);
+
+/// Started nodes of one cluster. Stop it with [`LocalCluster::shutdown`]; dropping it leaves
+/// the nodes' tasks running until the runtime ends.
+pub struct LocalCluster {
+    nodes: Vec<Node>,
+}
+
+impl LocalCluster {
+    /// Forms a cluster of `size` voters whose data dirs are `root/<name>-<i>`.
+    pub async fn start(root: &Path, name: &str, size: usize) -> Result<Self> {
+        let mut cluster = LocalCluster { nodes: Vec::new() };
+        match cluster.grow(root, name, size).await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                cluster.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn grow(&mut self, root: &Path, name: &str, size: usize) -> Result<()> {
+        let first = root.join(format!("{name}-0"));
+        on_free_port(|bind| {
+            causeway::init::init(&first, Some(name.to_string()), bind, Discovery::Static)
+        })
+        .await
+        .with_context(|| format!("init {}", first.display()))?;
+        self.nodes.push(start_node(&first).await?);
+        self.wait_until("the first node leads", |s| s.leader.is_some())
+            .await?;
+        for i in 1..size {
+            let invite = self.leader()?.invite(Duration::from_secs(600)).await?;
+            let ticket: InviteTicket = invite
+                .ticket
+                .parse()
+                .map_err(|e| anyhow!("invite ticket: {e}"))?;
+            let dir = root.join(format!("{name}-{i}"));
+            on_free_port(|bind| join_cluster(&dir, &ticket, bind, Discovery::Static))
+                .await
+                .with_context(|| format!("join {}", dir.display()))?;
+            self.nodes.push(start_node(&dir).await?);
+            let want = i + 1;
+            self.wait_until(&format!("{want} reachable voters"), |s| {
+                s.members.len() == want
+                    && s.members
+                        .iter()
+                        .all(|m| m.role == Role::Voter && m.reachable)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The node that currently leads, as the nodes themselves report it.
+    pub fn leader(&self) -> Result<&Node> {
+        let id = self
+            .nodes
+            .iter()
+            .find_map(|n| n.cluster().local_status().leader)
+            .ok_or_else(|| anyhow!("the cluster has no leader"))?;
+        self.nodes
+            .iter()
+            .find(|n| n.endpoint_id() == id)
+            .ok_or_else(|| anyhow!("the leader {id} is not one of the bench's nodes"))
+    }
+
+    /// Polls the leader's own view (only the leader knows reachability) until `done` holds.
+    async fn wait_until(&self, what: &str, done: impl Fn(&ClusterStatus) -> bool) -> Result<()> {
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        loop {
+            let status = self.leader().ok().map(|l| l.cluster().local_status());
+            if status.as_ref().is_some_and(&done) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("waited {SETUP_DEADLINE:?} for {what}; last status: {status:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        // Followers first, so they do not start elections while the leader goes away.
+        let mut nodes = std::mem::take(&mut self.nodes);
+        nodes.sort_by_key(|n| n.cluster().local_status().leader == Some(n.endpoint_id()));
+        for node in nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn start_node(dir: &Path) -> Result<Node> {
+    let config = Config::load(&dir.join("config.toml")).map_err(anyhow::Error::msg)?;
+    Node::start(dir, config)
+        .await
+        .with_context(|| format!("start node {}", dir.display()))
+}
+
+/// The bind port ends up in the cluster membership, so a port the OS picks at bind time (`:0`)
+/// cannot be used: this asks the OS for a free port, releases it and hands it to `f`, retrying
+/// with another port if someone took it in between.
+async fn on_free_port<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<T, NodeError>>,
+{
+    let mut attempt = 1;
+    loop {
+        let port = UdpSocket::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        match f(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(v) => return Ok(v),
+            Err(NodeError::Endpoint(_)) if attempt < BIND_ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! `bench`: Raft write latency and throughput of real in-process clusters on loopback, each
+//! figure as a ratio to a raw redb commit timed in the same run on the same disk, so the
+//! figures say what Raft costs on top of the fsync rather than how fast this machine's disk is.
+
+mod cluster;
+mod measure;
+mod report;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use cluster::LocalCluster;
+use measure::{Budget, Measured, Names};
+use report::Report;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Fewer iterations: a smoke test that takes seconds, not a measurement.
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory for the nodes' data dirs (default: the system temp dir). A fresh subdirectory
+    /// is made there and removed at the end; use it to bench a particular disk.
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// Also print the results as one JSON document on stdout; the table then goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How much work each measurement does.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: &'static str,
+    pub raw_commits: usize,
+    /// Untimed operations before each timed series (connections, caches, file growth).
+    pub warmup: usize,
+    pub latency_writes: usize,
+    pub writer_counts: Vec<usize>,
+    pub budget: Budget,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Plan {
+            mode: "full",
+            raw_commits: 2000,
+            warmup: 100,
+            latency_writes: 2000,
+            writer_counts: vec![1, 64, 256],
+            budget: Budget {
+                time: Duration::from_secs(5),
+                max_writes: None,
+            },
+        }
+    }
+
+    pub fn quick() -> Self {
+        Plan {
+            mode: "quick",
+            raw_commits: 200,
+            warmup: 10,
+            latency_writes: 200,
+            writer_counts: vec![1, 64, 256],
+            budget: Budget {
+                time: Duration::from_millis(500),
+                max_writes: None,
+            },
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let parent = args.dir.unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("causeway-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("make a scratch dir in {}", parent.display()))?;
+    let report = measure_all(&plan, scratch.path()).await;
+    let path = scratch.path().to_path_buf();
+    scratch
+        .close()
+        .with_context(|| format!("remove {}", path.display()))?;
+    let report = report?;
+    if args.json {
+        eprint!("\n{}", report.table());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("\n{}", report.table());
+    }
+    if report.errors > 0 {
+        bail!(
+            "{} writes failed, first: {}",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// Runs every measurement of `plan` with scratch data under `root`. Progress goes to stderr.
+pub async fn measure_all(plan: &Plan, root: &Path) -> Result<Report> {
+    eprintln!(
+        "raw redb: {} single-row commits in {}",
+        plan.raw_commits,
+        root.display()
+    );
+    let raw_path = root.join("raw.redb");
+    let (warmup, n) = (plan.warmup, plan.raw_commits);
+    let raw = tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n))
+        .await??;
+
+    let names = Arc::new(Names::default());
+    let mut latency = Vec::new();
+    let mut throughput = Vec::new();
+    for nodes in [1, 3] {
+        eprintln!("{nodes}-node cluster: forming");
+        let mut cluster = LocalCluster::start(root, &format!("bench-{nodes}node"), nodes).await?;
+        let result = measure_cluster(plan, &cluster, nodes, &names).await;
+        eprintln!("{nodes}-node cluster: stopping");
+        cluster.shutdown().await;
+        let (lat, tput) = result?;
+        latency.push((nodes, lat));
+        throughput.extend(tput.into_iter().map(|(w, m)| (nodes, w, m)));
+    }
+    Ok(Report::new(
+        plan.mode,
+        root.display().to_string(),
+        raw,
+        latency,
+        throughput,
+    ))
+}
+
+type ClusterFigures = (Measured, Vec<(usize, Measured)>);
+
+async fn measure_cluster(
+    plan: &Plan,
+    cluster: &LocalCluster,
+    nodes: usize,
+    names: &Arc<Names>,
+) -> Result<ClusterFigures> {
+    // Writing on the leader keeps the client's hop out of the figures: a write sent to a
+    // follower is forwarded, which is a different (and serialized) path.
+    let leader = cluster.leader()?.cluster().clone();
+    eprintln!(
+        "{nodes}-node cluster: {} writes, 1 client",
+        plan.latency_writes
+    );
+    let lat = measure::sequential(&leader, names, plan.warmup, plan.latency_writes).await;
+    let mut tput = Vec::new();
+    for &writers in &plan.writer_counts {
+        eprintln!(
+            "{nodes}-node cluster: {writers} concurrent writers for {:?}",
+            plan.budget.time
+        );
+        tput.push((
+            writers,
+            measure::concurrent(&leader, names, writers, plan.budget).await?,
+        ));
+    }
+    Ok((lat, tput))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole bench end to end with tiny counts: it must run and produce numbers. The figures
+    /// themselves are not checked; a CI machine's timings prove nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiny_bench_runs_and_reports_figures() {
+        let plan = Plan {
+            mode: "test",
+            raw_commits: 20,
+            warmup: 2,
+            latency_writes: 20,
+            writer_counts: vec![1, 64, 256],
+            budget: Budget {
+                time: Duration::from_secs(30),
+                max_writes: Some(20),
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let report = measure_all(&plan, dir.path()).await.unwrap();
+
+        assert_eq!(report.errors, 0, "{:?}", report.first_error);
+        assert_eq!(report.raw.count, 20);
+        assert!(report.raw.p50_ms > 0.0 && report.raw.per_sec > 0.0);
+        let nodes: Vec<usize> = report.latency.iter().map(|r| r.nodes).collect();
+        assert_eq!(nodes, [1, 3]);
+        for r in &report.latency {
+            assert_eq!(r.stats.count, 20);
+            assert!(r.stats.p50_ms.is_finite() && r.stats.p99_ms >= r.stats.p50_ms);
+            assert!(r.goal.is_some());
+        }
+        assert_eq!(report.throughput.len(), 6);
+        for r in &report.throughput {
+            // Every writer writes at least once even when the cap is lower than their number.
+            assert!(r.stats.count >= r.writers.max(20), "{r:?}");
+            assert!(r.stats.per_sec > 0.0 && r.vs_one_writer.is_some());
+        }
+        assert_eq!(report.goals_total, 4);
+
+        let table = report.table();
+        assert!(table.contains("raw redb commit") && table.contains("goal"), "{table}");
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["throughput"][5]["writers"], 256);
+    }
+}
