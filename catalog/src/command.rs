@@ -1,6 +1,8 @@
 //! Commands that travel through Raft, and their outcomes.
 
-use causeway_proto::{ClusterId, EndpointKey};
+use std::net::SocketAddr;
+
+use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
 use serde::{Deserialize, Serialize};
 
 /// One change to the catalog. Everything a command needs is inside it (including "now" for
@@ -33,6 +35,21 @@ pub enum Command {
         joiner: EndpointKey,
         now_ms: u64,
     },
+    /// A new card of this cluster (higher epoch), signed by the cluster key.
+    SetOwnCard { card: SignedCard },
+    /// "This cluster federates with the cluster behind `endpoint`."
+    AddLink {
+        name: String,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        now_ms: u64,
+    },
+    /// The first successful handshake of a link: pin the peer's cluster ID.
+    PinLink { name: String, card: SignedCard },
+    /// A newer card from a pinned peer cluster.
+    UpdatePeerCard { cluster: ClusterId, card: SignedCard },
+    /// Tombstone the link; adding it again later starts afresh.
+    RemoveLink { name: String, now_ms: u64 },
 }
 
 impl Command {
@@ -43,6 +60,11 @@ impl Command {
             Command::RegisterResource { .. } => "register-resource",
             Command::CreateInvite { .. } => "create-invite",
             Command::RedeemInvite { .. } => "redeem-invite",
+            Command::SetOwnCard { .. } => "set-own-card",
+            Command::AddLink { .. } => "add-link",
+            Command::PinLink { .. } => "pin-link",
+            Command::UpdatePeerCard { .. } => "update-peer-card",
+            Command::RemoveLink { .. } => "remove-link",
         }
     }
 }
@@ -64,6 +86,7 @@ pub enum CommandResult {
     ResourceRegistered(Resource),
     InviteCreated,
     InviteRedeemed,
+    Link(crate::links::LinkRecord),
     Rejected(Rejection),
 }
 
@@ -85,6 +108,22 @@ pub enum Rejection {
     InviteForged,
     #[error("invite id already exists")]
     InviteExists,
+    #[error("stale card: epoch {presented} is not newer than {known}")]
+    StaleCard { presented: u64, known: u64 },
+    #[error("a link named {0:?} already exists")]
+    LinkNameTaken(String),
+    #[error("endpoint {endpoint} is already linked as {name:?}")]
+    AlreadyLinked { endpoint: EndpointKey, name: String },
+    #[error("cluster {cluster} is already linked as {name:?}")]
+    ClusterAlreadyLinked { cluster: ClusterId, name: String },
+    #[error("no link named {0:?}")]
+    NoSuchLink(String),
+    #[error("no link is pinned to cluster {0}")]
+    NoLinkForCluster(ClusterId),
+    #[error("link {name:?} is pinned to cluster {pinned}, but the peer presented cluster {presented}")]
+    PinnedMismatch { name: String, pinned: ClusterId, presented: ClusterId },
+    #[error("card is not valid: {0}")]
+    BadCard(String),
 }
 
 /// A resource registered for federation.

@@ -3,6 +3,7 @@
 //! applies the same log reaches the same tables.
 
 pub mod command;
+pub mod links;
 pub mod state;
 pub mod validate;
 

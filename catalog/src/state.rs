@@ -1,7 +1,7 @@
 //! The catalog tables in redb and the deterministic apply of commands to them, plus export and
 //! import of the whole catalog for Raft snapshots.
 
-use causeway_proto::{ClusterId, EndpointKey};
+use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +16,14 @@ const RESOURCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_r
 const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_invites");
 
 /// Every catalog table, in snapshot order.
-const ALL_TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [CLUSTER, RESOURCES, INVITES];
+/// Link name to postcard `LinkRecord`.
+pub(crate) const LINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_links");
+
+/// Every catalog table, in snapshot order (append only: snapshots index tables by position).
+const ALL_TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [CLUSTER, RESOURCES, INVITES, LINKS];
 
 const IDENTITY_KEY: &[u8] = b"identity";
+const CARD_KEY: &[u8] = b"card";
 
 /// Largest page a list call returns.
 pub const MAX_PAGE: usize = 1000;
@@ -80,11 +85,11 @@ pub struct CatalogSnapshot {
     pub tables: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CatalogError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CatalogError> {
     causeway_proto::decode(bytes, MAX_RECORD).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
     causeway_proto::encode(value, MAX_RECORD).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
@@ -196,7 +201,34 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             t.insert(invite_id.as_slice(), encode(&invite)?.as_slice())?;
             Ok(CommandResult::InviteRedeemed)
         }
+        Command::SetOwnCard { card } => {
+            let mut t = txn.open_table(CLUSTER)?;
+            let current: Option<SignedCard> = t.get(CARD_KEY)?.map(|v| decode(v.value())).transpose()?;
+            if let Some(cur) = current
+                && cur.card.epoch >= card.card.epoch
+            {
+                return Ok(CommandResult::Rejected(Rejection::StaleCard {
+                    presented: card.card.epoch,
+                    known: cur.card.epoch,
+                }));
+            }
+            t.insert(CARD_KEY, encode(card)?.as_slice())?;
+            Ok(CommandResult::Applied)
+        }
+        Command::AddLink { .. } | Command::PinLink { .. } | Command::UpdatePeerCard { .. } | Command::RemoveLink { .. } => {
+            crate::links::apply(txn, cmd)
+        }
     }
+}
+
+/// This cluster's latest signed card.
+pub fn own_card(txn: &ReadTransaction) -> Result<Option<SignedCard>, CatalogError> {
+    let t = match txn.open_table(CLUSTER) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(CARD_KEY)?.map(|v| decode(v.value())).transpose()
 }
 
 /// The cluster identity, once `InitCluster` has been applied.

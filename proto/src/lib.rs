@@ -2,6 +2,8 @@
 //! postcard framing and the invite ticket. Nothing here performs I/O.
 
 pub mod alpn;
+pub mod card;
+pub mod fed;
 pub mod frame;
 pub mod ids;
 pub mod join;
