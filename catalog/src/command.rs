@@ -121,7 +121,11 @@ pub enum Rejection {
     #[error("no link is pinned to cluster {0}")]
     NoLinkForCluster(ClusterId),
     #[error("link {name:?} is pinned to cluster {pinned}, but the peer presented cluster {presented}")]
-    PinnedMismatch { name: String, pinned: ClusterId, presented: ClusterId },
+    PinnedMismatch {
+        name: String,
+        pinned: ClusterId,
+        presented: ClusterId,
+    },
     #[error("card is not valid: {0}")]
     BadCard(String),
 }

@@ -74,7 +74,8 @@ fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
 }
 
 fn put(txn: &WriteTransaction, link: &LinkRecord) -> Result<(), CatalogError> {
-    txn.open_table(LINKS)?.insert(link.name.as_bytes(), encode(link)?.as_slice())?;
+    txn.open_table(LINKS)?
+        .insert(link.name.as_bytes(), encode(link)?.as_slice())?;
     Ok(())
 }
 
@@ -247,8 +248,14 @@ mod tests {
             now_ms: 1,
         };
         assert!(matches!(run(&db, add("beta", e1)), CommandResult::Link(_)));
-        assert!(matches!(run(&db, add("beta", e2)), CommandResult::Rejected(Rejection::LinkNameTaken(_))));
-        assert!(matches!(run(&db, add("b2", e1)), CommandResult::Rejected(Rejection::AlreadyLinked { .. })));
+        assert!(matches!(
+            run(&db, add("beta", e2)),
+            CommandResult::Rejected(Rejection::LinkNameTaken(_))
+        ));
+        assert!(matches!(
+            run(&db, add("b2", e1)),
+            CommandResult::Rejected(Rejection::AlreadyLinked { .. })
+        ));
         let secret = [5; 32];
         let pin = Command::PinLink {
             name: "beta".into(),
@@ -260,7 +267,10 @@ mod tests {
             name: "beta".into(),
             card: card([6; 32], 9, &[e1]),
         };
-        assert!(matches!(run(&db, other), CommandResult::Rejected(Rejection::PinnedMismatch { .. })));
+        assert!(matches!(
+            run(&db, other),
+            CommandResult::Rejected(Rejection::PinnedMismatch { .. })
+        ));
         // A newer card adds an endpoint; an old one is refused.
         let cluster = cluster_id_of(&secret);
         let newer = Command::UpdatePeerCard {
@@ -272,7 +282,10 @@ mod tests {
             cluster,
             card: card(secret, 2, &[e1]),
         };
-        assert!(matches!(run(&db, stale), CommandResult::Rejected(Rejection::StaleCard { .. })));
+        assert!(matches!(
+            run(&db, stale),
+            CommandResult::Rejected(Rejection::StaleCard { .. })
+        ));
         let links = list(&db.begin_read().unwrap()).unwrap();
         assert!(links[0].recognizes(&e2));
         assert_eq!(links[0].dial_targets().len(), 2);

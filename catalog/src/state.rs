@@ -137,9 +137,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             }
             let mut t = txn.open_table(RESOURCES)?;
             if t.get(name.as_bytes())?.is_some() {
-                return Ok(CommandResult::Rejected(Rejection::ResourceExists(
-                    name.clone(),
-                )));
+                return Ok(CommandResult::Rejected(Rejection::ResourceExists(name.clone())));
             }
             let resource = Resource {
                 name: name.clone(),
@@ -215,9 +213,10 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             t.insert(CARD_KEY, encode(card)?.as_slice())?;
             Ok(CommandResult::Applied)
         }
-        Command::AddLink { .. } | Command::PinLink { .. } | Command::UpdatePeerCard { .. } | Command::RemoveLink { .. } => {
-            crate::links::apply(txn, cmd)
-        }
+        Command::AddLink { .. }
+        | Command::PinLink { .. }
+        | Command::UpdatePeerCard { .. }
+        | Command::RemoveLink { .. } => crate::links::apply(txn, cmd),
     }
 }
 
@@ -247,17 +246,11 @@ pub fn get_resource(txn: &ReadTransaction, name: &str) -> Result<Option<Resource
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    t.get(name.as_bytes())?
-        .map(|v| decode(v.value()))
-        .transpose()
+    t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
 }
 
 /// One page of resources in name order, starting strictly after `after`.
-pub fn list_resources(
-    txn: &ReadTransaction,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Vec<Resource>, CatalogError> {
+pub fn list_resources(txn: &ReadTransaction, after: Option<&str>, limit: usize) -> Result<Vec<Resource>, CatalogError> {
     let t = match txn.open_table(RESOURCES) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -266,10 +259,7 @@ pub fn list_resources(
     let limit = limit.clamp(1, MAX_PAGE);
     let mut out = Vec::with_capacity(limit.min(64));
     let range = match after {
-        Some(a) => t.range::<&[u8]>((
-            std::ops::Bound::Excluded(a.as_bytes()),
-            std::ops::Bound::Unbounded,
-        ))?,
+        Some(a) => t.range::<&[u8]>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded))?,
         None => t.range::<&[u8]>(..)?,
     };
     for row in range {
@@ -282,18 +272,13 @@ pub fn list_resources(
     Ok(out)
 }
 
-pub fn get_invite(
-    txn: &ReadTransaction,
-    invite_id: &[u8; 16],
-) -> Result<Option<Invite>, CatalogError> {
+pub fn get_invite(txn: &ReadTransaction, invite_id: &[u8; 16]) -> Result<Option<Invite>, CatalogError> {
     let t = match txn.open_table(INVITES) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    t.get(invite_id.as_slice())?
-        .map(|v| decode(v.value()))
-        .transpose()
+    t.get(invite_id.as_slice())?.map(|v| decode(v.value())).transpose()
 }
 
 /// Copies every catalog row out, for a snapshot.
@@ -326,8 +311,7 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
         )));
     }
     for (i, def) in ALL_TABLES.into_iter().enumerate() {
-        txn.delete_table(def)
-            .map_err(|e| CatalogError::Storage(e.into()))?;
+        txn.delete_table(def).map_err(|e| CatalogError::Storage(e.into()))?;
         let mut t = txn.open_table(def)?;
         if let Some(rows) = snap.tables.get(i) {
             for (k, v) in rows {
@@ -369,14 +353,8 @@ mod tests {
     #[test]
     fn register_list_and_duplicates() {
         let (_d, db) = db();
-        assert!(matches!(
-            run(&db, register("b")),
-            CommandResult::ResourceRegistered(_)
-        ));
-        assert!(matches!(
-            run(&db, register("a")),
-            CommandResult::ResourceRegistered(_)
-        ));
+        assert!(matches!(run(&db, register("b")), CommandResult::ResourceRegistered(_)));
+        assert!(matches!(run(&db, register("a")), CommandResult::ResourceRegistered(_)));
         assert_eq!(
             run(&db, register("a")),
             CommandResult::Rejected(Rejection::ResourceExists("a".into()))

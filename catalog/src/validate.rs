@@ -43,9 +43,8 @@ pub fn kind(kind: &str) -> Result<(), String> {
     }
     let ok_segment = |s: &str| {
         !s.is_empty()
-            && s.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-            })
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
     };
     let segments: Vec<&str> = kind.split('/').collect();
     if segments.len() > 2 || !segments.iter().all(|s| ok_segment(s)) {
@@ -97,12 +96,7 @@ mod tests {
 
     #[test]
     fn kinds() {
-        for good in [
-            "artifact",
-            "forge/repo",
-            "monitoring/dashboard",
-            "edge/zone",
-        ] {
+        for good in ["artifact", "forge/repo", "monitoring/dashboard", "edge/zone"] {
             assert!(kind(good).is_ok(), "{good}");
         }
         for bad in ["", "Forge/Repo", "a/b/c", "/x", "x/", "sp ace"] {

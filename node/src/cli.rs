@@ -64,6 +64,27 @@ pub enum Command {
     /// Resources registered for federation.
     #[command(subcommand)]
     Resource(ResourceCommand),
+    /// Federation links to other clusters.
+    #[command(subcommand)]
+    Link(LinkCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkCommand {
+    /// Federate with the cluster behind ENDPOINT_ID (any node of it).
+    Add {
+        endpoint_id: String,
+        /// Where to reach that endpoint (needed with static discovery); repeatable.
+        #[arg(long = "addr", value_name = "IP:PORT", value_parser = config::parse_bind)]
+        addrs: Vec<SocketAddr>,
+        /// A local name for the link (default: peer-<endpoint prefix>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Links and their health, plus peers that connect to us without our linking to them.
+    List,
+    /// Remove a link: PEER is its name, the peer's cluster ID or any of its endpoint IDs.
+    Remove { peer: String },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -140,10 +161,7 @@ pub struct RegisterArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Run { .. }));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start async runtime: {e}");
@@ -205,11 +223,7 @@ fn default_bind() -> SocketAddr {
 
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Init {
-            name,
-            bind,
-            discovery,
-        } => {
+        Command::Init { name, bind, discovery } => {
             let dir = data_dir(&cli)?;
             let info = crate::init::init(
                 &dir,
@@ -241,13 +255,10 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 (None, Some(_)) => {
                     let dir = existing_data_dir(&cli)?;
-                    let c =
-                        Config::load(&dir.join(datadir::CONFIG_FILE)).map_err(|e| anyhow!(e))?;
+                    let c = Config::load(&dir.join(datadir::CONFIG_FILE)).map_err(|e| anyhow!(e))?;
                     (dir, c)
                 }
-                (None, None) => bail!(
-                    "no data directory: pass --data-dir DIR, --config FILE or set CAUSEWAY_DATA_DIR"
-                ),
+                (None, None) => bail!("no data directory: pass --data-dir DIR, --config FILE or set CAUSEWAY_DATA_DIR"),
             };
             crate::daemon::run(&dir, config).await.context("daemon")?;
         }
@@ -265,6 +276,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(cmd) => cluster(&cli, cmd).await?,
         Command::Resource(cmd) => resource(&cli, cmd).await?,
+        Command::Link(cmd) => link(&cli, cmd).await?,
     }
     Ok(())
 }
@@ -292,14 +304,9 @@ fn print_id(info: &IdInfo) {
 async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Invite { ttl } => {
-            let invite = client(cli)
-                .await?
-                .invite(Some(Duration::from_secs(*ttl)))
-                .await?;
+            let invite = client(cli).await?.invite(Some(Duration::from_secs(*ttl))).await?;
             if cli.json {
-                print_json(
-                    &serde_json::json!({ "ticket": invite.ticket, "expires_at_ms": invite.expires_at_ms }),
-                )?;
+                print_json(&serde_json::json!({ "ticket": invite.ticket, "expires_at_ms": invite.expires_at_ms }))?;
             } else {
                 println!("{}", invite.ticket);
             }
@@ -310,16 +317,11 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
             discovery,
         } => {
             let dir = data_dir(cli)?;
-            let ticket: causeway_proto::InviteTicket =
-                ticket.parse().context("invalid invite ticket")?;
-            let joined = crate::join::join_cluster(
-                &dir,
-                &ticket,
-                bind.unwrap_or_else(default_bind),
-                (*discovery).into(),
-            )
-            .await
-            .context("join")?;
+            let ticket: causeway_proto::InviteTicket = ticket.parse().context("invalid invite ticket")?;
+            let joined =
+                crate::join::join_cluster(&dir, &ticket, bind.unwrap_or_else(default_bind), (*discovery).into())
+                    .await
+                    .context("join")?;
             if cli.json {
                 print_json(&joined)?;
             } else {
@@ -327,10 +329,7 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
                     "joined cluster {} ({}) as {}",
                     joined.cluster_name, joined.cluster_id, joined.endpoint_id
                 );
-                println!(
-                    "start the node with: causeway run --data-dir {}",
-                    dir.display()
-                );
+                println!("start the node with: causeway run --data-dir {}", dir.display());
             }
         }
         ClusterCommand::Status => {
@@ -365,11 +364,7 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
                         "  {}  {:<7}  {}  {}",
                         m.endpoint_id,
                         m.role,
-                        if m.reachable {
-                            "reachable  "
-                        } else {
-                            "unreachable"
-                        },
+                        if m.reachable { "reachable  " } else { "unreachable" },
                         m.addrs.join(",")
                     );
                 }
@@ -387,6 +382,80 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
+    match cmd {
+        LinkCommand::Add {
+            endpoint_id,
+            addrs,
+            name,
+        } => {
+            endpoint_id
+                .parse::<causeway_proto::EndpointKey>()
+                .map_err(|e| anyhow!("{e}"))?;
+            let v = client(cli)
+                .await?
+                .link_add(endpoint_id, addrs.clone(), name.clone())
+                .await?;
+            if cli.json {
+                print_json(&link_json(&v))?;
+            } else {
+                println!("linked {} ({})", v.name, endpoint_id);
+            }
+        }
+        LinkCommand::List => {
+            let links = client(cli).await?.link_list().await?;
+            if cli.json {
+                print_json(&links.iter().map(link_json).collect::<Vec<_>>())?;
+            } else if links.is_empty() {
+                println!("no links");
+            } else {
+                for l in &links {
+                    println!(
+                        "{:<20} {:<8} {:<8} mutual={:<5} last={}ms  peer={}{}",
+                        l.name,
+                        l.direction,
+                        l.state,
+                        l.mutual,
+                        l.last_heartbeat_ms_ago
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        l.peer.as_deref().unwrap_or("(not pinned yet)"),
+                        l.reason
+                            .as_deref()
+                            .map(|r| format!("  reason: {r}"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        LinkCommand::Remove { peer } => {
+            client(cli).await?.link_remove(peer).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "removed": peer }))?;
+            } else {
+                println!("removed link {peer}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A link in the contract's JSON shape.
+fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
+    serde_json::json!({
+        "peer": l.peer,
+        "name": l.name,
+        "endpoints": l.endpoints,
+        "state": l.state,
+        "mutual": l.mutual,
+        "last_heartbeat_ms_ago": l.last_heartbeat_ms_ago,
+        "rtt_ms": l.rtt_ms,
+        "direction": l.direction,
+        "card_epoch": l.card_epoch,
+        "reason": l.reason,
+    })
 }
 
 async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
@@ -419,10 +488,7 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             let mut rows: Vec<ResourceView> = Vec::new();
             match limit {
                 Some(n) => rows = c.list_resources(after.as_deref(), *n).await?,
-                None => {
-                    c.all_resources(crate::control::DEFAULT_PAGE, |r| rows.push(r))
-                        .await?
-                }
+                None => c.all_resources(crate::control::DEFAULT_PAGE, |r| rows.push(r)).await?,
             }
             if cli.json {
                 print_json(&rows)?;
@@ -430,10 +496,7 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
                 println!("no resources");
             } else {
                 for r in &rows {
-                    println!(
-                        "{:<32} {:<24} v{:<4} {}",
-                        r.name, r.kind, r.version, r.owner
-                    );
+                    println!("{:<32} {:<24} v{:<4} {}", r.name, r.kind, r.version, r.owner);
                 }
             }
         }

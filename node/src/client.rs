@@ -22,9 +22,7 @@ use crate::datadir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach the causeway daemon at {path}: {reason} (is `causeway run` running for this data dir?)"
-    )]
+    #[error("cannot reach the causeway daemon at {path}: {reason} (is `causeway run` running for this data dir?)")]
     NotRunning { path: PathBuf, reason: String },
     #[error("control connection: {0}")]
     Io(#[from] std::io::Error),
@@ -52,12 +50,10 @@ impl Client {
     }
 
     pub async fn connect_socket(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| ClientError::NotRunning {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let stream = UnixStream::connect(path).await.map_err(|e| ClientError::NotRunning {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let (r, w) = stream.into_split();
         Ok(Self {
             reader: BufReader::new(r),
@@ -66,20 +62,12 @@ impl Client {
     }
 
     /// Sends one request and returns the daemon's result.
-    pub async fn request(
-        &mut self,
-        req: &ControlRequest,
-    ) -> Result<serde_json::Value, ClientError> {
-        let mut line =
-            serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    pub async fn request(&mut self, req: &ControlRequest) -> Result<serde_json::Value, ClientError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
-        let resp = read_line(&mut self.reader)
-            .await?
-            .ok_or(ClientError::Closed)?;
-        match serde_json::from_slice::<ControlResponse>(&resp)
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?
-        {
+        let resp = read_line(&mut self.reader).await?.ok_or(ClientError::Closed)?;
+        match serde_json::from_slice::<ControlResponse>(&resp).map_err(|e| ClientError::BadResponse(e.to_string()))? {
             ControlResponse::Ok { result } => Ok(result),
             ControlResponse::Error { kind, message } => Err(ClientError::Remote { kind, message }),
         }
@@ -111,10 +99,7 @@ impl Client {
             .map(|_| ())
     }
 
-    pub async fn register_resource(
-        &mut self,
-        req: RegisterResource,
-    ) -> Result<ResourceView, ClientError> {
+    pub async fn register_resource(&mut self, req: RegisterResource) -> Result<ResourceView, ClientError> {
         self.typed(ControlRequest::RegisterResource(req)).await
     }
 
@@ -132,11 +117,7 @@ impl Client {
     }
 
     /// Every resource, fetched page by page so the catalog is never loaded whole at once.
-    pub async fn all_resources(
-        &mut self,
-        page: usize,
-        mut each: impl FnMut(ResourceView),
-    ) -> Result<(), ClientError> {
+    pub async fn all_resources(&mut self, page: usize, mut each: impl FnMut(ResourceView)) -> Result<(), ClientError> {
         let mut after: Option<String> = None;
         loop {
             let rows = self.list_resources(after.as_deref(), page).await?;
@@ -149,8 +130,31 @@ impl Client {
         }
     }
 
-    pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {
-        self.typed(ControlRequest::ShowResource { name: name.into() })
+    pub async fn link_add(
+        &mut self,
+        endpoint: &str,
+        addrs: Vec<std::net::SocketAddr>,
+        name: Option<String>,
+    ) -> Result<crate::federation::LinkView, ClientError> {
+        self.typed(ControlRequest::LinkAdd {
+            endpoint: endpoint.into(),
+            addrs,
+            name,
+        })
+        .await
+    }
+
+    pub async fn link_list(&mut self) -> Result<Vec<crate::federation::LinkView>, ClientError> {
+        self.typed(ControlRequest::LinkList).await
+    }
+
+    pub async fn link_remove(&mut self, peer: &str) -> Result<(), ClientError> {
+        self.request(&ControlRequest::LinkRemove { peer: peer.into() })
             .await
+            .map(|_| ())
+    }
+
+    pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::ShowResource { name: name.into() }).await
     }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub federation: crate::federation::health::HealthConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -55,6 +57,7 @@ impl Config {
             discovery,
             control_socket: default_socket(),
             raft: RaftSettings::default(),
+            federation: Default::default(),
         }
     }
 
@@ -65,8 +68,7 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
     }
 
@@ -76,14 +78,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         let r = &self.raft;
-        if r.heartbeat_ms == 0
-            || r.election_min_ms <= r.heartbeat_ms
-            || r.election_max_ms <= r.election_min_ms
-        {
-            return Err(
-                "raft timing must satisfy 0 < heartbeat_ms < election_min_ms < election_max_ms"
-                    .into(),
-            );
+        if r.heartbeat_ms == 0 || r.election_min_ms <= r.heartbeat_ms || r.election_max_ms <= r.election_min_ms {
+            return Err("raft timing must satisfy 0 < heartbeat_ms < election_min_ms < election_max_ms".into());
+        }
+        if self.federation.heartbeat_ms == 0 || self.federation.failure_threshold == 0 {
+            return Err("federation.heartbeat_ms and federation.failure_threshold must be at least 1".into());
         }
         if r.snapshot_logs == 0 {
             return Err("raft.snapshot_logs must be at least 1".into());
@@ -103,9 +102,8 @@ impl Config {
 
 /// Parses `IP:PORT` for `--bind`, naming the problem when it is wrong.
 pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| {
-        format!("invalid bind address {s:?}: expected IP:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
-    })
+    s.parse()
+        .map_err(|_| format!("invalid bind address {s:?}: expected IP:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}"))
 }
 
 #[cfg(test)]

@@ -43,6 +43,17 @@ pub enum ControlRequest {
     ShowResource {
         name: String,
     },
+    LinkAdd {
+        endpoint: String,
+        #[serde(default)]
+        addrs: Vec<std::net::SocketAddr>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    LinkList,
+    LinkRemove {
+        peer: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,9 +73,7 @@ impl ControlResponse {
 }
 
 /// Reads one line of at most `MAX_LINE` bytes; `None` at end of stream.
-pub async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> std::io::Result<Option<Vec<u8>>> {
+pub async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     loop {
         let buf = reader.fill_buf().await?;
@@ -98,24 +107,28 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
         ControlRequest::Id => json(node.id_info()),
         ControlRequest::ClusterStatus => json(node.cluster_status().await),
         ControlRequest::Invite { ttl_secs } => {
-            let ttl = ttl_secs
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_INVITE_TTL);
+            let ttl = ttl_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INVITE_TTL);
             json(node.invite(ttl).await?)
         }
         ControlRequest::RemoveMember { node: who } => {
-            let id = who
-                .parse()
-                .map_err(|e| NodeError::Invalid(format!("{e}")))?;
+            let id = who.parse().map_err(|e| NodeError::Invalid(format!("{e}")))?;
             node.remove_member(id).await?;
             json(serde_json::json!({ "removed": who }))
         }
         ControlRequest::RegisterResource(r) => json(node.register_resource(r).await?),
-        ControlRequest::ListResources { after, limit } => json(
-            node.list_resources(after, limit.unwrap_or(DEFAULT_PAGE))
-                .await?,
-        ),
+        ControlRequest::ListResources { after, limit } => {
+            json(node.list_resources(after, limit.unwrap_or(DEFAULT_PAGE)).await?)
+        }
         ControlRequest::ShowResource { name } => json(node.show_resource(&name).await?),
+        ControlRequest::LinkAdd { endpoint, addrs, name } => {
+            let id = endpoint.parse().map_err(|e| NodeError::Invalid(format!("{e}")))?;
+            json(node.link_add(id, addrs, name).await?)
+        }
+        ControlRequest::LinkList => json(node.link_list().await?),
+        ControlRequest::LinkRemove { peer } => {
+            node.link_remove(&peer).await?;
+            json(serde_json::json!({ "removed": peer }))
+        }
     }
 }
 
@@ -130,9 +143,7 @@ async fn serve_connection(node: Node, stream: UnixStream) {
                     Ok(result) => ControlResponse::Ok { result },
                     Err(e) => ControlResponse::error(e.kind(), e.to_string()),
                 },
-                Err(e) => {
-                    ControlResponse::error("bad_request", format!("bad control request: {e}"))
-                }
+                Err(e) => ControlResponse::error("bad_request", format!("bad control request: {e}")),
             },
             Err(e) => {
                 let r = ControlResponse::error("bad_request", e.to_string());
@@ -146,10 +157,7 @@ async fn serve_connection(node: Node, stream: UnixStream) {
     }
 }
 
-async fn write_response(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    r: &ControlResponse,
-) -> std::io::Result<()> {
+async fn write_response(write: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlResponse) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(r).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     write.write_all(&bytes).await
@@ -175,9 +183,8 @@ impl ControlServer {
             std::fs::remove_file(path)
                 .map_err(|e| NodeError::Storage(format!("remove stale {}: {e}", path.display())))?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            NodeError::Storage(format!("bind control socket {}: {e}", path.display()))
-        })?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| NodeError::Storage(format!("bind control socket {}: {e}", path.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| NodeError::Storage(format!("chmod {}: {e}", path.display())))?;

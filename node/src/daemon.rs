@@ -13,10 +13,8 @@ use crate::node::Node;
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(data_dir: &Path, config: Config) -> Result<(), NodeError> {
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| NodeError::Storage(format!("signal handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| NodeError::Storage(format!("signal handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| NodeError::Storage(format!("signal handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| NodeError::Storage(format!("signal handler: {e}")))?;
     let socket = config.socket_path(data_dir);
     // Bind the socket first: a second daemon on the same data dir stops here, before touching redb.
     let control = ControlServer::bind(&socket).await?;

@@ -31,25 +31,16 @@ pub struct NodeState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error(
-        "data directory {0} does not exist (create a node with `causeway init --data-dir {0}`)"
-    )]
+    #[error("data directory {0} does not exist (create a node with `causeway init --data-dir {0}`)")]
     Missing(PathBuf),
-    #[error(
-        "data directory {0} holds no node (run `causeway init` or `causeway cluster join` first)"
-    )]
+    #[error("data directory {0} holds no node (run `causeway init` or `causeway cluster join` first)")]
     NotInitialized(PathBuf),
     #[error("data directory {0} already holds a node of cluster {1}; refusing to change it")]
     AlreadyInitialized(PathBuf, ClusterId),
-    #[error(
-        "data directory {0} is not empty and holds no complete node; move its contents away first"
-    )]
+    #[error("data directory {0} is not empty and holds no complete node; move its contents away first")]
     NotEmpty(PathBuf),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -107,13 +98,10 @@ pub fn write_state(dir: &Path, state: &NodeState) -> Result<(), DataDirError> {
 pub fn read_key(dir: &Path) -> Result<iroh::SecretKey, DataDirError> {
     let path = dir.join(KEY_FILE);
     let bytes = fs::read(&path).map_err(io(&path))?;
-    let arr: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| DataDirError::Corrupt {
-            path: path.clone(),
-            reason: format!("expected 32 bytes, found {}", bytes.len()),
-        })?;
+    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| DataDirError::Corrupt {
+        path: path.clone(),
+        reason: format!("expected 32 bytes, found {}", bytes.len()),
+    })?;
     Ok(iroh::SecretKey::from_bytes(&arr))
 }
 
@@ -134,10 +122,7 @@ pub fn require_node(dir: &Path) -> Result<NodeState, DataDirError> {
 pub fn stage_new(dir: &Path) -> Result<PathBuf, DataDirError> {
     if dir.exists() {
         if let Some(state) = read_state(dir)? {
-            return Err(DataDirError::AlreadyInitialized(
-                dir.to_path_buf(),
-                state.cluster_id,
-            ));
+            return Err(DataDirError::AlreadyInitialized(dir.to_path_buf(), state.cluster_id));
         }
         let mut entries = fs::read_dir(dir).map_err(io(dir))?;
         if entries.next().is_some() {

@@ -30,9 +30,7 @@ pub async fn bind(
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
     let builder = match discovery {
-        Discovery::Static => {
-            Endpoint::builder(presets::Minimal).portmapper_config(PortmapperConfig::Disabled)
-        }
+        Discovery::Static => Endpoint::builder(presets::Minimal).portmapper_config(PortmapperConfig::Disabled),
         Discovery::N0 => Endpoint::builder(presets::N0),
         Discovery::Dht => return Err(EndpointError::DhtUnavailable),
     };

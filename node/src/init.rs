@@ -67,11 +67,7 @@ async fn build(
     )
     .await?;
     let outcome = async {
-        cluster
-            .initialize_single(MemberNode {
-                addrs: addrs.clone(),
-            })
-            .await?;
+        cluster.initialize_single(MemberNode { addrs: addrs.clone() }).await?;
         cluster
             .raft()
             .wait(Some(INIT_ELECTION_TIMEOUT))
@@ -86,9 +82,7 @@ async fn build(
             })
             .await?;
         if r != CommandResult::ClusterInitialized {
-            return Err(NodeError::Refused(format!(
-                "cluster identity not recorded: {r:?}"
-            )));
+            return Err(NodeError::Refused(format!("cluster identity not recorded: {r:?}")));
         }
         Ok(())
     }
@@ -98,11 +92,7 @@ async fn build(
     ep.close().await;
     outcome?;
     datadir::write_key(staging, &key)?;
-    datadir::write_atomic(
-        &staging.join(datadir::CONFIG_FILE),
-        config.to_toml().as_bytes(),
-        0o600,
-    )?;
+    datadir::write_atomic(&staging.join(datadir::CONFIG_FILE), config.to_toml().as_bytes(), 0o600)?;
     datadir::write_state(
         staging,
         &NodeState {

@@ -54,9 +54,7 @@ impl JoinService {
 
     async fn handle(&self, joiner: EndpointKey, req: JoinRequest) -> JoinResponse {
         if req.addrs.len() > MAX_JOIN_ADDRS {
-            return JoinResponse::Refused(format!(
-                "at most {MAX_JOIN_ADDRS} addresses may be announced"
-            ));
+            return JoinResponse::Refused(format!("at most {MAX_JOIN_ADDRS} addresses may be announced"));
         }
         let redeem = Command::RedeemInvite {
             invite_id: req.invite_id,
@@ -73,14 +71,8 @@ impl JoinService {
             Ok(other) => return JoinResponse::Refused(format!("unexpected result {other:?}")),
             Err(e) => return JoinResponse::Refused(format!("cluster unavailable: {e}")),
         }
-        if let Err(e) = self
-            .cluster
-            .add_learner(joiner, MemberNode { addrs: req.addrs })
-            .await
-        {
-            return JoinResponse::Refused(format!(
-                "ticket accepted but adding the node failed: {e}"
-            ));
+        if let Err(e) = self.cluster.add_learner(joiner, MemberNode { addrs: req.addrs }).await {
+            return JoinResponse::Refused(format!("ticket accepted but adding the node failed: {e}"));
         }
         tracing::info!(joiner = %joiner, "node joined as learner");
         let status = self.cluster.status().await;
@@ -132,20 +124,13 @@ impl ProtocolHandler for JoinService {
     }
 }
 
-async fn ask(
-    endpoint: &iroh::Endpoint,
-    member: &TicketMember,
-    req: &JoinRequest,
-) -> Result<JoinResponse, String> {
+async fn ask(endpoint: &iroh::Endpoint, member: &TicketMember, req: &JoinRequest) -> Result<JoinResponse, String> {
     let id = EndpointId::from_bytes(member.endpoint.as_bytes()).map_err(|e| e.to_string())?;
     let mut addr = EndpointAddr::new(id);
     for a in &member.addrs {
         addr = addr.with_ip_addr(*a);
     }
-    let conn = endpoint
-        .connect(addr, alpn::JOIN)
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = endpoint.connect(addr, alpn::JOIN).await.map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     wire::write_frame(&mut send, req, MAX_JOIN_FRAME)
         .await
@@ -193,9 +178,7 @@ pub async fn join_cluster(
                 }
                 Ok(Ok(JoinResponse::Refused(reason))) => {
                     ep.close().await;
-                    return Err(NodeError::Refused(format!(
-                        "the cluster refused to join: {reason}"
-                    )));
+                    return Err(NodeError::Refused(format!("the cluster refused to join: {reason}")));
                 }
                 Ok(Err(e)) => last_error = format!("member {}: {e}", member.endpoint.short()),
                 Err(_) => last_error = format!("member {}: timed out", member.endpoint.short()),
@@ -217,11 +200,7 @@ pub async fn join_cluster(
         let state = NodeState {
             cluster_id,
             cluster_name: cluster_name.clone(),
-            bootstrap_peers: members
-                .iter()
-                .map(|m| m.endpoint)
-                .filter(|m| *m != id)
-                .collect(),
+            bootstrap_peers: members.iter().map(|m| m.endpoint).filter(|m| *m != id).collect(),
         };
         datadir::write_key(&staging, &key)?;
         datadir::write_atomic(

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datadir;
 pub mod endpoint;
 pub mod error;
+pub mod federation;
 pub mod init;
 pub mod join;
 pub mod node;

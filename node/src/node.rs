@@ -17,13 +17,12 @@ use causeway_proto::{
 use causeway_raft::{ClusterNode, RaftService, Role};
 use iroh::{Endpoint, protocol::Router};
 
-use crate::api::{
-    ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView,
-};
+use crate::api::{ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView};
 use crate::config::Config;
 use crate::datadir::{self, NodeState};
 use crate::endpoint;
 use crate::error::{NodeError, storage};
+use crate::federation::{Federation, LinkView, server::FedService};
 use crate::join::JoinService;
 
 /// Longest invite lifetime an admin may ask for.
@@ -53,6 +52,8 @@ struct Inner {
     endpoint: Endpoint,
     router: Router,
     cluster: ClusterNode,
+    federation: Arc<Federation>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A started node. Cloning gives another handle on the same node.
@@ -65,7 +66,7 @@ impl Node {
     pub async fn start(data_dir: &Path, config: Config) -> Result<Node, NodeError> {
         let state = datadir::require_node(data_dir)?;
         let key = datadir::read_key(data_dir)?;
-        let alpns = vec![alpn::RAFT.to_vec(), alpn::JOIN.to_vec()];
+        let alpns = vec![alpn::RAFT.to_vec(), alpn::JOIN.to_vec(), alpn::FED.to_vec()];
         let endpoint = endpoint::bind(key.clone(), config.bind, config.discovery, alpns).await?;
         let id = endpoint_key(&endpoint.id());
         let cluster = ClusterNode::start(
@@ -76,15 +77,14 @@ impl Node {
             state.bootstrap_peers.clone(),
         )
         .await?;
-        let join = JoinService::new(
-            cluster.clone(),
-            state.cluster_id,
-            state.cluster_name.clone(),
-        );
+        let join = JoinService::new(cluster.clone(), state.cluster_id, state.cluster_name.clone());
+        let federation = Federation::new(cluster.clone(), endpoint.clone(), config.federation);
         let router = Router::builder(endpoint.clone())
             .accept(alpn::RAFT, RaftService::new(cluster.clone()))
             .accept(alpn::JOIN, join)
+            .accept(alpn::FED, FedService(federation.clone()))
             .spawn();
+        let tasks = vec![tokio::spawn(federation.clone().supervise())];
         tracing::info!(endpoint = %id, cluster = %state.cluster_id, bind = %config.bind, "node started");
         Ok(Node(Arc::new(Inner {
             data_dir: data_dir.to_path_buf(),
@@ -93,6 +93,8 @@ impl Node {
             endpoint,
             router,
             cluster,
+            federation,
+            tasks,
         })))
     }
 
@@ -175,9 +177,7 @@ impl Node {
             })
             .await?;
         if result != CommandResult::InviteCreated {
-            return Err(NodeError::Refused(format!(
-                "invite not created: {result:?}"
-            )));
+            return Err(NodeError::Refused(format!("invite not created: {result:?}")));
         }
         let status = self.0.cluster.status().await;
         let mut members: Vec<TicketMember> = status
@@ -209,10 +209,7 @@ impl Node {
         Ok(self.0.cluster.remove_member(node).await?)
     }
 
-    pub async fn register_resource(
-        &self,
-        req: RegisterResource,
-    ) -> Result<ResourceView, NodeError> {
+    pub async fn register_resource(&self, req: RegisterResource) -> Result<ResourceView, NodeError> {
         causeway_catalog::validate::resource_name(&req.name)
             .and_then(|_| causeway_catalog::validate::kind(&req.kind))
             .and_then(|_| causeway_catalog::validate::owner(&req.owner))
@@ -224,9 +221,7 @@ impl Node {
                     .map_err(|e| NodeError::Invalid(format!("path {p:?} cannot be used: {e}")))?;
                 let s = canonical.to_string_lossy().into_owned();
                 if s.len() > MAX_PATH_LEN {
-                    return Err(NodeError::Invalid(format!(
-                        "path is longer than {MAX_PATH_LEN} bytes"
-                    )));
+                    return Err(NodeError::Invalid(format!("path is longer than {MAX_PATH_LEN} bytes")));
                 }
                 Some(s)
             }
@@ -244,20 +239,16 @@ impl Node {
             .await?;
         match result {
             CommandResult::ResourceRegistered(r) => Ok(r.into()),
-            CommandResult::Rejected(Rejection::ResourceExists(n)) => Err(NodeError::Conflict(
-                format!("a resource named {n:?} already exists"),
-            )),
+            CommandResult::Rejected(Rejection::ResourceExists(n)) => {
+                Err(NodeError::Conflict(format!("a resource named {n:?} already exists")))
+            }
             CommandResult::Rejected(r) => Err(NodeError::Invalid(r.to_string())),
             other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
         }
     }
 
     /// A page of resources in name order, after `after`, read linearizably.
-    pub async fn list_resources(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<ResourceView>, NodeError> {
+    pub async fn list_resources(&self, after: Option<String>, limit: usize) -> Result<Vec<ResourceView>, NodeError> {
         self.0.cluster.read_barrier().await?;
         let db = self.0.cluster.database();
         let limit = limit.clamp(1, MAX_LIST_PAGE);
@@ -284,8 +275,49 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(format!("no resource named {name:?}")))
     }
 
+    pub fn federation(&self) -> &Arc<Federation> {
+        &self.0.federation
+    }
+
+    /// `link add`: this cluster federates with the cluster behind `endpoint`.
+    pub async fn link_add(
+        &self,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        name: Option<String>,
+    ) -> Result<LinkView, NodeError> {
+        let record = self.0.federation.add_link(endpoint, addrs, name).await?;
+        let views = self.0.federation.list_links().await.unwrap_or_default();
+        Ok(views
+            .into_iter()
+            .find(|v| v.name == record.name && v.direction == "outbound")
+            .unwrap_or(LinkView {
+                peer: None,
+                name: record.name,
+                endpoints: vec![endpoint.to_string()],
+                state: crate::federation::health::LinkState::Pending,
+                mutual: false,
+                last_heartbeat_ms_ago: None,
+                rtt_ms: None,
+                direction: "outbound".into(),
+                card_epoch: None,
+                reason: None,
+            }))
+    }
+
+    pub async fn link_list(&self) -> Result<Vec<LinkView>, NodeError> {
+        self.0.federation.list_links().await
+    }
+
+    pub async fn link_remove(&self, peer: &str) -> Result<(), NodeError> {
+        self.0.federation.remove_link(peer).await.map(|_| ())
+    }
+
     /// Stops serving, stops Raft and closes the endpoint.
     pub async fn shutdown(&self) {
+        for t in &self.0.tasks {
+            t.abort();
+        }
         if let Err(e) = self.0.router.shutdown().await {
             tracing::debug!(error = %e, "router shutdown");
         }

@@ -14,20 +14,12 @@ fn three_nodes_replicate_survive_leader_loss_and_full_restart() {
     nodes[2].register("from-c");
     nodes[1].register("from-b");
     for n in &nodes {
-        assert_eq!(
-            n.resource_names().unwrap(),
-            ["from-b", "from-c"],
-            "on {}",
-            n.name
-        );
+        assert_eq!(n.resource_names().unwrap(), ["from-b", "from-c"], "on {}", n.name);
     }
 
     // Kill the leader: a new one is elected and writes continue.
     let old_leader = leader_of(&nodes[0]).unwrap();
-    let li = nodes
-        .iter()
-        .position(|n| n.endpoint_id() == old_leader)
-        .unwrap();
+    let li = nodes.iter().position(|n| n.endpoint_id() == old_leader).unwrap();
     nodes[li].kill9();
     let survivor = (li + 1) % 3;
     let new_leader = wait_for("a new leader", || {
@@ -76,9 +68,7 @@ fn lagging_node_catches_up_through_a_snapshot() {
     wait_for("c to apply the first write", || {
         nodes[2].resource_names().filter(|n| n.len() == 1)
     });
-    let c_applied = nodes[2].json(&["cluster", "status"])["applied_index"]
-        .as_u64()
-        .unwrap();
+    let c_applied = nodes[2].json(&["cluster", "status"])["applied_index"].as_u64().unwrap();
     assert!(nodes[2].stop());
 
     for i in 0..40 {
@@ -93,9 +83,7 @@ fn lagging_node_catches_up_through_a_snapshot() {
     assert!(purged > c_applied);
 
     nodes[2].start();
-    let names = wait_for("c to catch up", || {
-        nodes[2].resource_names().filter(|n| n.len() == 41)
-    });
+    let names = wait_for("c to catch up", || nodes[2].resource_names().filter(|n| n.len() == 41));
     assert!(names.contains(&"while-down-39".to_string()));
     assert!(
         nodes[2].log().contains("installed snapshot"),
@@ -147,12 +135,21 @@ fn removed_member_leaves_the_cluster() {
     assert!(out.status.success(), "{}", stderr(&out));
     let status = wait_for_voters(&nodes[0], 2);
     assert!(
-        status["members"].as_array().unwrap().iter().all(|m| m["endpoint_id"] != c_id.as_str()),
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["endpoint_id"] != c_id.as_str()),
         "{status}"
     );
     // The two remaining voters still commit.
     nodes[0].register("after-removal");
-    assert!(nodes[1].resource_names().unwrap().contains(&"after-removal".to_string()));
+    assert!(
+        nodes[1]
+            .resource_names()
+            .unwrap()
+            .contains(&"after-removal".to_string())
+    );
     nodes[2].kill9();
     // Removing a node that is not a member, or the last voter, is refused.
     let out = nodes[0].cli(&["cluster", "remove", &c_id]);

@@ -32,14 +32,9 @@ async fn raft_alpn_refuses_bad_frames_and_strangers() {
     // b joins (so its key is a member) but does not run: the test speaks with b's key.
     let b = h.join("b", &a);
     let b_key = datadir::read_key(&b.dir).unwrap();
-    let ep = endpoint::bind(
-        b_key,
-        "127.0.0.1:0".parse().unwrap(),
-        Discovery::Static,
-        vec![],
-    )
-    .await
-    .unwrap();
+    let ep = endpoint::bind(b_key, "127.0.0.1:0".parse().unwrap(), Discovery::Static, vec![])
+        .await
+        .unwrap();
     let conn = ep
         .connect(addr_of(&a), causeway_proto::alpn::RAFT)
         .await
@@ -64,10 +59,7 @@ async fn raft_alpn_refuses_bad_frames_and_strangers() {
     .await
     .unwrap();
     let refused = async {
-        let conn = stranger
-            .connect(addr_of(&a), causeway_proto::alpn::RAFT)
-            .await
-            .ok()?;
+        let conn = stranger.connect(addr_of(&a), causeway_proto::alpn::RAFT).await.ok()?;
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
         send.write_all(&[1, 0, 0, 0, 0]).await.ok()?;
         send.finish().ok()?;
@@ -78,9 +70,7 @@ async fn raft_alpn_refuses_bad_frames_and_strangers() {
     .await;
     assert!(refused.is_none(), "a non-member got an answer: {refused:?}");
     wait_for("the refusal in the log", || {
-        a.log()
-            .contains("not a member of this cluster")
-            .then_some(())
+        a.log().contains("not a member of this cluster").then_some(())
     });
 
     // An unsupported protocol version does not even connect.
@@ -99,10 +89,7 @@ fn tickets_that_are_forged_reused_expired_or_garbage_are_refused() {
     let h = Harness::new();
     let mut a = h.init("a");
     a.start();
-    let ticket_text = a.json(&["cluster", "invite"])["ticket"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ticket_text = a.json(&["cluster", "invite"])["ticket"].as_str().unwrap().to_string();
     let ticket: causeway_proto::InviteTicket = ticket_text.parse().unwrap();
 
     let try_join = |name: &str, ticket: &str| {
@@ -132,11 +119,7 @@ fn tickets_that_are_forged_reused_expired_or_garbage_are_refused() {
     let mut unknown = ticket.clone();
     unknown.invite_id = [7; 16];
     let (out, _) = try_join("unknown", &unknown.to_string());
-    assert!(
-        stderr(&out).contains("unknown to this cluster"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown to this cluster"), "{}", stderr(&out));
 
     let (out, _) = try_join("first", &ticket_text);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -153,18 +136,11 @@ fn tickets_that_are_forged_reused_expired_or_garbage_are_refused() {
     assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
 
     let (out, _) = try_join("garbage", "cwinvite1notbase32!!");
-    assert!(
-        stderr(&out).contains("invalid invite ticket"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid invite ticket"), "{}", stderr(&out));
 
     // A node that already holds cluster state refuses to join another cluster.
     let other = h.init("other");
-    let fresh = a.json(&["cluster", "invite"])["ticket"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fresh = a.json(&["cluster", "invite"])["ticket"].as_str().unwrap().to_string();
     let out = run_cli(&[
         "--data-dir",
         other.dir_str(),
@@ -174,11 +150,7 @@ fn tickets_that_are_forged_reused_expired_or_garbage_are_refused() {
         "--discovery",
         "static",
     ]);
-    assert!(
-        stderr(&out).contains("already holds a node"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already holds a node"), "{}", stderr(&out));
 
     // Still serving after all of it.
     a.register("fine");
@@ -187,11 +159,7 @@ fn tickets_that_are_forged_reused_expired_or_garbage_are_refused() {
 fn one_line_error(out: &std::process::Output, needle: &str) {
     assert!(!out.status.success(), "expected failure");
     let err = stderr(out);
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "error should be one line: {err:?}"
-    );
+    assert_eq!(err.trim().lines().count(), 1, "error should be one line: {err:?}");
     assert!(err.contains(needle), "{err:?} should mention {needle:?}");
 }
 
@@ -218,18 +186,11 @@ fn cli_errors_are_one_clear_line() {
         "static",
     ]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid bind address"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid bind address"), "{}", stderr(&out));
     assert_path_gone(&missing);
 
     let a = h.init("a");
-    one_line_error(
-        &a.cli(&["resource", "list"]),
-        "cannot reach the causeway daemon",
-    );
+    one_line_error(&a.cli(&["resource", "list"]), "cannot reach the causeway daemon");
     one_line_error(&a.cli(&["cluster", "status"]), "is `causeway run` running");
 
     // init twice: refused, nothing changed.
@@ -251,11 +212,7 @@ fn cli_errors_are_one_clear_line() {
     // Key and state files are private.
     use std::os::unix::fs::PermissionsExt;
     for f in ["node.key", "node.json", "config.toml"] {
-        let mode = std::fs::metadata(a.dir.join(f))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(a.dir.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f} mode {mode:o}");
     }
     let out = run_cli(&[

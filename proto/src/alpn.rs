@@ -61,18 +61,9 @@ mod tests {
     #[test]
     fn unknown_versions_are_named() {
         let err = check(b"causeway/raft/9").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("unsupported raft protocol version 9")
-        );
-        assert!(matches!(
-            check(b"causeway/zzz/1"),
-            Err(VersionError::UnknownFamily(_))
-        ));
-        assert!(matches!(
-            check(b"http/1.1"),
-            Err(VersionError::NotCauseway(_))
-        ));
+        assert!(err.to_string().contains("unsupported raft protocol version 9"));
+        assert!(matches!(check(b"causeway/zzz/1"), Err(VersionError::UnknownFamily(_))));
+        assert!(matches!(check(b"http/1.1"), Err(VersionError::NotCauseway(_))));
         assert!(check(b"causeway").is_err());
     }
 }

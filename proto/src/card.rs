@@ -68,7 +68,8 @@ mod sig_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into().map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
     }
 }
 
@@ -109,7 +110,10 @@ impl SignedCard {
     pub fn verify(&self) -> Result<&ClusterCard, CardError> {
         let c = &self.card;
         if c.members.is_empty() || c.members.len() > MAX_CARD_MEMBERS {
-            return Err(CardError::Malformed(format!("{} members (1..={MAX_CARD_MEMBERS})", c.members.len())));
+            return Err(CardError::Malformed(format!(
+                "{} members (1..={MAX_CARD_MEMBERS})",
+                c.members.len()
+            )));
         }
         if c.members.iter().any(|m| m.addrs.len() > MAX_MEMBER_ADDRS) {
             return Err(CardError::Malformed("too many addresses for a member".into()));

@@ -43,22 +43,33 @@ pub struct Auth {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Welcome {
     /// `links_back`: the listener's cluster has a link to the dialer's cluster.
-    Accepted { links_back: bool },
+    Accepted {
+        links_back: bool,
+    },
     Refused(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FedRequest {
-    Heartbeat { seq: u64, card_epoch: u64 },
+    Heartbeat {
+        seq: u64,
+        card_epoch: u64,
+    },
     /// A newer card of the sender's cluster.
     CardUpdate(SignedCard),
     /// The sender removed its link; the receiver may close connections.
-    Goodbye { reason: String },
+    Goodbye {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FedResponse {
-    HeartbeatAck { seq: u64, card_epoch: u64, links_back: bool },
+    HeartbeatAck {
+        seq: u64,
+        card_epoch: u64,
+        links_back: bool,
+    },
     Ok,
     Error(String),
 }
@@ -72,7 +83,8 @@ pub(crate) mod serde_sig {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into().map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
     }
 }
 
@@ -87,7 +99,13 @@ fn proof_bytes(challenge: &[u8; 32], prover: &EndpointKey, verifier: &EndpointKe
 }
 
 /// The prover's signature, by its cluster key, binding this session's challenge to both ends.
-pub fn prove(cluster_secret: &[u8; 32], challenge: &[u8; 32], prover: &EndpointKey, verifier: &EndpointKey, card: &ClusterCard) -> [u8; 64] {
+pub fn prove(
+    cluster_secret: &[u8; 32],
+    challenge: &[u8; 32],
+    prover: &EndpointKey,
+    verifier: &EndpointKey,
+    card: &ClusterCard,
+) -> [u8; 64] {
     sign_with(cluster_secret, &proof_bytes(challenge, prover, verifier, card))
 }
 
@@ -140,7 +158,8 @@ pub fn check_peer<'a>(
             remote: *remote,
         });
     }
-    verify_by(&c.cluster_id, &proof_bytes(our_challenge, remote, local, c), proof).map_err(|_| HandshakeError::BadProof)?;
+    verify_by(&c.cluster_id, &proof_bytes(our_challenge, remote, local, c), proof)
+        .map_err(|_| HandshakeError::BadProof)?;
     if expect.pinned.is_some() && c.epoch < expect.known_epoch {
         return Err(HandshakeError::StaleCard {
             presented: c.epoch,
@@ -194,25 +213,40 @@ mod tests {
         let proof = prove(&SECRET, &challenge, &PEER, &ME, &c.card);
         let none = Expectation::default();
         // Replayed proof from another session.
-        assert_eq!(check_peer(&c, &proof, &[8; 32], &PEER, &ME, &none), Err(HandshakeError::BadProof));
+        assert_eq!(
+            check_peer(&c, &proof, &[8; 32], &PEER, &ME, &none),
+            Err(HandshakeError::BadProof)
+        );
         // Captured card presented by another endpoint.
         let other = EndpointKey([5; 32]);
-        assert!(matches!(check_peer(&c, &proof, &challenge, &other, &ME, &none), Err(HandshakeError::NotListed { .. })));
+        assert!(matches!(
+            check_peer(&c, &proof, &challenge, &other, &ME, &none),
+            Err(HandshakeError::NotListed { .. })
+        ));
         // Pinned to a different cluster.
         let exp = Expectation {
             pinned: Some(ClusterId([4; 32])),
             known_epoch: 0,
         };
-        assert!(matches!(check_peer(&c, &proof, &challenge, &PEER, &ME, &exp), Err(HandshakeError::PinnedMismatch { .. })));
+        assert!(matches!(
+            check_peer(&c, &proof, &challenge, &PEER, &ME, &exp),
+            Err(HandshakeError::PinnedMismatch { .. })
+        ));
         // Older card than already known.
         let exp = Expectation {
             pinned: Some(cluster_id_of(&SECRET)),
             known_epoch: 3,
         };
-        assert!(matches!(check_peer(&c, &proof, &challenge, &PEER, &ME, &exp), Err(HandshakeError::StaleCard { .. })));
+        assert!(matches!(
+            check_peer(&c, &proof, &challenge, &PEER, &ME, &exp),
+            Err(HandshakeError::StaleCard { .. })
+        ));
         // Bad signature.
         let mut bad = c.clone();
         bad.signature[0] ^= 1;
-        assert!(matches!(check_peer(&bad, &proof, &challenge, &PEER, &ME, &none), Err(HandshakeError::Card(_))));
+        assert!(matches!(
+            check_peer(&bad, &proof, &challenge, &PEER, &ME, &none),
+            Err(HandshakeError::Card(_))
+        ));
     }
 }

@@ -69,10 +69,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let m = Msg {
-            a: 7,
-            b: "x".into(),
-        };
+        let m = Msg { a: 7, b: "x".into() };
         let bytes = encode(&m, 64).unwrap();
         assert_eq!(decode::<Msg>(&bytes, 64).unwrap(), m);
     }
@@ -85,35 +82,18 @@ mod tests {
         };
         assert!(matches!(encode(&m, 10), Err(FrameError::TooLarge { .. })));
         let bytes = encode(&m, 1000).unwrap();
-        assert!(matches!(
-            decode::<Msg>(&bytes, 10),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode::<Msg>(&bytes, 10), Err(FrameError::TooLarge { .. })));
         assert!(body_len(prefix(11), 10).is_err());
         assert_eq!(body_len(prefix(10), 10).unwrap(), 10);
     }
 
     #[test]
     fn garbage_is_an_error() {
-        for garbage in [
-            &[][..],
-            &[0xff; 3][..],
-            &[0x01, 0xff, 0xff, 0xff, 0xff, 0xff][..],
-        ] {
+        for garbage in [&[][..], &[0xff; 3][..], &[0x01, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
             assert!(decode::<Msg>(garbage, 64).is_err());
         }
-        let mut bytes = encode(
-            &Msg {
-                a: 1,
-                b: "y".into(),
-            },
-            64,
-        )
-        .unwrap();
+        let mut bytes = encode(&Msg { a: 1, b: "y".into() }, 64).unwrap();
         bytes.push(0);
-        assert!(matches!(
-            decode::<Msg>(&bytes, 64),
-            Err(FrameError::Trailing(1))
-        ));
+        assert!(matches!(decode::<Msg>(&bytes, 64), Err(FrameError::Trailing(1))));
     }
 }

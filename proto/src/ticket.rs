@@ -58,8 +58,8 @@ impl FromStr for InviteTicket {
         }
         let body = s.strip_prefix(PREFIX).ok_or(TicketError::BadPrefix)?;
         let bytes = base32_decode(body).ok_or_else(|| TicketError::Damaged("not base32".into()))?;
-        let ticket: InviteTicket = crate::frame::decode(&bytes, MAX_TICKET_LEN)
-            .map_err(|e| TicketError::Damaged(e.to_string()))?;
+        let ticket: InviteTicket =
+            crate::frame::decode(&bytes, MAX_TICKET_LEN).map_err(|e| TicketError::Damaged(e.to_string()))?;
         if ticket.members.is_empty() {
             return Err(TicketError::NoMembers);
         }
@@ -146,9 +146,6 @@ mod tests {
         assert_eq!(long.parse::<InviteTicket>(), Err(TicketError::TooLong));
         let mut t = sample();
         t.members.clear();
-        assert_eq!(
-            t.to_string().parse::<InviteTicket>(),
-            Err(TicketError::NoMembers)
-        );
+        assert_eq!(t.to_string().parse::<InviteTicket>(), Err(TicketError::NoMembers));
     }
 }

@@ -78,7 +78,14 @@ pub enum ClusterError {
     Unexpected(String),
 }
 
+/// Handles `ForwardRequest::App` on the leader: requests the node layer routes to whichever
+/// member leads (for state that only the leader keeps, such as live link health).
+pub trait AppHandler: Send + Sync + 'static {
+    fn handle(&self, request: Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>>;
+}
+
 struct Inner {
+    app: std::sync::RwLock<Option<Arc<dyn AppHandler>>>,
     id: EndpointKey,
     raft: Raft,
     endpoint: Endpoint,
@@ -125,6 +132,7 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let node = ClusterNode(Arc::new(Inner {
+            app: std::sync::RwLock::new(None),
             id,
             raft,
             endpoint,
@@ -135,16 +143,29 @@ impl ClusterNode {
             tasks: Mutex::new(Vec::new()),
         }));
         let promoter = tokio::spawn(promote_learners(Arc::downgrade(&node.0)));
-        node.0
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(promoter);
+        node.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(promoter);
         Ok(node)
     }
 
     pub fn id(&self) -> EndpointKey {
         self.0.id
+    }
+
+    pub fn set_app_handler(&self, handler: Arc<dyn AppHandler>) {
+        *self.0.app.write().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.0.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Runs an app request on the leader and returns its answer.
+    pub async fn submit_app(&self, request: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
+        match self.submit(ForwardRequest::App(request)).await? {
+            ForwardResponse::App(r) => Ok(r),
+            ForwardResponse::Failed(e) => Err(ClusterError::Raft(e)),
+            other => Err(ClusterError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -182,11 +203,7 @@ impl ClusterNode {
         if membership.get_node(peer).is_some() {
             return true;
         }
-        let bootstrap = self
-            .0
-            .bootstrap_peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let bootstrap = self.0.bootstrap_peers.lock().unwrap_or_else(|e| e.into_inner());
         bootstrap.contains(peer)
     }
 
@@ -197,12 +214,10 @@ impl ClusterNode {
             ($e:expr) => {{
                 let e = $e;
                 match e.forward_to_leader() {
-                    Some(f) => {
-                        ForwardResponse::NotLeader(match (f.leader_id, f.leader_node.clone()) {
-                            (Some(id), Some(node)) => Some((id, node)),
-                            _ => None,
-                        })
-                    }
+                    Some(f) => ForwardResponse::NotLeader(match (f.leader_id, f.leader_node.clone()) {
+                        (Some(id), Some(node)) => Some((id, node)),
+                        _ => None,
+                    }),
                     None => ForwardResponse::Failed(e.to_string()),
                 }
             }};
@@ -215,32 +230,24 @@ impl ClusterNode {
                     Err(e) => not_leader_or_failed!(e),
                 }
             }
-            ForwardRequest::ReadIndex => {
-                match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    Ok(read) => ForwardResponse::ReadIndex(read.index()),
-                    Err(e) => not_leader_or_failed!(e),
-                }
-            }
-            ForwardRequest::AddLearner { id, node } => {
-                match raft.add_learner(id, node, false).await {
-                    Ok(_) => ForwardResponse::Done,
-                    Err(e) => not_leader_or_failed!(e),
-                }
-            }
+            ForwardRequest::ReadIndex => match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(read) => ForwardResponse::ReadIndex(read.index()),
+                Err(e) => not_leader_or_failed!(e),
+            },
+            ForwardRequest::AddLearner { id, node } => match raft.add_learner(id, node, false).await {
+                Ok(_) => ForwardResponse::Done,
+                Err(e) => not_leader_or_failed!(e),
+            },
             ForwardRequest::RemoveMember { id } => {
                 let metrics = raft.metrics().borrow_watched().clone();
                 let membership = metrics.membership_config.membership().clone();
                 if membership.get_node(&id).is_none() {
-                    return ForwardResponse::Failed(format!(
-                        "{id} is not a member of this cluster"
-                    ));
+                    return ForwardResponse::Failed(format!("{id} is not a member of this cluster"));
                 }
                 let voters: BTreeSet<_> = membership.voter_ids().collect();
                 let change = if voters.contains(&id) {
                     if voters.len() == 1 {
-                        return ForwardResponse::Failed(
-                            "cannot remove the last voter of a cluster".into(),
-                        );
+                        return ForwardResponse::Failed("cannot remove the last voter of a cluster".into());
                     }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
@@ -251,17 +258,29 @@ impl ClusterNode {
                     Err(e) => not_leader_or_failed!(e),
                 }
             }
+            ForwardRequest::App(bytes) => {
+                if !self.is_leader() {
+                    let m = raft.metrics().borrow_watched().clone();
+                    return ForwardResponse::NotLeader(
+                        m.current_leader
+                            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone()))),
+                    );
+                }
+                let handler = self.0.app.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match handler {
+                    Some(h) => ForwardResponse::App(h.handle(bytes).await),
+                    None => ForwardResponse::Failed("node is still starting".into()),
+                }
+            }
             ForwardRequest::Status => {
                 if raft.metrics().borrow_watched().state == ServerState::Leader {
                     ForwardResponse::Status(self.local_status())
                 } else {
                     let m = raft.metrics().borrow_watched().clone();
-                    ForwardResponse::NotLeader(m.current_leader.and_then(|l| {
-                        m.membership_config
-                            .membership()
-                            .get_node(&l)
-                            .map(|n| (l, n.clone()))
-                    }))
+                    ForwardResponse::NotLeader(
+                        m.current_leader
+                            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone()))),
+                    )
                 }
             }
         }
@@ -297,11 +316,7 @@ impl ClusterNode {
     fn known_leader(&self) -> Option<(EndpointKey, MemberNode)> {
         let m = self.0.raft.metrics().borrow_watched().clone();
         let leader = m.current_leader?;
-        let node = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()?;
+        let node = m.membership_config.membership().get_node(&leader).cloned()?;
         Some((leader, node))
     }
 
@@ -349,8 +364,7 @@ impl ClusterNode {
     }
 
     pub async fn add_learner(&self, id: EndpointKey, node: MemberNode) -> Result<(), ClusterError> {
-        self.expect_done(ForwardRequest::AddLearner { id, node })
-            .await
+        self.expect_done(ForwardRequest::AddLearner { id, node }).await
     }
 
     pub async fn remove_member(&self, id: EndpointKey) -> Result<(), ClusterError> {
@@ -437,8 +451,7 @@ impl ClusterNode {
 
     /// Stops background tasks and the Raft node. Storage is closed when the last handle drops.
     pub async fn shutdown(&self) {
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<_> = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             t.abort();
         }

@@ -9,7 +9,7 @@ pub mod store;
 pub mod types;
 pub mod wire;
 
-pub use cluster::{ClusterError, ClusterNode, RaftSettings};
+pub use cluster::{AppHandler, ClusterError, ClusterNode, RaftSettings};
 pub use server::RaftService;
 pub use status::{ClusterStatus, MemberStatus, Role};
 pub use types::{MemberNode, TypeConfig};

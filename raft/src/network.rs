@@ -9,15 +9,11 @@ use openraft::{
     RaftNetworkFactory, RaftNetworkV2,
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
     network::RPCOption,
-    raft::{
-        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-    },
+    raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
 };
 
 use crate::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
-use crate::wire::{
-    self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError,
-};
+use crate::wire::{self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError};
 
 /// How long a forwarded request may take before the caller gives up on that leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,13 +72,10 @@ impl PeerClient {
             return Ok(c.clone());
         }
         let addr = endpoint_addr(&self.target, &self.node)?;
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.endpoint.connect(addr, causeway_proto::alpn::RAFT),
-        )
-        .await
-        .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
-        .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, causeway_proto::alpn::RAFT))
+            .await
+            .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
+            .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -105,14 +98,9 @@ impl PeerClient {
             send.write_all(&[kind as u8])
                 .await
                 .map_err(|e| CallError::Network(target, e.to_string()))?;
-            wire::write_frame(&mut send, req, kind.limit())
-                .await
-                .map_err(net)?;
-            send.finish()
-                .map_err(|e| CallError::Network(target, e.to_string()))?;
-            let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME)
-                .await
-                .map_err(net)?;
+            wire::write_frame(&mut send, req, kind.limit()).await.map_err(net)?;
+            send.finish().map_err(|e| CallError::Network(target, e.to_string()))?;
+            let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME).await.map_err(net)?;
             Ok(resp)
         })
         .await
@@ -133,10 +121,7 @@ impl PeerClient {
             .await?
         {
             RaftResponse::Forward(r) => Ok(r),
-            other => Err(CallError::Remote(
-                self.target,
-                format!("unexpected response {other:?}"),
-            )),
+            other => Err(CallError::Remote(self.target, format!("unexpected response {other:?}"))),
         }
     }
 }
@@ -161,11 +146,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self
-            .call(
-                StreamKind::Rpc,
-                &RaftRequest::Append(rpc),
-                option.hard_ttl(),
-            )
+            .call(StreamKind::Rpc, &RaftRequest::Append(rpc), option.hard_ttl())
             .await
             .map_err(rpc_err)?
         {
@@ -195,11 +176,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self
-            .call(
-                StreamKind::Rpc,
-                &RaftRequest::PreVote(rpc),
-                option.hard_ttl(),
-            )
+            .call(StreamKind::Rpc, &RaftRequest::PreVote(rpc), option.hard_ttl())
             .await
             .map_err(rpc_err)?
         {

@@ -22,9 +22,7 @@ pub struct RaftService {
 
 impl std::fmt::Debug for RaftService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftService")
-            .field("id", &self.node.id())
-            .finish()
+        f.debug_struct("RaftService").field("id", &self.node.id()).finish()
     }
 }
 
@@ -50,12 +48,7 @@ impl ProtocolHandler for RaftService {
     }
 }
 
-async fn handle_stream(
-    node: ClusterNode,
-    remote: EndpointKey,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) {
+async fn handle_stream(node: ClusterNode, remote: EndpointKey, mut send: SendStream, mut recv: RecvStream) {
     let response = match read_request(&node, &remote, &mut recv).await {
         Ok(req) => dispatch(&node, req).await,
         Err(msg) => {
@@ -71,19 +64,13 @@ async fn handle_stream(
     let _ = recv.stop(0u32.into());
 }
 
-async fn read_request(
-    node: &ClusterNode,
-    remote: &EndpointKey,
-    recv: &mut RecvStream,
-) -> Result<RaftRequest, String> {
+async fn read_request(node: &ClusterNode, remote: &EndpointKey, recv: &mut RecvStream) -> Result<RaftRequest, String> {
     // Membership can change while a connection stays open: check every request.
     if !node.may_connect(remote) {
         return Err("not a member of this cluster".into());
     }
     let kind = wire::read_kind(recv).await.map_err(|e| e.to_string())?;
-    wire::read_frame(recv, kind.limit())
-        .await
-        .map_err(|e| e.to_string())
+    wire::read_frame(recv, kind.limit()).await.map_err(|e| e.to_string())
 }
 
 async fn dispatch(node: &ClusterNode, req: RaftRequest) -> RaftResponse {
@@ -103,13 +90,7 @@ async fn dispatch(node: &ClusterNode, req: RaftRequest) -> RaftResponse {
         },
         RaftRequest::Snapshot { vote, meta, data } => {
             match raft
-                .install_full_snapshot(
-                    vote,
-                    Snapshot {
-                        meta,
-                        snapshot: data,
-                    },
-                )
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
                 .await
             {
                 Ok(r) => RaftResponse::Snapshot(r),

@@ -19,14 +19,10 @@ use openraft::{
     entry::RaftEntry,
     storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine},
 };
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::types::{
-    Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote,
-};
+use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -61,9 +57,7 @@ fn dec<T: DeserializeOwned>(b: &[u8], limit: usize) -> io::Result<T> {
     causeway_proto::decode(b, limit).map_err(io_err)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
@@ -92,9 +86,7 @@ fn read_key<T: DeserializeOwned>(
 
 /// Opens (or creates) the node's database and returns its log store and state machine.
 pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
-    let db = Arc::new(
-        Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?,
-    );
+    let db = Arc::new(Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?);
     let txn = write_txn(&db, Durability::Immediate)?;
     {
         txn.open_table(LOG).map_err(io_err)?;
@@ -134,16 +126,11 @@ fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
             let txn = write_txn(&db, Durability::Immediate)?;
             {
                 let mut meta = txn.open_table(META).map_err(io_err)?;
-                meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice())
-                    .map_err(io_err)?;
+                meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
             }
             txn.commit().map_err(io_err)
         })();
-        tracing::debug!(
-            entries = batch.len(),
-            ok = result.is_ok(),
-            "raft log flushed"
-        );
+        tracing::debug!(entries = batch.len(), ok = result.is_ok(), "raft log flushed");
         for cb in batch {
             cb.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
@@ -235,9 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader {
-            db: self.db.clone(),
-        }
+        LogReader { db: self.db.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
@@ -273,11 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(read_key::<Option<LogId>>(&self.db, META, KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -358,12 +339,7 @@ fn applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)>
     Ok((applied, membership))
 }
 
-fn put(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-    bytes: &[u8],
-) -> io::Result<()> {
+fn put(txn: &WriteTransaction, table: TableDefinition<&str, &[u8]>, key: &str, bytes: &[u8]) -> io::Result<()> {
     txn.open_table(table)
         .map_err(io_err)?
         .insert(key, bytes)
@@ -382,9 +358,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
-            + Unpin
-            + OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let mut batch = Vec::new();
         while let Some(item) = entries.next().await {
@@ -402,9 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for (entry, _) in &batch {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::Applied,
-                    EntryPayload::Normal(cmd) => {
-                        causeway_catalog::state::apply(&txn, cmd).map_err(io_err)?
-                    }
+                    EntryPayload::Normal(cmd) => causeway_catalog::state::apply(&txn, cmd).map_err(io_err)?,
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
                         CommandResult::Applied
@@ -430,16 +402,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            db: self.db.clone(),
-        }
+        SnapshotBuilder { db: self.db.clone() }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let db = self.db.clone();
         let meta = meta.clone();
         blocking(move || {
@@ -512,10 +478,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             put(&wtxn, SNAPSHOT, KEY_SNAP_DATA, &data)?;
             wtxn.commit().map_err(io_err)?;
             tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-            Ok(Snapshot {
-                meta,
-                snapshot: data,
-            })
+            Ok(Snapshot { meta, snapshot: data })
         })
         .await
     }
@@ -533,8 +496,7 @@ mod tests {
         let b = enc(&e).unwrap();
         let d: Entry = dec(&b, MAX_RECORD).unwrap();
         assert_eq!(d.log_id(), e.log_id());
-        let m: Entry =
-            membership_ent::<TypeConfig>(1, 1u64.into(), 3, vec![BTreeSet::from([1u64.into()])]);
+        let m: Entry = membership_ent::<TypeConfig>(1, 1u64.into(), 3, vec![BTreeSet::from([1u64.into()])]);
         let b = enc(&m).unwrap();
         let d: Entry = dec(&b, MAX_RECORD).unwrap();
         assert_eq!(d.log_id(), m.log_id());

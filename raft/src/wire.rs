@@ -4,9 +4,7 @@
 use causeway_catalog::{Command, CommandResult};
 use causeway_proto::{EndpointKey, FrameError, frame};
 use iroh::endpoint::{RecvStream, SendStream};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::status::ClusterStatus;
@@ -68,6 +66,8 @@ pub enum ForwardRequest {
         id: EndpointKey,
     },
     Status,
+    /// An opaque request for the node layer's handler on the leader.
+    App(Vec<u8>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +76,7 @@ pub enum ForwardResponse {
     ReadIndex(u64),
     Done,
     Status(ClusterStatus),
+    App(Vec<u8>),
     /// The receiver is not the leader; the leader it knows of, if any.
     NotLeader(Option<(EndpointKey, MemberNode)>),
     Failed(String),
@@ -106,24 +107,15 @@ fn stream_err(e: impl std::fmt::Display) -> WireError {
 }
 
 /// Writes one frame (length prefix + body) without finishing the stream.
-pub async fn write_frame<T: Serialize>(
-    send: &mut SendStream,
-    value: &T,
-    limit: usize,
-) -> Result<(), WireError> {
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T, limit: usize) -> Result<(), WireError> {
     let body = frame::encode(value, limit)?;
-    send.write_all(&frame::prefix(body.len()))
-        .await
-        .map_err(stream_err)?;
+    send.write_all(&frame::prefix(body.len())).await.map_err(stream_err)?;
     send.write_all(&body).await.map_err(stream_err)?;
     Ok(())
 }
 
 /// Reads one frame, checking its announced length against `limit` before reading the body.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    limit: usize,
-) -> Result<T, WireError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, limit: usize) -> Result<T, WireError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(stream_err)?;
     let len = frame::body_len(prefix, limit)?;

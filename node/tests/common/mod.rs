@@ -103,10 +103,7 @@ impl NodeProc {
     pub fn log(&self) -> String {
         let mut all = String::new();
         for run in 1..=self.runs {
-            all.push_str(
-                &std::fs::read_to_string(self.dir.with_extension(format!("{run}.log")))
-                    .unwrap_or_default(),
-            );
+            all.push_str(&std::fs::read_to_string(self.dir.with_extension(format!("{run}.log"))).unwrap_or_default());
         }
         all
     }

@@ -1,0 +1,307 @@
+//! Federation between clusters on `causeway/fed/1`: the links this cluster keeps (replicated
+//! records), their live health (kept by the leader, in memory), peers that connect to us without
+//! being linked (inbound), and the operations the CLI uses on links.
+
+pub mod health;
+pub mod server;
+pub mod session;
+pub mod supervisor;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use causeway_catalog::{ClusterIdentity, Command, CommandResult, links::LinkRecord};
+use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
+use causeway_raft::{AppHandler, ClusterNode};
+use iroh::{Endpoint, endpoint::Connection};
+use redb::ReadableDatabase;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{NodeError, storage};
+use crate::node::now_ms;
+use health::{HealthConfig, LinkHealth, LinkState};
+
+/// Most inbound (unlinked) peers remembered for `link list`.
+pub const MAX_INBOUND_PEERS: usize = 256;
+
+/// A row of `link list` (the CLI contract plus direction, RTT and the reason for a failure).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub peer: Option<String>,
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub state: LinkState,
+    pub mutual: bool,
+    pub last_heartbeat_ms_ago: Option<u64>,
+    pub rtt_ms: Option<u64>,
+    /// "outbound" (we link to them) or "inbound" (they connect to us; we do not link to them).
+    pub direction: String,
+    pub card_epoch: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// A cluster that completed a handshake with us without our linking to it.
+#[derive(Clone, Debug)]
+struct InboundPeer {
+    name: String,
+    endpoints: BTreeSet<EndpointKey>,
+    last_seen_ms: u64,
+    card_epoch: u64,
+}
+
+#[derive(Default)]
+struct LiveState {
+    health: HashMap<String, LinkHealth>,
+    sessions: HashMap<String, Connection>,
+    inbound: BTreeMap<ClusterId, InboundPeer>,
+    /// Why the last inbound handshake from a linked peer's endpoint was refused, by link name.
+    refusals: HashMap<String, String>,
+    /// Links with a heartbeat task still running (dialling can outlast an interval).
+    busy: BTreeSet<String>,
+}
+
+/// Requests routed to the leader through Raft's app channel.
+#[derive(Debug, Serialize, Deserialize)]
+enum AppRequest {
+    LinkList,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum AppResponse {
+    Links(Vec<LinkView>),
+    Error(String),
+}
+
+/// Largest app message.
+const MAX_APP_FRAME: usize = 16 << 20;
+
+pub struct Federation {
+    cluster: ClusterNode,
+    endpoint: Endpoint,
+    local: EndpointKey,
+    cfg: HealthConfig,
+    live: Mutex<LiveState>,
+}
+
+impl Federation {
+    pub fn new(cluster: ClusterNode, endpoint: Endpoint, cfg: HealthConfig) -> Arc<Self> {
+        let local = cluster.id();
+        let fed = Arc::new(Self {
+            cluster: cluster.clone(),
+            endpoint,
+            local,
+            cfg,
+            live: Mutex::new(LiveState::default()),
+        });
+        cluster.set_app_handler(Arc::new(FedApp(Arc::downgrade(&fed))));
+        fed
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, causeway_catalog::CatalogError>,
+    ) -> Result<T, NodeError> {
+        let db = self.cluster.database();
+        let txn = db.begin_read().map_err(storage)?;
+        f(&txn).map_err(storage)
+    }
+
+    pub(crate) fn links(&self) -> Result<Vec<LinkRecord>, NodeError> {
+        self.read(causeway_catalog::links::list)
+    }
+
+    pub(crate) fn identity(&self) -> Result<Option<ClusterIdentity>, NodeError> {
+        self.read(causeway_catalog::state::cluster_identity)
+    }
+
+    pub(crate) fn own_card(&self) -> Result<Option<SignedCard>, NodeError> {
+        self.read(causeway_catalog::state::own_card)
+    }
+
+    fn record_inbound(&self, card: &SignedCard, endpoint: EndpointKey) {
+        let mut live = self.live();
+        let c = &card.card;
+        if !live.inbound.contains_key(&c.cluster_id) && live.inbound.len() >= MAX_INBOUND_PEERS {
+            // Forget the peer seen longest ago: the list is advisory.
+            if let Some(oldest) = live.inbound.iter().min_by_key(|(_, p)| p.last_seen_ms).map(|(k, _)| *k) {
+                live.inbound.remove(&oldest);
+            }
+        }
+        let entry = live.inbound.entry(c.cluster_id).or_insert_with(|| InboundPeer {
+            name: c.name.clone(),
+            endpoints: BTreeSet::new(),
+            last_seen_ms: 0,
+            card_epoch: c.epoch,
+        });
+        entry.endpoints.insert(endpoint);
+        entry.last_seen_ms = now_ms();
+        entry.card_epoch = entry.card_epoch.max(c.epoch);
+        entry.name = c.name.clone();
+    }
+
+    fn record_refusal(&self, link: &str, reason: String) {
+        self.live().refusals.insert(link.to_string(), reason);
+    }
+
+    /// `link add`: through Raft.
+    pub async fn add_link(
+        &self,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        name: Option<String>,
+    ) -> Result<LinkRecord, NodeError> {
+        let name = name.unwrap_or_else(|| format!("peer-{}", endpoint.short()));
+        match self
+            .cluster
+            .write(Command::AddLink {
+                name,
+                endpoint,
+                addrs,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            CommandResult::Link(l) => Ok(l),
+            CommandResult::Rejected(r) => Err(NodeError::Conflict(r.to_string())),
+            other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Finds the active link a PEER argument names: link name, pinned cluster ID, or any
+    /// endpoint of the peer.
+    pub fn resolve(&self, peer: &str) -> Result<LinkRecord, NodeError> {
+        let links = self.links()?;
+        let active = links.iter().filter(|l| !l.is_removed());
+        if let Some(l) = active.clone().find(|l| l.name == peer) {
+            return Ok(l.clone());
+        }
+        if let Ok(key) = peer.parse::<EndpointKey>() {
+            let as_cluster = ClusterId(key.0);
+            if let Some(l) = active
+                .clone()
+                .find(|l| l.pinned == Some(as_cluster) || l.recognizes(&key))
+            {
+                return Ok(l.clone());
+            }
+        }
+        Err(NodeError::NotFound(format!(
+            "no link matches {peer:?} (give a link name, cluster ID or endpoint ID)"
+        )))
+    }
+
+    /// `link remove`: tombstone through Raft; the leader's supervisor then says goodbye to the
+    /// peer and closes its connections.
+    pub async fn remove_link(&self, peer: &str) -> Result<LinkRecord, NodeError> {
+        let link = self.resolve(peer)?;
+        match self
+            .cluster
+            .write(Command::RemoveLink {
+                name: link.name.clone(),
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            CommandResult::Link(l) => Ok(l),
+            CommandResult::Rejected(r) => Err(NodeError::Conflict(r.to_string())),
+            other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// `link list`, answered by the leader (it alone keeps live health).
+    pub async fn list_links(&self) -> Result<Vec<LinkView>, NodeError> {
+        let req = causeway_proto::encode(&AppRequest::LinkList, MAX_APP_FRAME).map_err(storage)?;
+        let resp = self.cluster.submit_app(req).await?;
+        match causeway_proto::decode::<AppResponse>(&resp, MAX_APP_FRAME).map_err(storage)? {
+            AppResponse::Links(v) => Ok(v),
+            AppResponse::Error(e) => Err(NodeError::Storage(e)),
+        }
+    }
+
+    /// The leader's view of every link, including inbound peers we do not link to.
+    pub fn local_link_views(&self) -> Result<Vec<LinkView>, NodeError> {
+        let links = self.links()?;
+        let now = now_ms();
+        let live = self.live();
+        let mut out = Vec::new();
+        let mut linked: BTreeSet<ClusterId> = BTreeSet::new();
+        for l in &links {
+            if let (Some(p), false) = (l.pinned, l.is_removed()) {
+                linked.insert(p);
+            }
+        }
+        for l in links {
+            let h = live.health.get(&l.name);
+            let state = if l.is_removed() {
+                LinkState::Removed
+            } else {
+                h.map(|h| h.state(now, &self.cfg)).unwrap_or(LinkState::Pending)
+            };
+            let reason = if l.is_removed() {
+                None
+            } else {
+                h.and_then(|h| h.last_error().map(String::from))
+                    .or_else(|| live.refusals.get(&l.name).cloned())
+            };
+            out.push(LinkView {
+                peer: l.pinned.map(|p| p.to_string()),
+                name: l.name.clone(),
+                endpoints: l.dial_targets().iter().map(|(e, _)| e.to_string()).collect(),
+                state,
+                mutual: !l.is_removed() && h.is_some_and(|h| h.mutual(now, &self.cfg)),
+                last_heartbeat_ms_ago: if l.is_removed() {
+                    None
+                } else {
+                    h.and_then(|h| h.last_heartbeat_ms_ago(now))
+                },
+                rtt_ms: h.and_then(|h| h.rtt_ms()),
+                direction: "outbound".into(),
+                card_epoch: l.card.as_ref().map(|c| c.card.epoch),
+                reason: if state == LinkState::Active { None } else { reason },
+            });
+        }
+        for (cluster, p) in &live.inbound {
+            if linked.contains(cluster) {
+                continue;
+            }
+            out.push(LinkView {
+                peer: Some(cluster.to_string()),
+                name: p.name.clone(),
+                endpoints: p.endpoints.iter().map(ToString::to_string).collect(),
+                state: LinkState::Pending,
+                mutual: false,
+                last_heartbeat_ms_ago: Some(now.saturating_sub(p.last_seen_ms)),
+                rtt_ms: None,
+                direction: "inbound".into(),
+                card_epoch: Some(p.card_epoch),
+                reason: Some("this cluster does not link to the peer".into()),
+            });
+        }
+        Ok(out)
+    }
+}
+
+struct FedApp(std::sync::Weak<Federation>);
+
+impl AppHandler for FedApp {
+    fn handle(&self, request: Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> {
+        let fed = self.0.upgrade();
+        Box::pin(async move {
+            let resp = match (fed, causeway_proto::decode::<AppRequest>(&request, MAX_APP_FRAME)) {
+                (None, _) => AppResponse::Error("node is shutting down".into()),
+                (_, Err(e)) => AppResponse::Error(format!("bad app request: {e}")),
+                (Some(fed), Ok(AppRequest::LinkList)) => match fed.local_link_views() {
+                    Ok(v) => AppResponse::Links(v),
+                    Err(e) => AppResponse::Error(e.to_string()),
+                },
+            };
+            causeway_proto::encode(&resp, MAX_APP_FRAME).unwrap_or_default()
+        })
+    }
+}

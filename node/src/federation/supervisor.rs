@@ -1,0 +1,312 @@
+//! The leader's outbound link work, done once per cluster: keep this cluster's card current
+//! (a new epoch whenever members or addresses change) and tell linked peers; heartbeat every
+//! link, dialling and handshaking as needed; pin a peer at its first handshake; say goodbye to
+//! removed links. When leadership moves, the new leader takes over from a clean slate.
+
+use std::{sync::Arc, time::Duration};
+
+use causeway_catalog::{Command, CommandResult, links::LinkRecord};
+use causeway_proto::{
+    EndpointKey,
+    card::{CardMember, ClusterCard, SignedCard},
+    fed::{Expectation, FedRequest, FedResponse},
+};
+use iroh::{EndpointAddr, EndpointId, endpoint::Connection};
+use openraft::async_runtime::watch::WatchReceiver as _;
+
+use super::Federation;
+use super::session::{self, Dialed, OwnSide};
+use crate::node::now_ms;
+
+/// Shortest supervisor tick.
+const MIN_TICK: Duration = Duration::from_millis(50);
+/// How long dialling one endpoint of a peer may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Federation {
+    /// Runs until the federation is dropped.
+    pub async fn supervise(self: Arc<Self>) {
+        let tick = Duration::from_millis(self.cfg.heartbeat_ms / 4).max(MIN_TICK);
+        let mut was_leader = false;
+        loop {
+            tokio::time::sleep(tick).await;
+            let leader = self.cluster.is_leader();
+            if !leader {
+                if was_leader {
+                    self.step_down();
+                }
+                was_leader = false;
+                continue;
+            }
+            was_leader = true;
+            if let Err(e) = self.refresh_own_card().await {
+                tracing::debug!(error = %e, "card refresh");
+            }
+            let links = match self.links() {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading links");
+                    continue;
+                }
+            };
+            self.heartbeat_due(&links);
+            self.farewell_removed(&links);
+        }
+    }
+
+    /// Leadership moved away: forget live state and close our outbound sessions.
+    fn step_down(&self) {
+        let mut live = self.live();
+        for (_, conn) in live.sessions.drain() {
+            conn.close(0u32.into(), b"leadership moved");
+        }
+        live.health.clear();
+    }
+
+    /// The card this cluster should publish now, from the Raft membership.
+    fn desired_card(&self) -> Option<ClusterCard> {
+        let identity = self.identity().ok().flatten()?;
+        let m = self.cluster.raft().metrics().borrow_watched().clone();
+        let mut members: Vec<CardMember> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| CardMember {
+                endpoint: *id,
+                addrs: node.addrs.clone(),
+            })
+            .collect();
+        members.sort_by_key(|m| m.endpoint);
+        members.truncate(causeway_proto::card::MAX_CARD_MEMBERS);
+        Some(ClusterCard {
+            cluster_id: identity.cluster_id,
+            name: identity.name,
+            members,
+            epoch: 0,
+            issued_at_ms: now_ms(),
+        })
+    }
+
+    async fn refresh_own_card(&self) -> Result<(), String> {
+        let Some(mut desired) = self.desired_card() else {
+            return Ok(());
+        };
+        let current = self.own_card().map_err(|e| e.to_string())?;
+        if let Some(c) = &current
+            && c.card.members == desired.members
+            && c.card.name == desired.name
+        {
+            return Ok(());
+        }
+        desired.epoch = current.map(|c| c.card.epoch).unwrap_or(0) + 1;
+        let secret = self
+            .identity()
+            .map_err(|e| e.to_string())?
+            .ok_or("no identity")?
+            .cluster_secret;
+        let card = SignedCard::sign(desired, &secret);
+        let epoch = card.card.epoch;
+        match self.cluster.write(Command::SetOwnCard { card: card.clone() }).await {
+            Ok(CommandResult::Applied) => {
+                tracing::info!(epoch, "published a new cluster card");
+                let sessions: Vec<Connection> = self.live().sessions.values().cloned().collect();
+                for conn in sessions {
+                    let card = card.clone();
+                    tokio::spawn(async move {
+                        let _ = session::request(&conn, &FedRequest::CardUpdate(card)).await;
+                    });
+                }
+                Ok(())
+            }
+            Ok(other) => Err(format!("card not recorded: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn heartbeat_due(self: &Arc<Self>, links: &[LinkRecord]) {
+        let now = now_ms();
+        for link in links.iter().filter(|l| !l.is_removed()) {
+            let seq = {
+                let mut live = self.live();
+                if live.busy.contains(&link.name) {
+                    continue;
+                }
+                let h = live.health.entry(link.name.clone()).or_default();
+                let seq = h.poll(now, &self.cfg);
+                if seq.is_some() {
+                    live.busy.insert(link.name.clone());
+                }
+                seq
+            };
+            if let Some(seq) = seq {
+                let fed = self.clone();
+                let link = link.clone();
+                tokio::spawn(async move { fed.heartbeat(link, seq).await });
+            }
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>, link: LinkRecord, seq: u64) {
+        let outcome = async {
+            let conn = self.session(&link).await?;
+            let own_epoch = self.own_card().ok().flatten().map(|c| c.card.epoch).unwrap_or(0);
+            match session::request(
+                &conn,
+                &FedRequest::Heartbeat {
+                    seq,
+                    card_epoch: own_epoch,
+                },
+            )
+            .await
+            {
+                Ok(FedResponse::HeartbeatAck {
+                    seq,
+                    card_epoch,
+                    links_back,
+                }) => Ok((seq, card_epoch, links_back)),
+                Ok(FedResponse::Error(e)) => Err(format!("peer answered: {e}")),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => {
+                    self.drop_session(&link.name);
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        let now = now_ms();
+        self.live().busy.remove(&link.name);
+        match outcome {
+            Ok((acked, card_epoch, links_back)) => {
+                let known = link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0);
+                if card_epoch > known {
+                    // Re-handshake next time to fetch the newer card.
+                    self.drop_session(&link.name);
+                }
+                if let Some(h) = self.live().health.get_mut(&link.name) {
+                    h.on_ack(now, acked, links_back);
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(link = %link.name, %reason, "heartbeat failed");
+                if let Some(h) = self.live().health.get_mut(&link.name) {
+                    h.on_failure(seq, &reason);
+                }
+            }
+        }
+    }
+
+    fn drop_session(&self, name: &str) {
+        if let Some(c) = self.live().sessions.remove(name) {
+            c.close(0u32.into(), b"reconnecting");
+        }
+    }
+
+    /// An open, handshaken connection to the link's peer, dialling its endpoints in turn.
+    async fn session(&self, link: &LinkRecord) -> Result<Connection, String> {
+        if let Some(c) = self.live().sessions.get(&link.name)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let identity = self
+            .identity()
+            .map_err(|e| e.to_string())?
+            .ok_or("cluster has no identity yet")?;
+        let own_card = self
+            .own_card()
+            .map_err(|e| e.to_string())?
+            .ok_or("cluster has no card yet")?;
+        let own = OwnSide {
+            endpoint: self.local,
+            card: own_card,
+            secret: identity.cluster_secret,
+        };
+        let expect = Expectation {
+            pinned: link.pinned,
+            known_epoch: link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0),
+        };
+        let mut last_error = String::from("no endpoint to dial");
+        for (endpoint, addrs) in link.dial_targets() {
+            match self.dial(&endpoint, &addrs, &own, &expect).await {
+                Ok((conn, dialed)) => {
+                    self.after_handshake(link, &dialed).await;
+                    self.live().sessions.insert(link.name.clone(), conn.clone());
+                    return Ok(conn);
+                }
+                Err(e) => last_error = format!("{}: {e}", endpoint.short()),
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn dial(
+        &self,
+        endpoint: &EndpointKey,
+        addrs: &[std::net::SocketAddr],
+        own: &OwnSide,
+        expect: &Expectation,
+    ) -> Result<(Connection, Dialed), String> {
+        let id = EndpointId::from_bytes(endpoint.as_bytes()).map_err(|e| e.to_string())?;
+        let mut addr = EndpointAddr::new(id);
+        for a in addrs {
+            addr = addr.with_ip_addr(*a);
+        }
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, causeway_proto::alpn::FED))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(session::HANDSHAKE_TIMEOUT, session::dial_handshake(&conn, own, expect)).await {
+            Ok(Ok(d)) => Ok((conn, d)),
+            Ok(Err(e)) => {
+                conn.close(super::server::CLOSE_REFUSED.into(), b"handshake refused");
+                Err(e)
+            }
+            Err(_) => Err("handshake timed out".into()),
+        }
+    }
+
+    /// Pins the peer at the first handshake, or records a newer card.
+    async fn after_handshake(&self, link: &LinkRecord, dialed: &Dialed) {
+        let known = link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0);
+        let cmd = match link.pinned {
+            None => Command::PinLink {
+                name: link.name.clone(),
+                card: dialed.card.clone(),
+            },
+            Some(cluster) if dialed.card.card.epoch > known => Command::UpdatePeerCard {
+                cluster,
+                card: dialed.card.clone(),
+            },
+            Some(_) => return,
+        };
+        match self.cluster.write(cmd).await {
+            Ok(CommandResult::Link(l)) => {
+                tracing::info!(link = %l.name, cluster = ?l.pinned, epoch = ?l.card.as_ref().map(|c| c.card.epoch), "peer card recorded");
+            }
+            Ok(other) => tracing::warn!(link = %link.name, result = ?other, "peer card not recorded"),
+            Err(e) => tracing::warn!(link = %link.name, error = %e, "peer card not recorded"),
+        }
+        let _ = dialed.links_back;
+    }
+
+    /// Tells peers of removed links goodbye and closes their connections.
+    fn farewell_removed(&self, links: &[LinkRecord]) {
+        for link in links.iter().filter(|l| l.is_removed()) {
+            let conn = {
+                let mut live = self.live();
+                live.health.remove(&link.name);
+                live.refusals.remove(&link.name);
+                live.sessions.remove(&link.name)
+            };
+            if let Some(conn) = conn {
+                tokio::spawn(async move {
+                    let bye = FedRequest::Goodbye {
+                        reason: "link removed".into(),
+                    };
+                    let _ = session::request(&conn, &bye).await;
+                    conn.close(0u32.into(), b"link removed");
+                });
+            }
+        }
+    }
+}
