@@ -25,7 +25,7 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
     Card {
-        card: SignedCard,
+        card: Box<SignedCard>,
         #[serde(with = "serde_sig")]
         proof: [u8; 64],
         challenge: [u8; 32],

@@ -75,7 +75,7 @@ impl Federation {
                 &remote,
                 &own.card,
             ),
-            card: own,
+            card: Box::new(own),
             challenge,
         };
         wire::write_frame(&mut send, &reply, MAX_FED_FRAME)

@@ -43,7 +43,7 @@ pub async fn dial_handshake(conn: &Connection, own: &OwnSide, expect: &Expectati
         .map_err(s)?;
     let reply: HelloReply = wire::read_frame(&mut recv, MAX_FED_FRAME).await.map_err(s)?;
     let (card, proof, their_challenge) = match reply {
-        HelloReply::Card { card, proof, challenge } => (card, proof, challenge),
+        HelloReply::Card { card, proof, challenge } => (*card, proof, challenge),
         HelloReply::Refused(r) => return Err(format!("peer refused the handshake: {r}")),
     };
     check_peer(&card, &proof, &challenge, &remote, &own.endpoint, expect).map_err(|e| format!("refused peer: {e}"))?;
