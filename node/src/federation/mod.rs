@@ -263,7 +263,14 @@ impl Federation {
                 rtt_ms: h.and_then(|h| h.rtt_ms()),
                 direction: "outbound".into(),
                 card_epoch: l.card.as_ref().map(|c| c.card.epoch),
-                reason: if state == LinkState::Active { None } else { reason },
+                reason: match state {
+                    LinkState::Active | LinkState::Removed => None,
+                    LinkState::Failing => reason.or_else(|| {
+                        h.and_then(|h| h.last_heartbeat_ms_ago(now))
+                            .map(|ago| format!("no heartbeat acknowledged for {ago} ms"))
+                    }),
+                    LinkState::Pending => reason,
+                },
             });
         }
         for (cluster, p) in &live.inbound {
