@@ -17,6 +17,8 @@ use causeway_raft::{ClusterStatus, Role};
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Attempts at binding a port that was free a moment ago.
 const BIND_ATTEMPTS: usize = 5;
+/// How long a node's recorded port may stay busy after init or join released it.
+const REBIND_DEADLINE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Started nodes of one cluster. Stop it with [`LocalCluster::shutdown`]; dropping it leaves
@@ -111,9 +113,17 @@ impl LocalCluster {
 
 async fn start_node(dir: &Path) -> Result<Node> {
     let config = Config::load(&dir.join("config.toml")).map_err(anyhow::Error::msg)?;
-    Node::start(dir, config)
-        .await
-        .with_context(|| format!("start node {}", dir.display()))
+    // The endpoint `join` used on this port may release its socket a moment after it returned,
+    // and the port cannot change now that the cluster has recorded it.
+    let deadline = Instant::now() + REBIND_DEADLINE;
+    loop {
+        match Node::start(dir, config.clone()).await {
+            Err(NodeError::Endpoint(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await
+            }
+            result => return result.with_context(|| format!("start node {}", dir.display())),
+        }
+    }
 }
 
 /// The bind port ends up in the cluster membership, so a port the OS picks at bind time (`:0`)
