@@ -1,6 +1,8 @@
 //! Commands that travel through Raft, and their outcomes.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use causeway_policy::{Audience, ShareRule};
 
 use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
 use serde::{Deserialize, Serialize};
@@ -21,7 +23,49 @@ pub enum Command {
         owner: String,
         /// Local path of the resource's content on the registering node, if any.
         path: Option<String>,
+        metadata: BTreeMap<String, String>,
         registered_at_ms: u64,
+    },
+    /// Sets and removes metadata keys; the version does not change.
+    UpdateMetadata {
+        name: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        now_ms: u64,
+    },
+    /// A new version: version + 1, with the content root it points at (if any).
+    PublishResource {
+        name: String,
+        content: Option<String>,
+        now_ms: u64,
+    },
+    RemoveResource {
+        name: String,
+        now_ms: u64,
+    },
+    /// Adds a share rule, replacing any rule for the same audience.
+    SetShare {
+        name: String,
+        rule: ShareRule,
+        now_ms: u64,
+    },
+    RemoveShare {
+        name: String,
+        audience: Audience,
+        now_ms: u64,
+    },
+    /// A linked peer notified changes to what it shares with us: upserts, and removals (`None`).
+    PeerCatalogUpdate {
+        cluster: ClusterId,
+        changes: Vec<(String, Option<crate::peer_views::PeerEntry>)>,
+    },
+    /// One page of a full resync of a peer's view: replaces every entry named in
+    /// `(after, upto]` (`upto: None` = to the end) with `entries`.
+    PeerCatalogSync {
+        cluster: ClusterId,
+        after: Option<String>,
+        upto: Option<String>,
+        entries: Vec<crate::peer_views::PeerEntry>,
     },
     CreateInvite {
         invite_id: [u8; 16],
@@ -36,7 +80,9 @@ pub enum Command {
         now_ms: u64,
     },
     /// A new card of this cluster (higher epoch), signed by the cluster key.
-    SetOwnCard { card: SignedCard },
+    SetOwnCard {
+        card: SignedCard,
+    },
     /// "This cluster federates with the cluster behind `endpoint`."
     AddLink {
         name: String,
@@ -45,11 +91,20 @@ pub enum Command {
         now_ms: u64,
     },
     /// The first successful handshake of a link: pin the peer's cluster ID.
-    PinLink { name: String, card: SignedCard },
+    PinLink {
+        name: String,
+        card: SignedCard,
+    },
     /// A newer card from a pinned peer cluster.
-    UpdatePeerCard { cluster: ClusterId, card: SignedCard },
+    UpdatePeerCard {
+        cluster: ClusterId,
+        card: SignedCard,
+    },
     /// Tombstone the link; adding it again later starts afresh.
-    RemoveLink { name: String, now_ms: u64 },
+    RemoveLink {
+        name: String,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -58,6 +113,13 @@ impl Command {
         match self {
             Command::InitCluster { .. } => "init-cluster",
             Command::RegisterResource { .. } => "register-resource",
+            Command::UpdateMetadata { .. } => "update-metadata",
+            Command::PublishResource { .. } => "publish-resource",
+            Command::RemoveResource { .. } => "remove-resource",
+            Command::SetShare { .. } => "set-share",
+            Command::RemoveShare { .. } => "remove-share",
+            Command::PeerCatalogUpdate { .. } => "peer-catalog-update",
+            Command::PeerCatalogSync { .. } => "peer-catalog-sync",
             Command::CreateInvite { .. } => "create-invite",
             Command::RedeemInvite { .. } => "redeem-invite",
             Command::SetOwnCard { .. } => "set-own-card",
@@ -84,6 +146,9 @@ pub enum CommandResult {
     Applied,
     ClusterInitialized,
     ResourceRegistered(Resource),
+    /// The resource after a metadata update, publish or share change.
+    Resource(Resource),
+    ResourceRemoved(String),
     InviteCreated,
     InviteRedeemed,
     Link(crate::links::LinkRecord),
@@ -108,6 +173,10 @@ pub enum Rejection {
     InviteForged,
     #[error("invite id already exists")]
     InviteExists,
+    #[error("no resource named {0:?}")]
+    NoSuchResource(String),
+    #[error("resource {0:?} has no share for that audience")]
+    NoSuchShare(String),
     #[error("stale card: epoch {presented} is not newer than {known}")]
     StaleCard { presented: u64, known: u64 },
     #[error("a link named {0:?} already exists")]
@@ -136,7 +205,14 @@ pub struct Resource {
     pub name: String,
     pub kind: String,
     pub owner: String,
+    /// Starts at 0 at registration; each publish adds one.
     pub version: u64,
+    /// The content root of the current version (an iroh-blobs hash), if it has content.
+    pub content: Option<String>,
     pub path: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Who may see and move this resource; empty means private.
+    pub shares: Vec<ShareRule>,
     pub registered_at_ms: u64,
+    pub updated_at_ms: u64,
 }

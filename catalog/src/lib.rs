@@ -4,6 +4,8 @@
 
 pub mod command;
 pub mod links;
+pub mod peer_views;
+pub mod resources;
 pub mod state;
 pub mod validate;
 

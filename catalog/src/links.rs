@@ -182,6 +182,10 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             };
             link.removed_at_ms = Some(*now_ms);
             put(txn, &link)?;
+            if let Some(cluster) = link.pinned {
+                // What an unlinked peer shares is not kept: relinking resyncs it.
+                crate::peer_views::clear(txn, &cluster)?;
+            }
             Ok(CommandResult::Link(link))
         }
         _ => Ok(CommandResult::Rejected(Rejection::Invalid("not a link command".into()))),

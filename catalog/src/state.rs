@@ -6,12 +6,11 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection, Resource};
-use crate::validate;
 
 /// Singletons such as the cluster identity.
-const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_cluster");
+pub(crate) const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_cluster");
 /// Resource name (UTF-8) to postcard `Resource`.
-const RESOURCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_resources");
+pub(crate) const RESOURCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_resources");
 /// Invite id to postcard `Invite`.
 const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_invites");
 
@@ -19,8 +18,15 @@ const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_inv
 /// Link name to postcard `LinkRecord`.
 pub(crate) const LINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_links");
 
+/// Change sequence number (8 bytes, big-endian) to postcard `Change`.
+pub(crate) const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_changes");
+
+/// Peer cluster ID (32 bytes) followed by resource name, to postcard `PeerEntry`: what each
+/// linked peer shares with us, as last synced.
+pub(crate) const PEER_CATALOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_peer_views");
+
 /// Every catalog table, in snapshot order (append only: snapshots index tables by position).
-const ALL_TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [CLUSTER, RESOURCES, INVITES, LINKS];
+const ALL_TABLES: [TableDefinition<&[u8], &[u8]>; 6] = [CLUSTER, RESOURCES, INVITES, LINKS, CHANGES, PEER_CATALOG];
 
 const IDENTITY_KEY: &[u8] = b"identity";
 const CARD_KEY: &[u8] = b"card";
@@ -122,34 +128,12 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             t.insert(IDENTITY_KEY, encode(&identity)?.as_slice())?;
             Ok(CommandResult::ClusterInitialized)
         }
-        Command::RegisterResource {
-            name,
-            kind,
-            owner,
-            path,
-            registered_at_ms,
-        } => {
-            if let Err(e) = validate::resource_name(name)
-                .and_then(|_| validate::kind(kind))
-                .and_then(|_| validate::owner(owner))
-            {
-                return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
-            }
-            let mut t = txn.open_table(RESOURCES)?;
-            if t.get(name.as_bytes())?.is_some() {
-                return Ok(CommandResult::Rejected(Rejection::ResourceExists(name.clone())));
-            }
-            let resource = Resource {
-                name: name.clone(),
-                kind: kind.clone(),
-                owner: owner.clone(),
-                version: 0,
-                path: path.clone(),
-                registered_at_ms: *registered_at_ms,
-            };
-            t.insert(name.as_bytes(), encode(&resource)?.as_slice())?;
-            Ok(CommandResult::ResourceRegistered(resource))
-        }
+        Command::RegisterResource { .. }
+        | Command::UpdateMetadata { .. }
+        | Command::PublishResource { .. }
+        | Command::RemoveResource { .. }
+        | Command::SetShare { .. }
+        | Command::RemoveShare { .. } => crate::resources::apply(txn, cmd),
         Command::CreateInvite {
             invite_id,
             secret_hash,
@@ -217,6 +201,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
         | Command::PinLink { .. }
         | Command::UpdatePeerCard { .. }
         | Command::RemoveLink { .. } => crate::links::apply(txn, cmd),
+        Command::PeerCatalogUpdate { .. } | Command::PeerCatalogSync { .. } => crate::peer_views::apply(txn, cmd),
     }
 }
 
@@ -346,6 +331,7 @@ mod tests {
             kind: "artifact".into(),
             owner: "ci".into(),
             path: None,
+            metadata: Default::default(),
             registered_at_ms: 1,
         }
     }

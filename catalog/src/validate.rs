@@ -7,6 +7,39 @@ pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_KIND_LEN: usize = 64;
 /// Longest owner, in bytes.
 pub const MAX_OWNER_LEN: usize = 128;
+/// Most metadata entries on one resource.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY: usize = 128;
+/// Longest metadata value, in bytes.
+pub const MAX_METADATA_VALUE: usize = 4096;
+/// Most share rules on one resource.
+pub const MAX_SHARES: usize = 32;
+/// Longest content root text (a hash), in bytes.
+pub const MAX_CONTENT_LEN: usize = 128;
+/// Longest local path stored with a resource.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Checks a whole metadata map against the bounds.
+pub fn metadata(map: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if map.len() > MAX_METADATA_ENTRIES {
+        return Err(format!("at most {MAX_METADATA_ENTRIES} metadata entries"));
+    }
+    for (k, v) in map {
+        if k.is_empty() || k.len() > MAX_METADATA_KEY || k.chars().any(char::is_control) {
+            return Err(format!(
+                "metadata key {k:?} must be 1..={MAX_METADATA_KEY} bytes without control characters"
+            ));
+        }
+        if v.len() > MAX_METADATA_VALUE {
+            return Err(format!(
+                "metadata value for {k:?} is longer than {MAX_METADATA_VALUE} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Longest cluster name, in bytes.
 pub const MAX_CLUSTER_NAME_LEN: usize = 64;
 

@@ -1,0 +1,310 @@
+//! What each linked peer shares with this cluster, as last notified or resynced: replicated so
+//! every member shows the same view and it survives restarts. Only peers this cluster links to
+//! (pinned, not removed) are kept.
+
+use causeway_policy::ShareMode;
+use causeway_proto::ClusterId;
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Rejection};
+use crate::state::{CatalogError, PEER_CATALOG, decode, encode};
+use crate::validate;
+
+/// Most entries in one update or sync page.
+pub const MAX_PEER_PAGE: usize = 1000;
+
+/// One resource of a peer, as the peer lets us see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub name: String,
+    pub kind: String,
+    pub owner: String,
+    pub version: u64,
+    pub content: Option<String>,
+    pub mode: ShareMode,
+    pub read_only: bool,
+}
+
+impl PeerEntry {
+    pub fn validate(&self) -> Result<(), String> {
+        validate::resource_name(&self.name)?;
+        validate::kind(&self.kind)?;
+        validate::owner(&self.owner)?;
+        if self
+            .content
+            .as_ref()
+            .is_some_and(|c| c.len() > validate::MAX_CONTENT_LEN)
+        {
+            return Err("content root too long".into());
+        }
+        Ok(())
+    }
+}
+
+fn key(cluster: &ClusterId, name: &str) -> Vec<u8> {
+    let mut k = cluster.as_bytes().to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The key range of one cluster's entries (names are non-empty, so 32 bytes is below them all).
+fn upper(cluster: &ClusterId) -> Option<Vec<u8>> {
+    let mut k = cluster.as_bytes().to_vec();
+    // Increment the 32-byte prefix; an all-0xff cluster runs to the end of the table.
+    for i in (0..k.len()).rev() {
+        if k[i] == 0xff {
+            k[i] = 0;
+        } else {
+            k[i] += 1;
+            return Some(k);
+        }
+    }
+    None
+}
+
+fn linked(txn: &WriteTransaction, cluster: &ClusterId) -> Result<bool, CatalogError> {
+    let t = txn.open_table(crate::state::LINKS)?;
+    for row in t.range::<&[u8]>(..)? {
+        let l: crate::links::LinkRecord = decode(row?.1.value())?;
+        if !l.is_removed() && l.pinned == Some(*cluster) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+pub(crate) fn clear(txn: &WriteTransaction, cluster: &ClusterId) -> Result<(), CatalogError> {
+    let mut t = txn.open_table(PEER_CATALOG)?;
+    let lo = cluster.as_bytes().to_vec();
+    match upper(cluster) {
+        Some(hi) => t.retain_in::<&[u8], _>(lo.as_slice()..hi.as_slice(), |_, _| false)?,
+        None => t.retain_in::<&[u8], _>(lo.as_slice().., |_, _| false)?,
+    }
+    Ok(())
+}
+
+pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    match cmd {
+        Command::PeerCatalogUpdate { cluster, changes } => {
+            if !linked(txn, cluster)? {
+                return Ok(CommandResult::Rejected(Rejection::NoLinkForCluster(*cluster)));
+            }
+            if changes.len() > MAX_PEER_PAGE {
+                return Ok(CommandResult::Rejected(Rejection::Invalid("too many changes".into())));
+            }
+            if let Some(e) = changes.iter().find_map(|(n, e)| {
+                validate::resource_name(n)
+                    .err()
+                    .or_else(|| e.as_ref().and_then(|e| e.validate().err()))
+                    .or_else(|| e.as_ref().filter(|e| e.name != *n).map(|_| "name mismatch".to_string()))
+            }) {
+                return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
+            }
+            let mut t = txn.open_table(PEER_CATALOG)?;
+            for (name, entry) in changes {
+                let k = key(cluster, name);
+                match entry {
+                    Some(e) => {
+                        t.insert(k.as_slice(), encode(e)?.as_slice())?;
+                    }
+                    None => {
+                        t.remove(k.as_slice())?;
+                    }
+                }
+            }
+            Ok(CommandResult::Applied)
+        }
+        Command::PeerCatalogSync {
+            cluster,
+            after,
+            upto,
+            entries,
+        } => {
+            if !linked(txn, cluster)? {
+                return Ok(CommandResult::Rejected(Rejection::NoLinkForCluster(*cluster)));
+            }
+            if entries.len() > MAX_PEER_PAGE {
+                return Ok(CommandResult::Rejected(Rejection::Invalid("page too large".into())));
+            }
+            if let Some(e) = entries.iter().find_map(|e| e.validate().err()) {
+                return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
+            }
+            let in_range = |n: &str| after.as_deref().is_none_or(|a| n > a) && upto.as_deref().is_none_or(|u| n <= u);
+            if entries.iter().any(|e| !in_range(&e.name)) {
+                return Ok(CommandResult::Rejected(Rejection::Invalid(
+                    "entry outside the page's range".into(),
+                )));
+            }
+            let mut t = txn.open_table(PEER_CATALOG)?;
+            let lo = match after {
+                Some(a) => {
+                    let mut k = key(cluster, a);
+                    k.push(0);
+                    k
+                }
+                None => cluster.as_bytes().to_vec(),
+            };
+            let hi = upto.as_ref().map(|u| key(cluster, u)).or_else(|| upper(cluster));
+            match hi {
+                Some(hi) if upto.is_some() => t.retain_in::<&[u8], _>(lo.as_slice()..=hi.as_slice(), |_, _| false)?,
+                Some(hi) => t.retain_in::<&[u8], _>(lo.as_slice()..hi.as_slice(), |_, _| false)?,
+                None => t.retain_in::<&[u8], _>(lo.as_slice().., |_, _| false)?,
+            }
+            for e in entries {
+                t.insert(key(cluster, &e.name).as_slice(), encode(e)?.as_slice())?;
+            }
+            Ok(CommandResult::Applied)
+        }
+        _ => Ok(CommandResult::Rejected(Rejection::Invalid(
+            "not a peer view command".into(),
+        ))),
+    }
+}
+
+/// A page of a peer's view in name order, after `after`.
+pub fn list(
+    txn: &ReadTransaction,
+    cluster: &ClusterId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<PeerEntry>, CatalogError> {
+    let t = match txn.open_table(PEER_CATALOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let lo = match after {
+        Some(a) => {
+            let mut k = key(cluster, a);
+            k.push(0);
+            k
+        }
+        None => cluster.as_bytes().to_vec(),
+    };
+    let mut out = Vec::new();
+    let range = match upper(cluster) {
+        Some(hi) => t.range::<&[u8]>(lo.as_slice()..hi.as_slice())?,
+        None => t.range::<&[u8]>(lo.as_slice()..)?,
+    };
+    for row in range {
+        out.push(decode(row?.1.value())?);
+        if out.len() >= limit.clamp(1, crate::state::MAX_PAGE) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::apply as run_cmd;
+    use causeway_proto::{
+        EndpointKey,
+        card::{CardMember, ClusterCard, SignedCard, cluster_id_of},
+    };
+    use redb::{Database, ReadableDatabase};
+
+    fn entry(name: &str, version: u64) -> PeerEntry {
+        PeerEntry {
+            name: name.into(),
+            kind: "artifact".into(),
+            owner: "x".into(),
+            version,
+            content: None,
+            mode: ShareMode::Pull,
+            read_only: true,
+        }
+    }
+
+    fn run(db: &Database, cmd: Command) -> CommandResult {
+        let txn = db.begin_write().unwrap();
+        let r = run_cmd(&txn, &cmd).unwrap();
+        txn.commit().unwrap();
+        r
+    }
+
+    fn names(db: &Database, c: &ClusterId) -> Vec<String> {
+        list(&db.begin_read().unwrap(), c, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    #[test]
+    fn updates_and_paged_resync_only_for_linked_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("p.redb")).unwrap();
+        let secret = [4u8; 32];
+        let cluster = cluster_id_of(&secret);
+        let update = |changes| Command::PeerCatalogUpdate { cluster, changes };
+        assert!(matches!(
+            run(&db, update(vec![("a".into(), Some(entry("a", 1)))])),
+            CommandResult::Rejected(Rejection::NoLinkForCluster(_))
+        ));
+        let e = EndpointKey([1; 32]);
+        run(
+            &db,
+            Command::AddLink {
+                name: "p".into(),
+                endpoint: e,
+                addrs: vec![],
+                now_ms: 0,
+            },
+        );
+        let card = SignedCard::sign(
+            ClusterCard {
+                cluster_id: cluster,
+                name: "p".into(),
+                members: vec![CardMember {
+                    endpoint: e,
+                    addrs: vec![],
+                }],
+                epoch: 1,
+                issued_at_ms: 0,
+            },
+            &secret,
+        );
+        run(&db, Command::PinLink { name: "p".into(), card });
+        assert_eq!(
+            run(
+                &db,
+                update(vec![
+                    ("a".into(), Some(entry("a", 1))),
+                    ("c".into(), Some(entry("c", 1)))
+                ])
+            ),
+            CommandResult::Applied
+        );
+        assert_eq!(names(&db, &cluster), ["a", "c"]);
+        run(&db, update(vec![("a".into(), None)]));
+        assert_eq!(names(&db, &cluster), ["c"]);
+        // A resync page over (None, "m"] replaces everything up to "m".
+        let sync = Command::PeerCatalogSync {
+            cluster,
+            after: None,
+            upto: Some("m".into()),
+            entries: vec![entry("b", 2)],
+        };
+        assert_eq!(run(&db, sync), CommandResult::Applied);
+        assert_eq!(names(&db, &cluster), ["b"]);
+        let bad = Command::PeerCatalogSync {
+            cluster,
+            after: Some("m".into()),
+            upto: None,
+            entries: vec![entry("a", 1)],
+        };
+        assert!(matches!(run(&db, bad), CommandResult::Rejected(Rejection::Invalid(_))));
+        // Removing the link forgets the view.
+        run(
+            &db,
+            Command::RemoveLink {
+                name: "p".into(),
+                now_ms: 1,
+            },
+        );
+        assert!(names(&db, &cluster).is_empty());
+    }
+}

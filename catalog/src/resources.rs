@@ -1,0 +1,393 @@
+//! Resources and their share rules as replicated records, and the change feed: every change to
+//! a resource appends a numbered `Change`, so subsystems can watch and peers can be notified.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Rejection, Resource};
+use crate::state::{CHANGES, CLUSTER, CatalogError, RESOURCES, decode, encode};
+use crate::validate;
+use causeway_policy::ShareRule;
+
+/// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
+/// re-lists instead).
+pub const MAX_CHANGES: u64 = 100_000;
+const CHANGE_SEQ_KEY: &[u8] = b"change_seq";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Registered,
+    MetadataUpdated,
+    Published,
+    Removed,
+    SharesChanged,
+}
+
+/// One entry of the change feed. It carries the share rules before and after, so a notifier
+/// can tell exactly which peers could see the resource before or after the change (and tell no
+/// one else).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: u64,
+    pub name: String,
+    pub kind: ChangeKind,
+    pub version: u64,
+    pub at_ms: u64,
+    pub shares_before: Vec<ShareRule>,
+    /// The resource after the change; `None` once removed.
+    pub after: Option<ResourceSummary>,
+}
+
+/// What a peer's catalog view shows of a resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSummary {
+    pub kind: String,
+    pub owner: String,
+    pub version: u64,
+    pub content: Option<String>,
+    pub shares: Vec<ShareRule>,
+}
+
+impl From<&Resource> for ResourceSummary {
+    fn from(r: &Resource) -> Self {
+        Self {
+            kind: r.kind.clone(),
+            owner: r.owner.clone(),
+            version: r.version,
+            content: r.content.clone(),
+            shares: r.shares.clone(),
+        }
+    }
+}
+
+fn reject(r: Rejection) -> Result<CommandResult, CatalogError> {
+    Ok(CommandResult::Rejected(r))
+}
+
+fn record_change(
+    txn: &WriteTransaction,
+    name: &str,
+    kind: ChangeKind,
+    before: Option<&Resource>,
+    after: Option<&Resource>,
+    at_ms: u64,
+) -> Result<(), CatalogError> {
+    let version = after.or(before).map(|r| r.version).unwrap_or(0);
+    let mut meta = txn.open_table(CLUSTER)?;
+    let seq = match meta.get(CHANGE_SEQ_KEY)? {
+        Some(v) => decode::<u64>(v.value())? + 1,
+        None => 1,
+    };
+    meta.insert(CHANGE_SEQ_KEY, encode(&seq)?.as_slice())?;
+    let mut t = txn.open_table(CHANGES)?;
+    let change = Change {
+        seq,
+        name: name.to_string(),
+        kind,
+        version,
+        at_ms,
+        shares_before: before.map(|r| r.shares.clone()).unwrap_or_default(),
+        after: after.map(ResourceSummary::from),
+    };
+    t.insert(seq.to_be_bytes().as_slice(), encode(&change)?.as_slice())?;
+    if seq > MAX_CHANGES {
+        let cutoff = (seq - MAX_CHANGES).to_be_bytes();
+        t.retain_in::<&[u8], _>(..cutoff.as_slice(), |_, _| false)?;
+    }
+    Ok(())
+}
+
+fn load(txn: &WriteTransaction, name: &str) -> Result<Option<Resource>, CatalogError> {
+    let t = txn.open_table(RESOURCES)?;
+    let r = t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose();
+    r
+}
+
+fn store(txn: &WriteTransaction, r: &Resource) -> Result<(), CatalogError> {
+    txn.open_table(RESOURCES)?
+        .insert(r.name.as_bytes(), encode(r)?.as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    match cmd {
+        Command::RegisterResource {
+            name,
+            kind,
+            owner,
+            path,
+            metadata,
+            registered_at_ms,
+        } => {
+            if let Err(e) = validate::resource_name(name)
+                .and_then(|_| validate::kind(kind))
+                .and_then(|_| validate::owner(owner))
+                .and_then(|_| validate::metadata(metadata))
+            {
+                return reject(Rejection::Invalid(e));
+            }
+            if path.as_ref().is_some_and(|p| p.len() > validate::MAX_PATH_LEN) {
+                return reject(Rejection::Invalid("path too long".into()));
+            }
+            if load(txn, name)?.is_some() {
+                return reject(Rejection::ResourceExists(name.clone()));
+            }
+            let resource = Resource {
+                name: name.clone(),
+                kind: kind.clone(),
+                owner: owner.clone(),
+                version: 0,
+                content: None,
+                path: path.clone(),
+                metadata: metadata.clone(),
+                shares: Vec::new(),
+                registered_at_ms: *registered_at_ms,
+                updated_at_ms: *registered_at_ms,
+            };
+            store(txn, &resource)?;
+            record_change(
+                txn,
+                name,
+                ChangeKind::Registered,
+                None,
+                Some(&resource),
+                *registered_at_ms,
+            )?;
+            Ok(CommandResult::ResourceRegistered(resource))
+        }
+        Command::UpdateMetadata {
+            name,
+            set,
+            remove,
+            now_ms,
+        } => {
+            let Some(mut r) = load(txn, name)? else {
+                return reject(Rejection::NoSuchResource(name.clone()));
+            };
+            let before = r.clone();
+            let mut next: BTreeMap<String, String> = r.metadata.clone();
+            for k in remove {
+                next.remove(k);
+            }
+            next.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            if let Err(e) = validate::metadata(&next) {
+                return reject(Rejection::Invalid(e));
+            }
+            r.metadata = next;
+            r.updated_at_ms = *now_ms;
+            store(txn, &r)?;
+            record_change(txn, name, ChangeKind::MetadataUpdated, Some(&before), Some(&r), *now_ms)?;
+            Ok(CommandResult::Resource(r))
+        }
+        Command::PublishResource { name, content, now_ms } => {
+            let Some(mut r) = load(txn, name)? else {
+                return reject(Rejection::NoSuchResource(name.clone()));
+            };
+            if content
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c.len() > validate::MAX_CONTENT_LEN)
+            {
+                return reject(Rejection::Invalid("content root must be 1..=128 bytes".into()));
+            }
+            let before = r.clone();
+            r.version += 1;
+            r.content = content.clone();
+            r.updated_at_ms = *now_ms;
+            store(txn, &r)?;
+            record_change(txn, name, ChangeKind::Published, Some(&before), Some(&r), *now_ms)?;
+            Ok(CommandResult::Resource(r))
+        }
+        Command::RemoveResource { name, now_ms } => {
+            let Some(r) = load(txn, name)? else {
+                return reject(Rejection::NoSuchResource(name.clone()));
+            };
+            txn.open_table(RESOURCES)?.remove(name.as_bytes())?;
+            record_change(txn, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
+            Ok(CommandResult::ResourceRemoved(name.clone()))
+        }
+        Command::SetShare { name, rule, now_ms } => {
+            let Some(mut r) = load(txn, name)? else {
+                return reject(Rejection::NoSuchResource(name.clone()));
+            };
+            let before = r.clone();
+            let count = r.shares.len();
+            match r.shares.iter_mut().find(|s| s.audience == rule.audience) {
+                Some(existing) => *existing = *rule,
+                None if count >= validate::MAX_SHARES => {
+                    return reject(Rejection::Invalid(format!(
+                        "at most {} shares per resource",
+                        validate::MAX_SHARES
+                    )));
+                }
+                None => r.shares.push(*rule),
+            }
+            r.updated_at_ms = *now_ms;
+            store(txn, &r)?;
+            record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
+            Ok(CommandResult::Resource(r))
+        }
+        Command::RemoveShare { name, audience, now_ms } => {
+            let Some(mut r) = load(txn, name)? else {
+                return reject(Rejection::NoSuchResource(name.clone()));
+            };
+            let before = r.clone();
+            r.shares.retain(|s| s.audience != *audience);
+            if r.shares.len() == before.shares.len() {
+                return reject(Rejection::NoSuchShare(name.clone()));
+            }
+            r.updated_at_ms = *now_ms;
+            store(txn, &r)?;
+            record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
+            Ok(CommandResult::Resource(r))
+        }
+        _ => reject(Rejection::Invalid("not a resource command".into())),
+    }
+}
+
+/// The newest change sequence number (0 before any change).
+pub fn last_change_seq(txn: &ReadTransaction) -> Result<u64, CatalogError> {
+    let t = match txn.open_table(CLUSTER) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(CHANGE_SEQ_KEY)?
+        .map(|v| decode(v.value()))
+        .transpose()
+        .map(|s| s.unwrap_or(0))
+}
+
+/// Up to `limit` changes with a sequence number above `after`, oldest first. The second value
+/// is false when changes after `after` were already pruned (the watcher must re-list).
+pub fn changes_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<(Vec<Change>, bool), CatalogError> {
+    let t = match txn.open_table(CHANGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), true)),
+        Err(e) => return Err(e.into()),
+    };
+    let start = (after + 1).to_be_bytes();
+    let mut out = Vec::new();
+    for row in t.range::<&[u8]>(start.as_slice()..)? {
+        out.push(decode::<Change>(row?.1.value())?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    let complete = match out.first() {
+        Some(first) => first.seq == after + 1,
+        None => true,
+    };
+    Ok((out, complete))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::apply as run_cmd;
+    use causeway_policy::{Audience, ShareMode, ShareRule};
+    use redb::{Database, ReadableDatabase};
+
+    fn run(db: &Database, cmd: Command) -> CommandResult {
+        let txn = db.begin_write().unwrap();
+        let r = run_cmd(&txn, &cmd).unwrap();
+        txn.commit().unwrap();
+        r
+    }
+
+    #[test]
+    fn versions_metadata_shares_and_the_change_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        let reg = Command::RegisterResource {
+            name: "dash".into(),
+            kind: "monitoring/dashboard".into(),
+            owner: "grafana".into(),
+            path: None,
+            metadata: BTreeMap::from([("team".into(), "sre".into())]),
+            registered_at_ms: 1,
+        };
+        assert!(matches!(run(&db, reg), CommandResult::ResourceRegistered(_)));
+        let publish = |c: &str| Command::PublishResource {
+            name: "dash".into(),
+            content: Some(c.into()),
+            now_ms: 2,
+        };
+        assert!(matches!(run(&db, publish("h1")), CommandResult::Resource(r) if r.version == 1));
+        assert!(
+            matches!(run(&db, publish("h2")), CommandResult::Resource(r) if r.version == 2 && r.content.as_deref() == Some("h2"))
+        );
+        let share = Command::SetShare {
+            name: "dash".into(),
+            rule: ShareRule::new(Audience::Public, ShareMode::Pull, true),
+            now_ms: 3,
+        };
+        assert!(matches!(run(&db, share), CommandResult::Resource(r) if r.shares.len() == 1));
+        let replace = Command::SetShare {
+            name: "dash".into(),
+            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, false),
+            now_ms: 3,
+        };
+        assert!(
+            matches!(run(&db, replace), CommandResult::Resource(r) if r.shares.len() == 1 && r.shares[0].mode == ShareMode::Bidirectional)
+        );
+        let meta = Command::UpdateMetadata {
+            name: "dash".into(),
+            set: BTreeMap::from([("tier".into(), "1".into())]),
+            remove: vec!["team".into()],
+            now_ms: 4,
+        };
+        assert!(matches!(run(&db, meta), CommandResult::Resource(r) if r.metadata.len() == 1 && r.version == 2));
+        let too_big = Command::UpdateMetadata {
+            name: "dash".into(),
+            set: BTreeMap::from([("k".into(), "v".repeat(validate::MAX_METADATA_VALUE + 1))]),
+            remove: vec![],
+            now_ms: 4,
+        };
+        assert!(matches!(
+            run(&db, too_big),
+            CommandResult::Rejected(Rejection::Invalid(_))
+        ));
+        let unshare = Command::RemoveShare {
+            name: "dash".into(),
+            audience: Audience::Linked,
+            now_ms: 5,
+        };
+        assert!(matches!(
+            run(&db, unshare),
+            CommandResult::Rejected(Rejection::NoSuchShare(_))
+        ));
+        let rm = Command::RemoveResource {
+            name: "dash".into(),
+            now_ms: 6,
+        };
+        assert_eq!(run(&db, rm.clone()), CommandResult::ResourceRemoved("dash".into()));
+        assert!(matches!(
+            run(&db, rm),
+            CommandResult::Rejected(Rejection::NoSuchResource(_))
+        ));
+
+        let r = db.begin_read().unwrap();
+        assert_eq!(last_change_seq(&r).unwrap(), 7);
+        let (changes, complete) = changes_after(&r, 0, 100).unwrap();
+        assert!(complete);
+        let kinds: Vec<_> = changes.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ChangeKind::Registered,
+                ChangeKind::Published,
+                ChangeKind::Published,
+                ChangeKind::SharesChanged,
+                ChangeKind::SharesChanged,
+                ChangeKind::MetadataUpdated,
+                ChangeKind::Removed
+            ]
+        );
+        let (tail, _) = changes_after(&r, 5, 1).unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].seq, 6);
+    }
+}
