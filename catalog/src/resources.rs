@@ -102,8 +102,7 @@ fn record_change(
 
 fn load(txn: &WriteTransaction, name: &str) -> Result<Option<Resource>, CatalogError> {
     let t = txn.open_table(RESOURCES)?;
-    let r = t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose();
-    r
+    t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
 }
 
 fn store(txn: &WriteTransaction, r: &Resource) -> Result<(), CatalogError> {

@@ -1,6 +1,8 @@
 //! The shapes the control API and `--json` output use. Field names and values follow the CLI
 //! contract in the design brief; IDs are strings as iroh prints them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,8 @@ pub struct ResourceView {
     pub shares: Vec<ShareView>,
     pub mirror_of: Option<String>,
     pub path: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub updated_at_ms: u64,
 }
 
 impl From<causeway_catalog::Resource> for ResourceView {
@@ -66,12 +70,69 @@ impl From<causeway_catalog::Resource> for ResourceView {
             kind: r.kind,
             owner: r.owner,
             version: r.version,
-            content: None,
-            shares: Vec::new(),
+            content: r.content,
+            shares: r
+                .shares
+                .iter()
+                .map(|s| ShareView {
+                    with: s.audience.to_string(),
+                    mode: s.mode.to_string(),
+                    read_only: s.read_only,
+                })
+                .collect(),
             mirror_of: None,
             path: r.path,
+            metadata: r.metadata,
+            updated_at_ms: r.updated_at_ms,
         }
     }
+}
+
+/// One row of `causeway catalog PEER`: a resource the peer lets this cluster see.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntryView {
+    pub name: String,
+    pub kind: String,
+    pub owner: String,
+    pub version: u64,
+    pub mode: String,
+    pub read_only: bool,
+    pub content: Option<String>,
+}
+
+/// One row of `causeway share preview PEER`: what that peer would see and may do, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewView {
+    pub name: String,
+    pub kind: String,
+    pub mode: String,
+    pub read_only: bool,
+    /// Actions granted: "see", "pull", "push", "write back".
+    pub may: Vec<String>,
+    /// The rule that grants it, as `with mode [read-only]`.
+    pub rule: String,
+}
+
+/// One change of the local catalog, for watchers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    pub seq: u64,
+    pub name: String,
+    pub kind: String,
+    pub version: u64,
+    pub at_ms: u64,
+}
+
+/// A batch of changes after a sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesView {
+    pub changes: Vec<ChangeView>,
+    /// The sequence number to ask after next time.
+    pub last_seq: u64,
+    /// The newest change in the catalog (to start following from "now").
+    pub newest_seq: u64,
+    /// False when changes were pruned since the watcher's position: re-list, then continue.
+    pub complete: bool,
 }
 
 /// A request to register a resource.
@@ -83,6 +144,8 @@ pub struct RegisterResource {
     pub owner: String,
     #[serde(default)]
     pub path: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What `cluster join` reports.

@@ -67,6 +67,48 @@ pub enum Command {
     /// Federation links to other clusters.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Share a resource: `share NAME --with PEER|linked|public --mode pull|push|bidirectional
+    /// [--read-only]`; also `share remove NAME --with ...` and `share preview PEER`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Share(ShareArgs),
+    /// What PEER (a link name, cluster ID or endpoint ID) shares with this cluster.
+    Catalog {
+        peer: String,
+        /// Show the replicated view kept current by the peer's notifications, without asking it.
+        #[arg(long)]
+        cached: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ShareArgs {
+    #[command(subcommand)]
+    pub action: Option<ShareCommand>,
+    /// The resource to share.
+    #[arg(required = true)]
+    pub name: Option<String>,
+    /// A peer (link name, cluster ID or endpoint ID), `linked` (every cluster we link to) or
+    /// `public` (any cluster, linked or not).
+    #[arg(long, required = true)]
+    pub with: Option<String>,
+    #[arg(long, value_parser = ["pull", "push", "bidirectional"], required = true)]
+    pub mode: Option<String>,
+    /// The peer may not write back.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShareCommand {
+    /// Remove the share of NAME with an audience.
+    Remove {
+        name: String,
+        #[arg(long)]
+        with: String,
+    },
+    /// Exactly what PEER would see and may do, and which rule grants each item. PEER may be a
+    /// link, a cluster ID (an unlinked cluster) or `public` (an unknown endpoint).
+    Preview { peer: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +184,38 @@ pub enum ResourceCommand {
     },
     /// Show one resource.
     Show { name: String },
+    /// Record a new version (version + 1).
+    Publish {
+        name: String,
+        /// Content root (an iroh-blobs hash) of the new version.
+        #[arg(long)]
+        content: Option<String>,
+    },
+    /// Remove a resource from the catalog.
+    Remove { name: String },
+    /// Set (`--set KEY=VALUE`) or remove (`--unset KEY`) metadata.
+    Meta {
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Follow the catalog's change feed (one line or JSON document per change).
+    Watch {
+        /// Start after this change sequence number (default: now).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Print what is there and stop instead of following.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +229,9 @@ pub struct RegisterArgs {
     pub path: Option<PathBuf>,
     #[arg(long, default_value = "")]
     pub owner: String,
+    /// Metadata entries; repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub meta: Vec<(String, String)>,
 }
 
 /// Entry point of the binary: runs the CLI and turns errors into one line and exit code 1.
@@ -178,7 +255,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(daemon: bool) {
-    let default = if daemon { "info,openraft=warn" } else { "warn" };
+    let default = if daemon {
+        "info,openraft=warn"
+    } else {
+        "warn,openraft=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -277,6 +358,36 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(cmd) => cluster(&cli, cmd).await?,
         Command::Resource(cmd) => resource(&cli, cmd).await?,
         Command::Link(cmd) => link(&cli, cmd).await?,
+        Command::Share(args) => share(&cli, args).await?,
+        Command::Catalog { peer, cached } => {
+            let rows = client(&cli).await?.peer_catalog(peer, *cached).await?;
+            if cli.json {
+                print_json(
+                    &rows
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "name": r.name, "kind": r.kind, "owner": r.owner, "version": r.version,
+                                "mode": r.mode, "read_only": r.read_only, "content": r.content,
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                )?;
+            } else if rows.is_empty() {
+                println!("{peer} shares nothing with this cluster");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<32} {:<24} v{:<4} {:<13} {}",
+                        r.name,
+                        r.kind,
+                        r.version,
+                        r.mode,
+                        if r.read_only { "read-only" } else { "" }
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -458,6 +569,54 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
     })
 }
 
+async fn share(cli: &Cli, args: &ShareArgs) -> Result<()> {
+    match &args.action {
+        Some(ShareCommand::Remove { name, with }) => {
+            let r = client(cli).await?.unshare(name, with).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("{name} is no longer shared with {with}");
+            }
+        }
+        Some(ShareCommand::Preview { peer }) => {
+            let rows = client(cli).await?.share_preview(peer).await?;
+            if cli.json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                println!("{peer} would see nothing");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<32} {:<24} may {:<28} granted by: {}",
+                        r.name,
+                        r.kind,
+                        r.may.join(", "),
+                        r.rule
+                    );
+                }
+            }
+        }
+        None => {
+            let (Some(name), Some(with), Some(mode)) = (&args.name, &args.with, &args.mode) else {
+                bail!(
+                    "usage: causeway share NAME --with PEER|linked|public --mode pull|push|bidirectional [--read-only]"
+                );
+            };
+            let r = client(cli).await?.share(name, with, mode, args.read_only).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "shared {name} with {with} ({mode}{})",
+                    if args.read_only { ", read-only" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
     match cmd {
         ResourceCommand::Register(a) => {
@@ -475,6 +634,7 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
                 kind: a.kind.clone(),
                 owner: a.owner.clone(),
                 path: a.path.as_ref().map(|p| p.display().to_string()),
+                metadata: a.meta.iter().cloned().collect(),
             };
             let r = client(cli).await?.register_resource(req).await?;
             if cli.json {
@@ -497,6 +657,62 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             } else {
                 for r in &rows {
                     println!("{:<32} {:<24} v{:<4} {}", r.name, r.kind, r.version, r.owner);
+                }
+            }
+        }
+        ResourceCommand::Publish { name, content } => {
+            let r = client(cli).await?.publish(name, content.clone()).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("published {} version {}", r.name, r.version);
+            }
+        }
+        ResourceCommand::Remove { name } => {
+            client(cli).await?.remove_resource(name).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "removed": name }))?;
+            } else {
+                println!("removed {name}");
+            }
+        }
+        ResourceCommand::Meta { name, set, unset } => {
+            let r = client(cli)
+                .await?
+                .update_metadata(name, set.iter().cloned().collect(), unset.clone())
+                .await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                for (k, v) in &r.metadata {
+                    println!("{k}={v}");
+                }
+            }
+        }
+        ResourceCommand::Watch { after, once } => {
+            let mut c = client(cli).await?;
+            let mut seq = match after {
+                Some(s) => *s,
+                None if *once => 0,
+                None => c.changes(0, Duration::ZERO).await?.newest_seq,
+            };
+            loop {
+                let batch = c
+                    .changes(seq, if *once { Duration::ZERO } else { Duration::from_secs(25) })
+                    .await?;
+                if !batch.complete {
+                    eprintln!("warning: changes after {seq} were pruned; re-list resources to catch up");
+                }
+                for ch in &batch.changes {
+                    if cli.json {
+                        println!("{}", serde_json::to_string(ch)?);
+                    } else {
+                        println!("{:>8} {:<18} {} v{}", ch.seq, ch.kind, ch.name, ch.version);
+                    }
+                }
+                seq = batch.last_seq;
+                if *once {
+                    return Ok(());
                 }
             }
         }

@@ -15,7 +15,11 @@ use tokio::{
     },
 };
 
-use crate::api::{ClusterStatusView, IdInfo, InviteView, RegisterResource, ResourceView};
+use std::collections::BTreeMap;
+
+use crate::api::{
+    CatalogEntryView, ChangesView, ClusterStatusView, IdInfo, InviteView, PreviewView, RegisterResource, ResourceView,
+};
 use crate::config::Config;
 use crate::control::{ControlRequest, ControlResponse, read_line};
 use crate::datadir;
@@ -152,6 +156,83 @@ impl Client {
         self.request(&ControlRequest::LinkRemove { peer: peer.into() })
             .await
             .map(|_| ())
+    }
+
+    pub async fn update_metadata(
+        &mut self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::UpdateMetadata {
+            name: name.into(),
+            set,
+            remove,
+        })
+        .await
+    }
+
+    /// Records a new version (version + 1), optionally pointing at a content root.
+    pub async fn publish(&mut self, name: &str, content: Option<String>) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::Publish {
+            name: name.into(),
+            content,
+        })
+        .await
+    }
+
+    pub async fn remove_resource(&mut self, name: &str) -> Result<(), ClientError> {
+        self.request(&ControlRequest::RemoveResource { name: name.into() })
+            .await
+            .map(|_| ())
+    }
+
+    /// Shares `name` with a peer (link name, cluster ID or endpoint ID), `linked` or `public`.
+    pub async fn share(
+        &mut self,
+        name: &str,
+        with: &str,
+        mode: &str,
+        read_only: bool,
+    ) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::Share {
+            name: name.into(),
+            with: with.into(),
+            mode: mode.into(),
+            read_only,
+        })
+        .await
+    }
+
+    pub async fn unshare(&mut self, name: &str, with: &str) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::Unshare {
+            name: name.into(),
+            with: with.into(),
+        })
+        .await
+    }
+
+    pub async fn share_preview(&mut self, peer: &str) -> Result<Vec<PreviewView>, ClientError> {
+        self.typed(ControlRequest::SharePreview { peer: peer.into() }).await
+    }
+
+    pub async fn peer_catalog(&mut self, peer: &str, cached: bool) -> Result<Vec<CatalogEntryView>, ClientError> {
+        self.typed(ControlRequest::PeerCatalog {
+            peer: peer.into(),
+            cached,
+        })
+        .await
+    }
+
+    /// Changes of the local catalog after `after`, waiting up to `wait` for the first one.
+    /// Call again with the returned `last_seq` to follow the feed.
+    pub async fn changes(&mut self, after: u64, wait: Duration) -> Result<ChangesView, ClientError> {
+        self.typed(ControlRequest::Changes {
+            after,
+            limit: None,
+            wait_ms: wait.as_millis() as u64,
+        })
+        .await
     }
 
     pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {

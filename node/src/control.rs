@@ -54,6 +54,49 @@ pub enum ControlRequest {
     LinkRemove {
         peer: String,
     },
+    UpdateMetadata {
+        name: String,
+        #[serde(default)]
+        set: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    Publish {
+        name: String,
+        #[serde(default)]
+        content: Option<String>,
+    },
+    RemoveResource {
+        name: String,
+    },
+    Share {
+        name: String,
+        with: String,
+        mode: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    Unshare {
+        name: String,
+        with: String,
+    },
+    SharePreview {
+        peer: String,
+    },
+    PeerCatalog {
+        peer: String,
+        #[serde(default)]
+        cached: bool,
+    },
+    /// Changes after `after`; waits up to `wait_ms` when there are none yet (long poll).
+    Changes {
+        #[serde(default)]
+        after: u64,
+        #[serde(default)]
+        limit: Option<usize>,
+        #[serde(default)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +168,32 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
             json(node.link_add(id, addrs, name).await?)
         }
         ControlRequest::LinkList => json(node.link_list().await?),
+        ControlRequest::UpdateMetadata { name, set, remove } => json(node.update_metadata(&name, set, remove).await?),
+        ControlRequest::Publish { name, content } => json(node.publish(&name, content).await?),
+        ControlRequest::RemoveResource { name } => {
+            node.remove_resource(&name).await?;
+            json(serde_json::json!({ "removed": name }))
+        }
+        ControlRequest::Share {
+            name,
+            with,
+            mode,
+            read_only,
+        } => {
+            let mode = mode.parse().map_err(|e| NodeError::Invalid(format!("{e}")))?;
+            json(node.share(&name, &with, mode, read_only).await?)
+        }
+        ControlRequest::Unshare { name, with } => json(node.unshare(&name, &with).await?),
+        ControlRequest::SharePreview { peer } => json(node.share_preview(&peer).await?),
+        ControlRequest::PeerCatalog { peer, cached } => json(node.peer_catalog(&peer, cached).await?),
+        ControlRequest::Changes { after, limit, wait_ms } => json(
+            node.changes(
+                after,
+                limit.unwrap_or(crate::sharing::MAX_CHANGES_BATCH),
+                Duration::from_millis(wait_ms),
+            )
+            .await?,
+        ),
         ControlRequest::LinkRemove { peer } => {
             node.link_remove(&peer).await?;
             json(serde_json::json!({ "removed": peer }))

@@ -15,6 +15,7 @@ pub mod federation;
 pub mod init;
 pub mod join;
 pub mod node;
+pub mod sharing;
 
 pub use client::{Client, ClientError};
 pub use config::{Config, Discovery};

@@ -213,6 +213,7 @@ impl Node {
         causeway_catalog::validate::resource_name(&req.name)
             .and_then(|_| causeway_catalog::validate::kind(&req.kind))
             .and_then(|_| causeway_catalog::validate::owner(&req.owner))
+            .and_then(|_| causeway_catalog::validate::metadata(&req.metadata))
             .map_err(NodeError::Invalid)?;
         let path = match &req.path {
             None => None,
@@ -234,6 +235,7 @@ impl Node {
                 kind: req.kind,
                 owner: req.owner,
                 path,
+                metadata: req.metadata,
                 registered_at_ms: now_ms(),
             })
             .await?;

@@ -49,11 +49,37 @@ pub enum Welcome {
     Refused(String),
 }
 
+/// Most entries in one catalog page or change notification.
+pub const MAX_CATALOG_PAGE: usize = 500;
+
+/// One resource as a peer may see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub kind: String,
+    pub owner: String,
+    pub version: u64,
+    pub content: Option<String>,
+    /// "pull", "push" or "bidirectional".
+    pub mode: String,
+    pub read_only: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FedRequest {
     Heartbeat {
         seq: u64,
         card_epoch: u64,
+    },
+    /// "What do you share with my cluster?", a page after `after` in name order.
+    CatalogQuery {
+        after: Option<String>,
+        limit: u32,
+    },
+    /// What the sender shares with the receiver changed: new entries, or `None` for a resource
+    /// the receiver may no longer see.
+    CatalogChanged {
+        changes: Vec<(String, Option<CatalogEntry>)>,
     },
     /// A newer card of the sender's cluster.
     CardUpdate(SignedCard),
@@ -69,6 +95,11 @@ pub enum FedResponse {
         seq: u64,
         card_epoch: u64,
         links_back: bool,
+    },
+    /// `more`: further visible entries follow the last one.
+    Catalog {
+        entries: Vec<CatalogEntry>,
+        more: bool,
     },
     Ok,
     Error(String),

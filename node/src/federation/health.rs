@@ -12,6 +12,9 @@ pub struct HealthConfig {
     pub heartbeat_ms: u64,
     /// Heartbeat intervals without an acknowledgement before a link reads `failing`.
     pub failure_threshold: u32,
+    /// How often the leader re-reads each linked peer's whole catalog, repairing anything a
+    /// lost change notification missed.
+    pub catalog_resync_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -20,6 +23,7 @@ impl Default for HealthConfig {
         Self {
             heartbeat_ms: 1000,
             failure_threshold: 3,
+            catalog_resync_ms: 60_000,
         }
     }
 }
@@ -153,6 +157,7 @@ mod tests {
     const CFG: HealthConfig = HealthConfig {
         heartbeat_ms: 100,
         failure_threshold: 3,
+        catalog_resync_ms: 1000,
     };
 
     #[test]

@@ -2,6 +2,7 @@
 //! records), their live health (kept by the leader, in memory), peers that connect to us without
 //! being linked (inbound), and the operations the CLI uses on links.
 
+pub mod catalog;
 pub mod health;
 pub mod server;
 pub mod session;

@@ -178,6 +178,12 @@ impl Federation {
                 }
                 FedResponse::Ok
             }
+            FedRequest::CatalogQuery { after, limit } => {
+                self.serve_catalog_query(peer.card.card.cluster_id, after, limit)
+            }
+            FedRequest::CatalogChanged { changes } => {
+                self.accept_catalog_changes(peer.card.card.cluster_id, changes).await
+            }
             FedRequest::Goodbye { reason } => {
                 tracing::info!(peer = %remote, %reason, "peer said goodbye");
                 conn.close(CLOSE_GOODBYE.into(), b"goodbye");

@@ -28,6 +28,9 @@ impl Federation {
     pub async fn supervise(self: Arc<Self>) {
         let tick = Duration::from_millis(self.cfg.heartbeat_ms / 4).max(MIN_TICK);
         let mut was_leader = false;
+        let mut notified: u64 = 0;
+        let resync_every = Duration::from_millis(self.cfg.catalog_resync_ms.max(1000));
+        let mut next_resync = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(tick).await;
             let leader = self.cluster.is_leader();
@@ -37,6 +40,11 @@ impl Federation {
                 }
                 was_leader = false;
                 continue;
+            }
+            if !was_leader {
+                // A new leader notifies from now on; the resync covers anything in between.
+                notified = self.current_change_seq();
+                next_resync = tokio::time::Instant::now();
             }
             was_leader = true;
             if let Err(e) = self.refresh_own_card().await {
@@ -51,6 +59,12 @@ impl Federation {
             };
             self.heartbeat_due(&links);
             self.farewell_removed(&links);
+            notified = self.notify_changes(notified).await;
+            if tokio::time::Instant::now() >= next_resync {
+                next_resync = tokio::time::Instant::now() + resync_every;
+                let fed = self.clone();
+                tokio::spawn(async move { fed.resync_peer_views().await });
+            }
         }
     }
 
@@ -202,7 +216,7 @@ impl Federation {
     }
 
     /// An open, handshaken connection to the link's peer, dialling its endpoints in turn.
-    async fn session(&self, link: &LinkRecord) -> Result<Connection, String> {
+    pub(crate) async fn session(&self, link: &LinkRecord) -> Result<Connection, String> {
         if let Some(c) = self.live().sessions.get(&link.name)
             && c.close_reason().is_none()
         {
@@ -239,7 +253,7 @@ impl Federation {
         Err(last_error)
     }
 
-    async fn dial(
+    pub(crate) async fn dial(
         &self,
         endpoint: &EndpointKey,
         addrs: &[std::net::SocketAddr],
