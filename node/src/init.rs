@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use causeway_catalog::{Command, CommandResult};
-use causeway_proto::ClusterId;
+use causeway_proto::{
+    ClusterId,
+    card::{CardMember, ClusterCard, SignedCard},
+};
 use causeway_raft::{ClusterNode, MemberNode};
 use openraft::ServerState;
 
@@ -83,6 +86,24 @@ async fn build(
             .await?;
         if r != CommandResult::ClusterInitialized {
             return Err(NodeError::Refused(format!("cluster identity not recorded: {r:?}")));
+        }
+        // The first card, so peers can handshake from the daemon's first moment.
+        let card = SignedCard::sign(
+            ClusterCard {
+                cluster_id,
+                name: name.clone(),
+                members: vec![CardMember {
+                    endpoint: id,
+                    addrs: addrs.clone(),
+                }],
+                epoch: 1,
+                issued_at_ms: crate::node::now_ms(),
+            },
+            &cluster_key.to_bytes(),
+        );
+        let r = cluster.write(Command::SetOwnCard { card }).await?;
+        if r != CommandResult::Applied {
+            return Err(NodeError::Refused(format!("cluster card not recorded: {r:?}")));
         }
         Ok(())
     }

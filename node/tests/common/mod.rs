@@ -332,3 +332,109 @@ pub fn stderr(out: &Output) -> String {
 pub fn assert_path_gone(p: &Path) {
     assert!(!p.exists(), "{} should not exist", p.display());
 }
+
+/// A federation peer the test controls: its own endpoint and cluster key.
+pub struct CraftedCluster {
+    pub endpoint: iroh::Endpoint,
+    pub secret: [u8; 32],
+}
+
+impl CraftedCluster {
+    pub async fn new() -> Self {
+        let endpoint = causeway::endpoint::bind(
+            iroh::SecretKey::generate(),
+            "127.0.0.1:0".parse().expect("addr"),
+            causeway::Discovery::Static,
+            vec![],
+        )
+        .await
+        .expect("bind test endpoint");
+        Self {
+            endpoint,
+            secret: rand_secret(),
+        }
+    }
+
+    pub fn key(&self) -> causeway_proto::EndpointKey {
+        causeway_proto::EndpointKey(*self.endpoint.id().as_bytes())
+    }
+
+    /// This cluster's signed card (epoch 1) listing only the test endpoint.
+    pub fn card(&self) -> causeway_proto::card::SignedCard {
+        use causeway_proto::card::{CardMember, ClusterCard, SignedCard, cluster_id_of};
+        SignedCard::sign(
+            ClusterCard {
+                cluster_id: cluster_id_of(&self.secret),
+                name: "crafted".into(),
+                members: vec![CardMember {
+                    endpoint: self.key(),
+                    addrs: vec![],
+                }],
+                epoch: 1,
+                issued_at_ms: 0,
+            },
+            &self.secret,
+        )
+    }
+
+    /// Completes an honest handshake with `node` and returns the connection.
+    pub async fn connect(&self, node: &NodeProc) -> iroh::endpoint::Connection {
+        use causeway_proto::fed::{Auth, Hello, HelloReply, MAX_FED_FRAME, Welcome, prove};
+        use causeway_raft::wire;
+        let id: iroh::EndpointId = node.endpoint_id().parse().expect("endpoint id");
+        let addr = iroh::EndpointAddr::new(id).with_ip_addr(format!("127.0.0.1:{}", node.port).parse().expect("addr"));
+        let conn = self
+            .endpoint
+            .connect(addr, causeway_proto::alpn::FED)
+            .await
+            .expect("connect");
+        let remote = causeway_proto::EndpointKey(*conn.remote_id().as_bytes());
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        wire::write_frame(&mut send, &Hello { challenge: [1; 32] }, MAX_FED_FRAME)
+            .await
+            .expect("hello");
+        let HelloReply::Card { challenge, .. } = wire::read_frame(&mut recv, MAX_FED_FRAME).await.expect("reply")
+        else {
+            panic!("listener refused hello");
+        };
+        let card = self.card();
+        let auth = Auth {
+            proof: prove(&self.secret, &challenge, &self.key(), &remote, &card.card),
+            card,
+        };
+        wire::write_frame(&mut send, &auth, MAX_FED_FRAME).await.expect("auth");
+        send.finish().expect("finish");
+        let welcome: Welcome = wire::read_frame(&mut recv, MAX_FED_FRAME).await.expect("welcome");
+        assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+        conn
+    }
+}
+
+fn rand_secret() -> [u8; 32] {
+    let k = iroh::SecretKey::generate();
+    k.to_bytes()
+}
+
+/// Sends raw bytes as one federation request and reads the answer.
+pub async fn fed_raw(
+    conn: &iroh::endpoint::Connection,
+    bytes: &[u8],
+) -> Result<causeway_proto::fed::FedResponse, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    causeway_raft::wire::read_frame(&mut recv, causeway_proto::fed::MAX_FED_FRAME)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Sends one federation request and reads the answer.
+pub async fn fed_request(
+    conn: &iroh::endpoint::Connection,
+    req: &causeway_proto::fed::FedRequest,
+) -> causeway_proto::fed::FedResponse {
+    let body = causeway_proto::encode(req, causeway_proto::fed::MAX_FED_FRAME).expect("encode");
+    let mut bytes = causeway_proto::frame::prefix(body.len()).to_vec();
+    bytes.extend_from_slice(&body);
+    fed_raw(conn, &bytes).await.expect("fed request")
+}
