@@ -42,20 +42,14 @@ impl LocalCluster {
 
     async fn grow(&mut self, root: &Path, name: &str, size: usize) -> Result<()> {
         let first = root.join(format!("{name}-0"));
-        on_free_port(|bind| {
-            causeway::init::init(&first, Some(name.to_string()), bind, Discovery::Static)
-        })
-        .await
-        .with_context(|| format!("init {}", first.display()))?;
+        on_free_port(|bind| causeway::init::init(&first, Some(name.to_string()), bind, Discovery::Static))
+            .await
+            .with_context(|| format!("init {}", first.display()))?;
         self.nodes.push(start_node(&first).await?);
-        self.wait_until("the first node leads", |s| s.leader.is_some())
-            .await?;
+        self.wait_until("the first node leads", |s| s.leader.is_some()).await?;
         for i in 1..size {
             let invite = self.leader()?.invite(Duration::from_secs(600)).await?;
-            let ticket: InviteTicket = invite
-                .ticket
-                .parse()
-                .map_err(|e| anyhow!("invite ticket: {e}"))?;
+            let ticket: InviteTicket = invite.ticket.parse().map_err(|e| anyhow!("invite ticket: {e}"))?;
             let dir = root.join(format!("{name}-{i}"));
             on_free_port(|bind| join_cluster(&dir, &ticket, bind, Discovery::Static))
                 .await
@@ -63,10 +57,7 @@ impl LocalCluster {
             self.nodes.push(start_node(&dir).await?);
             let want = i + 1;
             self.wait_until(&format!("{want} reachable voters"), |s| {
-                s.members.len() == want
-                    && s.members
-                        .iter()
-                        .all(|m| m.role == Role::Voter && m.reachable)
+                s.members.len() == want && s.members.iter().all(|m| m.role == Role::Voter && m.reachable)
             })
             .await?;
         }
@@ -118,9 +109,7 @@ async fn start_node(dir: &Path) -> Result<Node> {
     let deadline = Instant::now() + REBIND_DEADLINE;
     loop {
         match Node::start(dir, config.clone()).await {
-            Err(NodeError::Endpoint(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(POLL).await
-            }
+            Err(NodeError::Endpoint(_)) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
             result => return result.with_context(|| format!("start node {}", dir.display())),
         }
     }

@@ -44,11 +44,7 @@ impl Stats {
         Stats {
             count: samples.len(),
             secs,
-            per_sec: if secs > 0.0 {
-                samples.len() as f64 / secs
-            } else {
-                0.0
-            },
+            per_sec: if secs > 0.0 { samples.len() as f64 / secs } else { 0.0 },
             p50_ms: percentile_ms(&samples, 50.0),
             p99_ms: percentile_ms(&samples, 99.0),
         }
@@ -114,6 +110,7 @@ async fn write_one(cluster: &ClusterNode, names: &Names) -> Result<(), String> {
         kind: "artifact".into(),
         owner: "bench".into(),
         path: None,
+        metadata: Default::default(),
         registered_at_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -148,12 +145,7 @@ impl Tally {
 }
 
 /// One client writing `n` times in sequence (after `warmup` untimed writes) through `cluster`.
-pub async fn sequential(
-    cluster: &ClusterNode,
-    names: &Names,
-    warmup: usize,
-    n: usize,
-) -> Measured {
+pub async fn sequential(cluster: &ClusterNode, names: &Names, warmup: usize, n: usize) -> Measured {
     let mut tally = Tally::default();
     for _ in 0..warmup {
         tally.write(cluster, names).await;
@@ -183,21 +175,27 @@ pub struct Budget {
 }
 
 /// `writers` concurrent clients, each writing in sequence through `cluster` until the budget is
-/// spent. The rate is all successful writes over the time until the last writer finished.
+/// spent, after `warmup` untimed writes by one client. The rate is all successful writes over
+/// the time until the last writer finished.
 pub async fn concurrent(
     cluster: &ClusterNode,
     names: &Arc<Names>,
+    warmup: usize,
     writers: usize,
     budget: Budget,
 ) -> Result<Measured> {
+    let mut all = Tally::default();
+    for _ in 0..warmup {
+        all.write(cluster, names).await;
+    }
+    all.samples.clear();
     let started = Arc::new(AtomicUsize::new(0));
     let max_writes = budget.max_writes.unwrap_or(usize::MAX);
     // All writers begin together, so spawning 256 tasks is not part of the measured time.
     let gate = Arc::new(Barrier::new(writers + 1));
     let mut tasks = Vec::with_capacity(writers);
     for _ in 0..writers {
-        let (cluster, names, started, gate) =
-            (cluster.clone(), names.clone(), started.clone(), gate.clone());
+        let (cluster, names, started, gate) = (cluster.clone(), names.clone(), started.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             gate.wait().await;
             let deadline = Instant::now() + budget.time;
@@ -205,9 +203,7 @@ pub async fn concurrent(
             loop {
                 let nth = started.fetch_add(1, Ordering::Relaxed);
                 let first = tally.samples.is_empty() && tally.errors == 0;
-                if !first
-                    && (nth >= max_writes || Instant::now() >= deadline || tally.errors >= MAX_ERRORS)
-                {
+                if !first && (nth >= max_writes || Instant::now() >= deadline || tally.errors >= MAX_ERRORS) {
                     break;
                 }
                 tally.write(&cluster, &names).await;
@@ -217,7 +213,6 @@ pub async fn concurrent(
     }
     gate.wait().await;
     let start = Instant::now();
-    let mut all = Tally::default();
     for task in tasks {
         let t = task.await?;
         all.samples.extend(t.samples);

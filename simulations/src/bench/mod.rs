@@ -75,11 +75,7 @@ impl Plan {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let plan = if args.quick {
-        Plan::quick()
-    } else {
-        Plan::full()
-    };
+    let plan = if args.quick { Plan::quick() } else { Plan::full() };
     let parent = args.dir.unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
     let scratch = tempfile::Builder::new()
@@ -88,9 +84,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("make a scratch dir in {}", parent.display()))?;
     let report = measure_all(&plan, scratch.path()).await;
     let path = scratch.path().to_path_buf();
-    scratch
-        .close()
-        .with_context(|| format!("remove {}", path.display()))?;
+    scratch.close().with_context(|| format!("remove {}", path.display()))?;
     let report = report?;
     if args.json {
         eprint!("\n{}", report.table());
@@ -117,21 +111,20 @@ pub async fn measure_all(plan: &Plan, root: &Path) -> Result<Report> {
     );
     let raw_path = root.join("raw.redb");
     let (warmup, n) = (plan.warmup, plan.raw_commits);
-    let raw = tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n))
-        .await??;
+    let raw = tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n)).await??;
 
     let names = Arc::new(Names::default());
     let mut latency = Vec::new();
     let mut throughput = Vec::new();
     for nodes in [1, 3] {
-        eprintln!("{nodes}-node cluster: forming");
-        let mut cluster = LocalCluster::start(root, &format!("bench-{nodes}node"), nodes).await?;
-        let result = measure_cluster(plan, &cluster, nodes, &names).await;
-        eprintln!("{nodes}-node cluster: stopping");
-        cluster.shutdown().await;
-        let (lat, tput) = result?;
-        latency.push((nodes, lat));
-        throughput.extend(tput.into_iter().map(|(w, m)| (nodes, w, m)));
+        let series = std::iter::once(Series::OneClient).chain(plan.writer_counts.iter().map(|&w| Series::Writers(w)));
+        for series in series {
+            let m = on_fresh_cluster(plan, root, nodes, series, &names).await?;
+            match series {
+                Series::OneClient => latency.push((nodes, m)),
+                Series::Writers(w) => throughput.push((nodes, w, m)),
+            }
+        }
     }
     Ok(Report::new(
         plan.mode,
@@ -142,34 +135,48 @@ pub async fn measure_all(plan: &Plan, root: &Path) -> Result<Report> {
     ))
 }
 
-type ClusterFigures = (Measured, Vec<(usize, Measured)>);
+/// One timed series of Raft writes.
+#[derive(Clone, Copy, Debug)]
+enum Series {
+    /// `latency_writes` writes by one client.
+    OneClient,
+    /// This many concurrent writers for the plan's budget.
+    Writers(usize),
+}
 
-async fn measure_cluster(
+/// Runs `series` on a cluster formed for it alone, so every series starts from an empty log and
+/// catalog: otherwise later series would also pay for the entries and snapshots of earlier ones.
+async fn on_fresh_cluster(
     plan: &Plan,
-    cluster: &LocalCluster,
+    root: &Path,
     nodes: usize,
+    series: Series,
     names: &Arc<Names>,
-) -> Result<ClusterFigures> {
-    // Writing on the leader keeps the client's hop out of the figures: a write sent to a
-    // follower is forwarded, which is a different (and serialized) path.
-    let leader = cluster.leader()?.cluster().clone();
-    eprintln!(
-        "{nodes}-node cluster: {} writes, 1 client",
-        plan.latency_writes
-    );
-    let lat = measure::sequential(&leader, names, plan.warmup, plan.latency_writes).await;
-    let mut tput = Vec::new();
-    for &writers in &plan.writer_counts {
-        eprintln!(
-            "{nodes}-node cluster: {writers} concurrent writers for {:?}",
-            plan.budget.time
-        );
-        tput.push((
-            writers,
-            measure::concurrent(&leader, names, writers, plan.budget).await?,
-        ));
+) -> Result<Measured> {
+    let label = match series {
+        Series::OneClient => format!("bench-{nodes}n-1client"),
+        Series::Writers(w) => format!("bench-{nodes}n-{w}writers"),
+    };
+    eprintln!("{label}: forming a {nodes}-node cluster");
+    let mut cluster = LocalCluster::start(root, &label, nodes).await?;
+    let result = async {
+        // Writing on the leader keeps the client's hop out of the figures: a write sent to a
+        // follower is forwarded, which is a different (and serialized) path.
+        let leader = cluster.leader()?.cluster().clone();
+        match series {
+            Series::OneClient => {
+                eprintln!("{label}: {} writes by 1 client", plan.latency_writes);
+                Ok(measure::sequential(&leader, names, plan.warmup, plan.latency_writes).await)
+            }
+            Series::Writers(writers) => {
+                eprintln!("{label}: {writers} concurrent writers for {:?}", plan.budget.time);
+                measure::concurrent(&leader, names, plan.warmup, writers, plan.budget).await
+            }
+        }
     }
-    Ok((lat, tput))
+    .await;
+    cluster.shutdown().await;
+    result.with_context(|| format!("{label} on a {nodes}-node cluster"))
 }
 
 #[cfg(test)]

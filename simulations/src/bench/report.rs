@@ -149,8 +149,7 @@ impl Report {
             .iter()
             .filter_map(|r| r.goal.as_ref())
             .chain(throughput.iter().filter_map(|r| r.goal.as_ref()));
-        let (goals_met, goals_total) =
-            goals.fold((0, 0), |(met, total), g| (met + usize::from(g.met), total + 1));
+        let (goals_met, goals_total) = goals.fold((0, 0), |(met, total), g| (met + usize::from(g.met), total + 1));
         Report {
             mode: mode.to_string(),
             dir,
@@ -234,10 +233,7 @@ impl Report {
         }
         out.push_str(&tput.render());
         out.push('\n');
-        out.push_str(&format!(
-            "goals met: {} of {}",
-            self.goals_met, self.goals_total
-        ));
+        out.push_str(&format!("goals met: {} of {}", self.goals_met, self.goals_total));
         if self.errors > 0 {
             out.push_str(&format!(
                 "; {} writes FAILED, first: {}",
@@ -265,11 +261,7 @@ fn rate(v: f64) -> String {
 }
 
 fn times(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.2}×")
-    } else {
-        "-".into()
-    }
+    if v.is_finite() { format!("{v:.2}×") } else { "-".into() }
 }
 
 fn with_errors(count: usize, errors: usize) -> String {
