@@ -54,6 +54,17 @@ pub enum Command {
         audience: Audience,
         now_ms: u64,
     },
+    /// A peer's resource replicated here: creates or advances the mirror named `name`. Its
+    /// content is complete on at least one member before this is proposed.
+    RecordMirror {
+        name: String,
+        origin: ClusterId,
+        kind: String,
+        owner: String,
+        version: u64,
+        content: Option<String>,
+        now_ms: u64,
+    },
     /// A linked peer notified changes to what it shares with us: upserts, and removals (`None`).
     PeerCatalogUpdate {
         cluster: ClusterId,
@@ -118,6 +129,7 @@ impl Command {
             Command::RemoveResource { .. } => "remove-resource",
             Command::SetShare { .. } => "set-share",
             Command::RemoveShare { .. } => "remove-share",
+            Command::RecordMirror { .. } => "record-mirror",
             Command::PeerCatalogUpdate { .. } => "peer-catalog-update",
             Command::PeerCatalogSync { .. } => "peer-catalog-sync",
             Command::CreateInvite { .. } => "create-invite",
@@ -177,6 +189,10 @@ pub enum Rejection {
     NoSuchResource(String),
     #[error("resource {0:?} has no share for that audience")]
     NoSuchShare(String),
+    #[error("{0:?} is a local resource or a mirror of another cluster; a mirror cannot replace it")]
+    MirrorNameTaken(String),
+    #[error("mirror {name:?} is already at version {have}; version {offered} is not newer")]
+    MirrorNotNewer { name: String, have: u64, offered: u64 },
     #[error("stale card: epoch {presented} is not newer than {known}")]
     StaleCard { presented: u64, known: u64 },
     #[error("a link named {0:?} already exists")]
@@ -215,4 +231,6 @@ pub struct Resource {
     pub shares: Vec<ShareRule>,
     pub registered_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Set when this resource is a mirror of a peer cluster's resource.
+    pub mirror_of: Option<ClusterId>,
 }

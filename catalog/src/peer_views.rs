@@ -162,6 +162,18 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
     }
 }
 
+/// One entry of a peer's view.
+pub fn get(txn: &ReadTransaction, cluster: &ClusterId, name: &str) -> Result<Option<PeerEntry>, CatalogError> {
+    let t = match txn.open_table(PEER_CATALOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    t.get(key(cluster, name).as_slice())?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
 /// A page of a peer's view in name order, after `after`.
 pub fn list(
     txn: &ReadTransaction,

@@ -145,6 +145,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 shares: Vec::new(),
                 registered_at_ms: *registered_at_ms,
                 updated_at_ms: *registered_at_ms,
+                mirror_of: None,
             };
             store(txn, &resource)?;
             record_change(
@@ -240,6 +241,61 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             r.updated_at_ms = *now_ms;
             store(txn, &r)?;
             record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
+            Ok(CommandResult::Resource(r))
+        }
+        Command::RecordMirror {
+            name,
+            origin,
+            kind,
+            owner,
+            version,
+            content,
+            now_ms,
+        } => {
+            if let Err(e) = validate::resource_name(name)
+                .and_then(|_| validate::kind(kind))
+                .and_then(|_| validate::owner(owner))
+            {
+                return reject(Rejection::Invalid(e));
+            }
+            let existing = load(txn, name)?;
+            let before = existing.clone();
+            let mut r = match existing {
+                Some(r) if r.mirror_of != Some(*origin) => return reject(Rejection::MirrorNameTaken(name.clone())),
+                Some(r) if r.version >= *version && r.content == *content => {
+                    return reject(Rejection::MirrorNotNewer {
+                        name: name.clone(),
+                        have: r.version,
+                        offered: *version,
+                    });
+                }
+                Some(r) => r,
+                None => Resource {
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    owner: owner.clone(),
+                    version: 0,
+                    content: None,
+                    path: None,
+                    metadata: BTreeMap::new(),
+                    shares: Vec::new(),
+                    registered_at_ms: *now_ms,
+                    updated_at_ms: *now_ms,
+                    mirror_of: Some(*origin),
+                },
+            };
+            r.version = *version;
+            r.content = content.clone();
+            r.kind = kind.clone();
+            r.owner = owner.clone();
+            r.updated_at_ms = *now_ms;
+            store(txn, &r)?;
+            let kind = if before.is_some() {
+                ChangeKind::Published
+            } else {
+                ChangeKind::Registered
+            };
+            record_change(txn, name, kind, before.as_ref(), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         _ => reject(Rejection::Invalid("not a resource command".into())),

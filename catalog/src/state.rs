@@ -133,7 +133,8 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
         | Command::PublishResource { .. }
         | Command::RemoveResource { .. }
         | Command::SetShare { .. }
-        | Command::RemoveShare { .. } => crate::resources::apply(txn, cmd),
+        | Command::RemoveShare { .. }
+        | Command::RecordMirror { .. } => crate::resources::apply(txn, cmd),
         Command::CreateInvite {
             invite_id,
             secret_hash,

@@ -80,7 +80,7 @@ impl From<causeway_catalog::Resource> for ResourceView {
                     read_only: s.read_only,
                 })
                 .collect(),
-            mirror_of: None,
+            mirror_of: r.mirror_of.map(|c| c.to_string()),
             path: r.path,
             metadata: r.metadata,
             updated_at_ms: r.updated_at_ms,

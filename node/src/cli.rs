@@ -71,6 +71,9 @@ pub enum Command {
     /// [--read-only]`; also `share remove NAME --with ...` and `share preview PEER`.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Share(ShareArgs),
+    /// Replicate a peer's resource: `sync NAME --from PEER`, or `sync status`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Sync(SyncArgs),
     /// What PEER (a link name, cluster ID or endpoint ID) shares with this cluster.
     Catalog {
         peer: String,
@@ -78,6 +81,24 @@ pub enum Command {
         #[arg(long)]
         cached: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    #[command(subcommand)]
+    pub action: Option<SyncCommand>,
+    /// The resource to replicate.
+    #[arg(required = true)]
+    pub name: Option<String>,
+    /// The peer that shares it (link name, cluster ID or endpoint ID).
+    #[arg(long = "from", required = true)]
+    pub from: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncCommand {
+    /// Every transfer: resource, peer, direction, state, version, lag, bytes, reason.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -359,6 +380,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Resource(cmd) => resource(&cli, cmd).await?,
         Command::Link(cmd) => link(&cli, cmd).await?,
         Command::Share(args) => share(&cli, args).await?,
+        Command::Sync(args) => sync(&cli, args).await?,
         Command::Catalog { peer, cached } => {
             let rows = client(&cli).await?.peer_catalog(peer, *cached).await?;
             if cli.json {
@@ -567,6 +589,87 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "card_epoch": l.card_epoch,
         "reason": l.reason,
     })
+}
+
+async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
+    match &args.action {
+        Some(SyncCommand::Status) => {
+            let rows = client(cli).await?.sync_status().await?;
+            if cli.json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                println!("no transfers");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<5} {:<12} v{:<4} {:>12}/{:<12} lag {}ms{}",
+                        r.resource,
+                        r.direction,
+                        r.state,
+                        r.version,
+                        r.bytes_done,
+                        r.bytes_total,
+                        r.lag_ms,
+                        r.reason.as_deref().map(|x| format!("  ({x})")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        None => {
+            let (Some(name), Some(from)) = (&args.name, &args.from) else {
+                bail!("usage: causeway sync NAME --from PEER | causeway sync status");
+            };
+            let mut c = client(cli).await?;
+            let progress = tokio::spawn(show_progress(client(cli).await?, name.clone(), cli.json));
+            let result = c.sync_pull(name, from).await;
+            progress.abort();
+            let r = result?;
+            if std::io::stderr().is_terminal() && !cli.json {
+                eprintln!();
+            }
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} is a mirror of {} at version {}",
+                    r.name,
+                    r.mirror_of.as_deref().unwrap_or("?"),
+                    r.version
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shows a transfer's progress on stderr while it runs: a live line on a terminal, plain lines
+/// (at most one a second, and on every state change) otherwise.
+async fn show_progress(mut c: Client, name: String, quiet: bool) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_state = String::new();
+    let mut last_print = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(rows) = c.sync_status().await else { continue };
+        let Some(t) = rows.iter().find(|r| r.resource == name) else {
+            continue;
+        };
+        if quiet {
+            continue;
+        }
+        let pct = (t.bytes_done * 100).checked_div(t.bytes_total).unwrap_or(0);
+        let line = format!(
+            "{name}: {} {} / {} bytes ({pct}%)",
+            t.state, t.bytes_done, t.bytes_total
+        );
+        if tty {
+            eprint!("\r{line:<78}");
+        } else if t.state.to_string() != last_state || last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{line}");
+            last_print = std::time::Instant::now();
+        }
+        last_state = t.state.to_string();
+    }
 }
 
 async fn share(cli: &Cli, args: &ShareArgs) -> Result<()> {

@@ -235,6 +235,19 @@ impl Client {
         .await
     }
 
+    /// Pulls PEER's current version of `name` into a mirror (runs on the leader).
+    pub async fn sync_pull(&mut self, name: &str, peer: &str) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::SyncPull {
+            name: name.into(),
+            peer: peer.into(),
+        })
+        .await
+    }
+
+    pub async fn sync_status(&mut self) -> Result<Vec<causeway_sync::status::TransferStatus>, ClientError> {
+        self.typed(ControlRequest::SyncStatus).await
+    }
+
     pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {
         self.typed(ControlRequest::ShowResource { name: name.into() }).await
     }

@@ -43,6 +43,8 @@ pub struct Config {
     pub raft: RaftSettings,
     #[serde(default)]
     pub federation: crate::federation::health::HealthConfig,
+    #[serde(default)]
+    pub sync: crate::transfer::SyncConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -58,6 +60,7 @@ impl Config {
             control_socket: default_socket(),
             raft: RaftSettings::default(),
             federation: Default::default(),
+            sync: Default::default(),
         }
     }
 

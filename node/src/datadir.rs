@@ -17,6 +17,7 @@ pub const KEY_FILE: &str = "node.key";
 pub const CONFIG_FILE: &str = "config.toml";
 pub const STATE_FILE: &str = "node.json";
 pub const DB_FILE: &str = "raft.redb";
+pub const BLOBS_DIR: &str = "blobs";
 
 /// What a node knows about its cluster membership outside Raft.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -3,9 +3,11 @@
 //! socket, or `Node` embedded in-process).
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
@@ -16,6 +18,7 @@ pub mod init;
 pub mod join;
 pub mod node;
 pub mod sharing;
+pub mod transfer;
 
 pub use client::{Client, ClientError};
 pub use config::{Config, Discovery};

@@ -19,11 +19,13 @@ use iroh::{Endpoint, protocol::Router};
 
 use crate::api::{ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView};
 use crate::config::Config;
+use crate::content::{ContentStore, access::guarded_events};
 use crate::datadir::{self, NodeState};
 use crate::endpoint;
 use crate::error::{NodeError, storage};
 use crate::federation::{Federation, LinkView, server::FedService};
 use crate::join::JoinService;
+use crate::transfer::Mirroring;
 
 /// Longest invite lifetime an admin may ask for.
 pub const MAX_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -53,6 +55,8 @@ struct Inner {
     router: Router,
     cluster: ClusterNode,
     federation: Arc<Federation>,
+    content: ContentStore,
+    mirroring: Arc<Mirroring>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -66,7 +70,12 @@ impl Node {
     pub async fn start(data_dir: &Path, config: Config) -> Result<Node, NodeError> {
         let state = datadir::require_node(data_dir)?;
         let key = datadir::read_key(data_dir)?;
-        let alpns = vec![alpn::RAFT.to_vec(), alpn::JOIN.to_vec(), alpn::FED.to_vec()];
+        let alpns = vec![
+            alpn::RAFT.to_vec(),
+            alpn::JOIN.to_vec(),
+            alpn::FED.to_vec(),
+            iroh_blobs::ALPN.to_vec(),
+        ];
         let endpoint = endpoint::bind(key.clone(), config.bind, config.discovery, alpns).await?;
         let id = endpoint_key(&endpoint.id());
         let cluster = ClusterNode::start(
@@ -79,12 +88,34 @@ impl Node {
         .await?;
         let join = JoinService::new(cluster.clone(), state.cluster_id, state.cluster_name.clone());
         let federation = Federation::new(cluster.clone(), endpoint.clone(), config.federation);
+        let content = ContentStore::open(&data_dir.join(datadir::BLOBS_DIR)).await?;
+        let mirroring = Mirroring::new(
+            cluster.clone(),
+            federation.clone(),
+            content.clone(),
+            endpoint.clone(),
+            data_dir.to_path_buf(),
+        );
+        crate::app::install(&cluster, &federation, &mirroring);
+        let access = Arc::new(crate::content::access::CatalogAccess {
+            cluster: cluster.clone(),
+            fed: federation.clone(),
+        });
+        let blobs = iroh_blobs::BlobsProtocol::new(content.store(), Some(guarded_events(access)));
         let router = Router::builder(endpoint.clone())
             .accept(alpn::RAFT, RaftService::new(cluster.clone()))
             .accept(alpn::JOIN, join)
             .accept(alpn::FED, FedService(federation.clone()))
+            .accept(iroh_blobs::ALPN, blobs)
             .spawn();
-        let tasks = vec![tokio::spawn(federation.clone().supervise())];
+        let tasks = vec![
+            tokio::spawn(federation.clone().supervise()),
+            tokio::spawn(crate::transfer::run_loops(
+                cluster.clone(),
+                mirroring.clone(),
+                config.sync,
+            )),
+        ];
         tracing::info!(endpoint = %id, cluster = %state.cluster_id, bind = %config.bind, "node started");
         Ok(Node(Arc::new(Inner {
             data_dir: data_dir.to_path_buf(),
@@ -94,6 +125,8 @@ impl Node {
             router,
             cluster,
             federation,
+            content,
+            mirroring,
             tasks,
         })))
     }
@@ -289,7 +322,7 @@ impl Node {
         name: Option<String>,
     ) -> Result<LinkView, NodeError> {
         let record = self.0.federation.add_link(endpoint, addrs, name).await?;
-        let views = self.0.federation.list_links().await.unwrap_or_default();
+        let views = crate::app::link_list(&self.0.cluster).await.unwrap_or_default();
         Ok(views
             .into_iter()
             .find(|v| v.name == record.name && v.direction == "outbound")
@@ -308,7 +341,26 @@ impl Node {
     }
 
     pub async fn link_list(&self) -> Result<Vec<LinkView>, NodeError> {
-        self.0.federation.list_links().await
+        crate::app::link_list(&self.0.cluster).await
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.0.content
+    }
+
+    pub fn mirroring(&self) -> &Arc<Mirroring> {
+        &self.0.mirroring
+    }
+
+    /// `sync NAME --from PEER`: the leader pulls the peer's current version and records the
+    /// mirror; it stays subscribed afterwards.
+    pub async fn sync_pull(&self, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
+        crate::app::pull(&self.0.cluster, name, peer).await
+    }
+
+    /// `sync status`, as the leader (which runs the transfers) knows it.
+    pub async fn sync_status(&self) -> Result<Vec<causeway_sync::status::TransferStatus>, NodeError> {
+        crate::app::sync_status(&self.0.cluster).await
     }
 
     pub async fn link_remove(&self, peer: &str) -> Result<(), NodeError> {
@@ -320,6 +372,7 @@ impl Node {
         for t in &self.0.tasks {
             t.abort();
         }
+        self.0.content.shutdown().await;
         if let Err(e) = self.0.router.shutdown().await {
             tracing::debug!(error = %e, "router shutdown");
         }

@@ -55,8 +55,30 @@ impl Node {
         resource_result(self.cluster().write(cmd).await?)
     }
 
-    /// Records a new version of the resource (version + 1), pointing at `content` if given.
+    /// Records a new version of the resource (version + 1). Without an explicit content root,
+    /// an artifact registered with `--path` imports the file's current content as the root.
     pub async fn publish(&self, name: &str, content: Option<String>) -> Result<ResourceView, NodeError> {
+        self.cluster().read_barrier().await?;
+        let current = self
+            .federation()
+            .read(|t| causeway_catalog::state::get_resource(t, name))?
+            .ok_or_else(|| NodeError::NotFound(format!("no resource named {name:?}")))?;
+        if let Some(origin) = current.mirror_of {
+            return Err(NodeError::Refused(format!(
+                "{name:?} is a mirror of cluster {origin}; its versions come from there"
+            )));
+        }
+        let content = match (content, &current.path) {
+            (Some(c), _) => Some(crate::content::store::parse_root(&c)?.to_string()),
+            (None, Some(path)) if current.kind != "forge/repo" => {
+                let root = self
+                    .content()
+                    .import_file(std::path::Path::new(path), &format!("res/{name}"))
+                    .await?;
+                Some(root.to_string())
+            }
+            (None, _) => None,
+        };
         let cmd = Command::PublishResource {
             name: name.into(),
             content,

@@ -16,7 +16,7 @@ use std::{
 
 use causeway_catalog::{ClusterIdentity, Command, CommandResult, links::LinkRecord};
 use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
-use causeway_raft::{AppHandler, ClusterNode};
+use causeway_raft::ClusterNode;
 use iroh::{Endpoint, endpoint::Connection};
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
@@ -64,21 +64,6 @@ struct LiveState {
     busy: BTreeSet<String>,
 }
 
-/// Requests routed to the leader through Raft's app channel.
-#[derive(Debug, Serialize, Deserialize)]
-enum AppRequest {
-    LinkList,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum AppResponse {
-    Links(Vec<LinkView>),
-    Error(String),
-}
-
-/// Largest app message.
-const MAX_APP_FRAME: usize = 16 << 20;
-
 pub struct Federation {
     cluster: ClusterNode,
     endpoint: Endpoint,
@@ -90,15 +75,13 @@ pub struct Federation {
 impl Federation {
     pub fn new(cluster: ClusterNode, endpoint: Endpoint, cfg: HealthConfig) -> Arc<Self> {
         let local = cluster.id();
-        let fed = Arc::new(Self {
+        Arc::new(Self {
             cluster: cluster.clone(),
             endpoint,
             local,
             cfg,
             live: Mutex::new(LiveState::default()),
-        });
-        cluster.set_app_handler(Arc::new(FedApp(Arc::downgrade(&fed))));
-        fed
+        })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
@@ -145,6 +128,27 @@ impl Federation {
         entry.last_seen_ms = now_ms();
         entry.card_epoch = entry.card_epoch.max(c.epoch);
         entry.name = c.name.clone();
+    }
+
+    /// How policy sees the cluster behind `endpoint`: linked if a pinned link's card lists it,
+    /// unlinked if it handshook with us as a cluster we do not link, otherwise unknown.
+    pub fn relation_of_endpoint(&self, endpoint: &EndpointKey) -> causeway_policy::PeerRelation {
+        if let Ok(links) = self.links() {
+            for l in links.iter().filter(|l| !l.is_removed()) {
+                if let (Some(cluster), Some(card)) = (l.pinned, &l.card)
+                    && card.card.lists(endpoint)
+                {
+                    return causeway_policy::PeerRelation::Linked(cluster);
+                }
+            }
+        }
+        let live = self.live();
+        for (cluster, p) in &live.inbound {
+            if p.endpoints.contains(endpoint) {
+                return causeway_policy::PeerRelation::Unlinked(*cluster);
+            }
+        }
+        causeway_policy::PeerRelation::Unknown
     }
 
     fn record_refusal(&self, link: &str, reason: String) {
@@ -215,16 +219,6 @@ impl Federation {
         }
     }
 
-    /// `link list`, answered by the leader (it alone keeps live health).
-    pub async fn list_links(&self) -> Result<Vec<LinkView>, NodeError> {
-        let req = causeway_proto::encode(&AppRequest::LinkList, MAX_APP_FRAME).map_err(storage)?;
-        let resp = self.cluster.submit_app(req).await?;
-        match causeway_proto::decode::<AppResponse>(&resp, MAX_APP_FRAME).map_err(storage)? {
-            AppResponse::Links(v) => Ok(v),
-            AppResponse::Error(e) => Err(NodeError::Storage(e)),
-        }
-    }
-
     /// The leader's view of every link, including inbound peers we do not link to.
     pub fn local_link_views(&self) -> Result<Vec<LinkView>, NodeError> {
         let links = self.links()?;
@@ -292,24 +286,5 @@ impl Federation {
             });
         }
         Ok(out)
-    }
-}
-
-struct FedApp(std::sync::Weak<Federation>);
-
-impl AppHandler for FedApp {
-    fn handle(&self, request: Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> {
-        let fed = self.0.upgrade();
-        Box::pin(async move {
-            let resp = match (fed, causeway_proto::decode::<AppRequest>(&request, MAX_APP_FRAME)) {
-                (None, _) => AppResponse::Error("node is shutting down".into()),
-                (_, Err(e)) => AppResponse::Error(format!("bad app request: {e}")),
-                (Some(fed), Ok(AppRequest::LinkList)) => match fed.local_link_views() {
-                    Ok(v) => AppResponse::Links(v),
-                    Err(e) => AppResponse::Error(e.to_string()),
-                },
-            };
-            causeway_proto::encode(&resp, MAX_APP_FRAME).unwrap_or_default()
-        })
     }
 }

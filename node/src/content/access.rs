@@ -1,0 +1,117 @@
+//! Who may fetch which blob: the iroh-blobs provider asks for every connection and request,
+//! and this answers through the cluster's membership and the policy decision. A peer gets a
+//! blob only if it is the content root of a resource version policy lets that peer pull;
+//! members of this cluster may fetch anything (they replicate each other). Requests for many
+//! blobs at once, pushes and observing which blobs exist are refused outright.
+
+use std::{collections::HashMap, sync::Arc};
+
+use causeway_proto::EndpointKey;
+use iroh_blobs::{
+    HashAndFormat,
+    provider::events::{AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode},
+};
+
+/// Queue of provider events awaiting a decision.
+const EVENT_QUEUE: usize = 256;
+
+/// The decision the provider needs.
+pub trait BlobAccess: Send + Sync + 'static {
+    fn may_fetch(&self, requester: &EndpointKey, root: &HashAndFormat) -> bool;
+}
+
+/// An event sender for `BlobsProtocol` that enforces `access` on every request.
+pub fn guarded_events(access: Arc<dyn BlobAccess>) -> EventSender {
+    let mask = EventMask {
+        connected: ConnectMode::Intercept,
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Disabled,
+        push: RequestMode::Disabled,
+        observe: ObserveMode::Intercept,
+        ..EventMask::DEFAULT
+    };
+    let (tx, mut rx) = EventSender::channel(EVENT_QUEUE, mask);
+    tokio::spawn(async move {
+        let mut peers: HashMap<u64, EndpointKey> = HashMap::new();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ProviderMessage::ClientConnected(m) => {
+                    let res = match m.endpoint_id {
+                        Some(id) => {
+                            peers.insert(m.connection_id, EndpointKey(*id.as_bytes()));
+                            Ok(())
+                        }
+                        None => Err(AbortReason::Permission),
+                    };
+                    m.tx.send(res).await.ok();
+                }
+                ProviderMessage::ConnectionClosed(m) => {
+                    peers.remove(&m.connection_id);
+                }
+                ProviderMessage::GetRequestReceived(m) => {
+                    let root = HashAndFormat {
+                        hash: m.request.hash,
+                        format: if m.request.ranges.is_blob() {
+                            iroh_blobs::BlobFormat::Raw
+                        } else {
+                            iroh_blobs::BlobFormat::HashSeq
+                        },
+                    };
+                    let allowed = peers.get(&m.connection_id).is_some_and(|p| {
+                        // A hash sequence request covers its children too; a plain blob request
+                        // on a hash-sequence root only reads the root's own bytes.
+                        access.may_fetch(p, &root) || access.may_fetch(p, &HashAndFormat::hash_seq(m.request.hash))
+                    });
+                    if !allowed {
+                        tracing::info!(peer = ?peers.get(&m.connection_id), hash = %m.request.hash, "blob request refused by policy");
+                    }
+                    m.tx.send(if allowed { Ok(()) } else { Err(AbortReason::Permission) })
+                        .await
+                        .ok();
+                }
+                ProviderMessage::ObserveRequestReceived(m) => {
+                    m.tx.send(Err(AbortReason::Permission)).await.ok();
+                }
+                _ => {}
+            }
+        }
+    });
+    tx
+}
+
+/// The node's access rule: members of this cluster may fetch anything; a peer may fetch a root
+/// only if some resource's current version has that root and policy lets the peer pull it.
+pub struct CatalogAccess {
+    pub cluster: causeway_raft::ClusterNode,
+    pub fed: Arc<crate::federation::Federation>,
+}
+
+impl BlobAccess for CatalogAccess {
+    fn may_fetch(&self, requester: &EndpointKey, root: &HashAndFormat) -> bool {
+        if self.cluster.may_connect(requester) {
+            return true;
+        }
+        let relation = self.fed.relation_of_endpoint(requester);
+        let wanted = root.to_string();
+        let mut after: Option<String> = None;
+        loop {
+            let Ok(page) = self.fed.read(|t| {
+                causeway_catalog::state::list_resources(t, after.as_deref(), causeway_catalog::state::MAX_PAGE)
+            }) else {
+                return false;
+            };
+            let done = page.len() < causeway_catalog::state::MAX_PAGE;
+            for r in &page {
+                if r.content.as_deref() == Some(wanted.as_str())
+                    && causeway_policy::decide(&relation, Some(&r.shares), causeway_policy::Action::Pull).is_granted()
+                {
+                    return true;
+                }
+            }
+            after = page.last().map(|r| r.name.clone());
+            if done || after.is_none() {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Content: each node's iroh-blobs store, importing a resource's files as a version's content
+//! root, serving blobs only to those policy lets pull them, and exporting mirrors.
+
+pub mod access;
+pub mod store;
+
+pub use store::ContentStore;
