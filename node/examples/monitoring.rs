@@ -21,6 +21,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
@@ -199,17 +200,24 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = Args::parse();
     let names: Vec<&str> = args.dashboards.iter().map(String::as_str).collect();
-    let report = run(&args.data_dir, &names).await?;
-    println!(
-        "done: {} registered, {} already registered, {} dashboards listed in {} page(s), {} changes seen",
-        report.registered.len(),
-        report.already_registered.len(),
-        report.listed.len(),
-        report.pages,
-        report.seen_changes.len()
-    );
-    Ok(())
+    match run(&args.data_dir, &names).await {
+        Ok(report) => {
+            println!(
+                "done: {} registered, {} already registered, {} dashboards listed in {} page(s), {} changes seen",
+                report.registered.len(),
+                report.already_registered.len(),
+                report.listed.len(),
+                report.pages,
+                report.seen_changes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -273,7 +273,14 @@ impl Node {
             })
             .await?;
         match result {
-            CommandResult::ResourceRegistered(r) => Ok(r.into()),
+            CommandResult::ResourceRegistered(r) => {
+                if r.kind == "forge/repo"
+                    && let Some(path) = &r.path
+                {
+                    self.install_repo_hook(&r.name, std::path::Path::new(path));
+                }
+                Ok(r.into())
+            }
             CommandResult::Rejected(Rejection::ResourceExists(n)) => {
                 Err(NodeError::Conflict(format!("a resource named {n:?} already exists")))
             }
@@ -365,6 +372,23 @@ impl Node {
 
     pub async fn link_remove(&self, peer: &str) -> Result<(), NodeError> {
         self.0.federation.remove_link(peer).await.map(|_| ())
+    }
+
+    /// Makes a `git push` into a registered repository publish a new version by itself: the
+    /// repository's post-receive hook calls this node's CLI in the background.
+    pub fn install_repo_hook(&self, name: &str, repo: &std::path::Path) {
+        let Ok(exe) = std::env::current_exe() else { return };
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let command = format!(
+            "{} --data-dir {} resource publish {} >/dev/null 2>&1 &",
+            quote(&exe.to_string_lossy()),
+            quote(&self.0.data_dir.to_string_lossy()),
+            quote(name)
+        );
+        match causeway_sync::git::install_notify_hook(repo, &command) {
+            Ok(()) => tracing::info!(resource = name, "installed the publish hook"),
+            Err(e) => tracing::warn!(resource = name, error = %e, "could not install the publish hook"),
+        }
     }
 
     /// Stops serving, stops Raft and closes the endpoint.

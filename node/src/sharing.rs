@@ -70,6 +70,22 @@ impl Node {
         }
         let content = match (content, &current.path) {
             (Some(c), _) => Some(crate::content::store::parse_root(&c)?.to_string()),
+            (None, Some(path)) if current.kind == "forge/repo" => {
+                let previous = current
+                    .content
+                    .as_deref()
+                    .map(crate::content::store::parse_root)
+                    .transpose()?;
+                match self
+                    .content()
+                    .publish_repo(std::path::Path::new(path), previous, &format!("res/{name}"))
+                    .await?
+                {
+                    Some(root) => Some(root.to_string()),
+                    // Nothing new since the last version (e.g. a hook fired twice): no new version.
+                    None => return Ok(current.into()),
+                }
+            }
             (None, Some(path)) if current.kind != "forge/repo" => {
                 let root = self
                     .content()

@@ -191,10 +191,13 @@ impl Mirroring {
             return Ok(local);
         }
         self.with_transfer(name, peer_label, Direction::Pull, |t| t.want(entry.version, now_ms()));
+        let mut refused: Option<String> = None;
         if let Some(root) = root {
             self.fetch_root(name, link, peer_label, entry.version, root).await?;
             self.content.tag(&format!("mirror/{origin}/{name}"), root).await?;
-            self.materialize(&origin, name, &entry.kind, root).await?;
+            if let Some(problem) = self.materialize(&origin, name, &entry.kind, root).await? {
+                refused = Some(problem);
+            }
         }
         let cmd = Command::RecordMirror {
             name: name.to_string(),
@@ -213,8 +216,10 @@ impl Mirroring {
             CommandResult::Rejected(r) => return Err(NodeError::Conflict(r.to_string())),
             other => return Err(NodeError::Refused(format!("unexpected result {other:?}"))),
         };
-        self.with_transfer(name, peer_label, Direction::Pull, |t| {
-            t.synced(resource.version, now_ms())
+        self.with_transfer(name, peer_label, Direction::Pull, |t| match refused {
+            // Recorded (every other ref moved), but the divergent refs are reported.
+            Some(problem) => t.failed(problem, now_ms()),
+            None => t.synced(resource.version, now_ms()),
         });
         tracing::info!(resource = name, version = resource.version, origin = %origin, "mirror synced");
         Ok(resource)
@@ -260,19 +265,32 @@ impl Mirroring {
         Ok(())
     }
 
-    /// Makes a mirror usable on this node's disk: an artifact as a file.
+    /// Makes a mirror usable on this node's disk: an artifact as a file, a repository as a bare
+    /// git mirror. Returns a description of refused (divergent) refs, if any.
     async fn materialize(
         &self,
         origin: &ClusterId,
         name: &str,
         kind: &str,
         root: HashAndFormat,
-    ) -> Result<(), NodeError> {
-        if kind == "forge/repo" || root.format != iroh_blobs::BlobFormat::Raw {
-            return Ok(());
-        }
+    ) -> Result<Option<String>, NodeError> {
         let target = mirror_path(&self.data_dir, origin, name, kind);
-        self.content.export_blob(root, &target).await
+        if kind == "forge/repo" {
+            let outcome = self.content.apply_repo(root, &target).await?;
+            if outcome.refused.is_empty() {
+                return Ok(None);
+            }
+            let names: Vec<String> = outcome.refused.iter().map(|r| r.name.clone()).collect();
+            tracing::warn!(resource = name, refs = ?names, "divergent refs refused");
+            return Ok(Some(format!(
+                "divergent refs refused, not overwritten: {}",
+                names.join(", ")
+            )));
+        }
+        if root.format != iroh_blobs::BlobFormat::Raw {
+            return Ok(None);
+        }
+        self.content.export_blob(root, &target).await.map(|_| None)
     }
 
     /// On the leader: pulls every mirror whose origin's view shows a newer version.

@@ -124,6 +124,7 @@ fn monitoring_example_registers_dashboards_idempotently() {
         BTreeMap::from([("cpu".into(), 2), ("latency".into(), 2)])
     );
     assert_eq!(second.listed, ["cpu", "latency"]);
+    assert_eq!(second.seen_changes.len(), 5, "{:?}", second.seen_changes);
     assert!(
         second.seen_changes.iter().all(|(kind, _)| kind != "registered"),
         "{:?}",

@@ -2,6 +2,7 @@
 //! root, serving blobs only to those policy lets pull them, and exporting mirrors.
 
 pub mod access;
+pub mod repo;
 pub mod store;
 
 pub use store::ContentStore;

@@ -1,0 +1,142 @@
+//! Git repositories as content: a `forge/repo` version's root is a hash sequence of git
+//! bundles, each the objects new since the previous version (long chains are compacted into
+//! one full bundle). Publishing appends a bundle; materializing a mirror verifies and applies
+//! the bundles, moving refs atomically and only by fast-forward.
+
+use std::path::{Path, PathBuf};
+
+use causeway_sync::git::{self, ApplyOutcome, RefMap};
+use iroh_blobs::{Hash, HashAndFormat, hashseq::HashSeq};
+
+use super::ContentStore;
+use crate::error::NodeError;
+
+/// Bundles in a chain before publishing compacts it into one full bundle.
+pub const MAX_CHAIN: usize = 32;
+
+fn err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(format!("git: {e}"))
+}
+
+fn git_err(e: git::GitError) -> NodeError {
+    match e {
+        git::GitError::NotARepository(p) => NodeError::Invalid(format!("{} is not a git repository", p.display())),
+        other => NodeError::Refused(format!("git: {other}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f).await.map_err(err)?
+}
+
+impl ContentStore {
+    /// The bundle hashes of a repository version's root, in order.
+    pub async fn bundle_chain(&self, root: HashAndFormat) -> Result<Vec<Hash>, NodeError> {
+        if root.format != iroh_blobs::BlobFormat::HashSeq {
+            return Err(NodeError::Invalid(
+                "a repository version's root must be a hash sequence".into(),
+            ));
+        }
+        let bytes = self.store().blobs().get_bytes(root.hash).await.map_err(err)?;
+        let seq = HashSeq::new(bytes).ok_or_else(|| err("malformed hash sequence"))?;
+        Ok(seq.iter().collect())
+    }
+
+    /// Writes each bundle of the chain to `dir`, returning their paths in order.
+    async fn export_chain(&self, chain: &[Hash], dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+        let mut out = Vec::with_capacity(chain.len());
+        for (i, h) in chain.iter().enumerate() {
+            let p = dir.join(format!("{i:04}.bundle"));
+            self.store().blobs().export(*h, &p).await.map_err(err)?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Publishes what is new in the bare repository at `repo` since the version rooted at
+    /// `previous`. Returns the new root, or `None` when nothing changed.
+    pub async fn publish_repo(
+        &self,
+        repo: &Path,
+        previous: Option<HashAndFormat>,
+        tag: &str,
+    ) -> Result<Option<HashAndFormat>, NodeError> {
+        let repo = repo.to_path_buf();
+        if !git::is_bare_repo(&repo) {
+            return Err(NodeError::Invalid(format!(
+                "{} is not a bare git repository",
+                repo.display()
+            )));
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("causeway-publish-")
+            .tempdir()
+            .map_err(err)?;
+        let prev_chain = match previous {
+            Some(r) => self.bundle_chain(r).await?,
+            None => Vec::new(),
+        };
+        let prev_files = self.export_chain(&prev_chain, scratch.path()).await?;
+        let next = scratch.path().join("next.bundle");
+        let full = scratch.path().join("full.bundle");
+        let compact = prev_chain.len() + 1 > MAX_CHAIN;
+        let (repo2, next2, full2) = (repo.clone(), next.clone(), full.clone());
+        let made = blocking(move || {
+            let mut since = RefMap::new();
+            for f in &prev_files {
+                since.extend(git::bundle_info(f).map_err(git_err)?.refs);
+            }
+            let now = git::refs(&repo2).map_err(git_err)?;
+            if now == since {
+                return Ok(None);
+            }
+            if compact {
+                git::compact(&repo2, &full2).map_err(git_err)?;
+                return Ok(Some(true));
+            }
+            Ok(git::create_bundle_at(&repo2, &since, &now, &next2)
+                .map_err(git_err)?
+                .map(|_| false))
+        })
+        .await?;
+        let chain = match made {
+            None => return Ok(None),
+            Some(true) => vec![self.store().blobs().add_path(&full).await.map_err(err)?.hash],
+            Some(false) => {
+                let mut c = prev_chain;
+                c.push(self.store().blobs().add_path(&next).await.map_err(err)?.hash);
+                c
+            }
+        };
+        let seq: HashSeq = chain.iter().copied().collect();
+        let tt = self.store().blobs().add_bytes(seq.into_inner()).await.map_err(err)?;
+        let root = HashAndFormat::hash_seq(tt.hash);
+        self.tag(tag, root).await?;
+        Ok(Some(root))
+    }
+
+    /// Brings the bare mirror at `mirror` up to the version rooted at `root` (complete here):
+    /// every bundle verified, refs moved atomically, divergent refs refused and reported.
+    pub async fn apply_repo(&self, root: HashAndFormat, mirror: &Path) -> Result<ApplyOutcome, NodeError> {
+        let chain = self.bundle_chain(root).await?;
+        let scratch = tempfile::Builder::new()
+            .prefix("causeway-apply-")
+            .tempdir()
+            .map_err(err)?;
+        let files = self.export_chain(&chain, scratch.path()).await?;
+        let mirror = mirror.to_path_buf();
+        blocking(move || {
+            if !git::is_bare_repo(&mirror) {
+                let format = match files.first() {
+                    Some(f) => git::bundle_info(f).map_err(git_err)?.object_format,
+                    None => return Err(NodeError::Invalid("empty bundle chain".into())),
+                };
+                git::init_bare_with(&mirror, format).map_err(git_err)?;
+            }
+            git::apply_bundles(&mirror, &files).map_err(git_err)
+        })
+        .await
+    }
+}
