@@ -82,10 +82,7 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     let origin = h.path("shared-lib.git");
     let work = h.path("work");
     std::fs::create_dir_all(&work).unwrap();
-    git(
-        &h.root.path().to_path_buf(),
-        &["init", "-q", "--bare", origin.to_str().unwrap()],
-    );
+    git(h.root.path(), &["init", "-q", "--bare", origin.to_str().unwrap()]);
     git(&work, &["init", "-q"]);
     commit(&work, "lib.rs", "v1");
     git(&work, &["remote", "add", "origin", origin.to_str().unwrap()]);

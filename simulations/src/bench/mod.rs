@@ -155,7 +155,7 @@ async fn on_fresh_cluster(
 ) -> Result<Measured> {
     let label = match series {
         Series::OneClient => format!("bench-{nodes}n-1client"),
-        Series::Writers(w) => format!("bench-{nodes}n-{w}writers"),
+        Series::Writers(w) => format!("bench-{nodes}n-{w}w"),
     };
     eprintln!("{label}: forming a {nodes}-node cluster");
     let mut cluster = LocalCluster::start(root, &label, nodes).await?;
@@ -169,7 +169,8 @@ async fn on_fresh_cluster(
                 Ok(measure::sequential(&leader, names, plan.warmup, plan.latency_writes).await)
             }
             Series::Writers(writers) => {
-                eprintln!("{label}: {writers} concurrent writers for {:?}", plan.budget.time);
+                let s = if writers == 1 { "" } else { "s" };
+                eprintln!("{label}: {writers} concurrent writer{s} for {:?}", plan.budget.time);
                 measure::concurrent(&leader, names, plan.warmup, writers, plan.budget).await
             }
         }
