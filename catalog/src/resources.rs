@@ -323,7 +323,10 @@ pub fn changes_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), true)),
         Err(e) => return Err(e.into()),
     };
-    let start = (after + 1).to_be_bytes();
+    let Some(next) = after.checked_add(1) else {
+        return Ok((Vec::new(), true));
+    };
+    let start = next.to_be_bytes();
     let mut out = Vec::new();
     for row in t.range::<&[u8]>(start.as_slice()..)? {
         out.push(decode::<Change>(row?.1.value())?);
@@ -332,7 +335,7 @@ pub fn changes_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<
         }
     }
     let complete = match out.first() {
-        Some(first) => first.seq == after + 1,
+        Some(first) => first.seq == next,
         None => true,
     };
     Ok((out, complete))

@@ -797,7 +797,7 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             let mut seq = match after {
                 Some(s) => *s,
                 None if *once => 0,
-                None => c.changes(0, Duration::ZERO).await?.newest_seq,
+                None => c.newest_change_seq().await?,
             };
             loop {
                 let batch = c

@@ -122,6 +122,9 @@ impl Client {
 
     /// Every resource, fetched page by page so the catalog is never loaded whole at once.
     pub async fn all_resources(&mut self, page: usize, mut each: impl FnMut(ResourceView)) -> Result<(), ClientError> {
+        // The daemon never returns more than its page limit; asking for more must not look
+        // like the end of the list.
+        let page = page.clamp(1, crate::node::MAX_LIST_PAGE);
         let mut after: Option<String> = None;
         loop {
             let rows = self.list_resources(after.as_deref(), page).await?;
@@ -246,6 +249,18 @@ impl Client {
 
     pub async fn sync_status(&mut self) -> Result<Vec<causeway_sync::status::TransferStatus>, ClientError> {
         self.typed(ControlRequest::SyncStatus).await
+    }
+
+    /// The newest change sequence number: follow the feed "from now" by passing it to `changes`.
+    pub async fn newest_change_seq(&mut self) -> Result<u64, ClientError> {
+        let v: ChangesView = self
+            .typed(ControlRequest::Changes {
+                after: u64::MAX,
+                limit: Some(1),
+                wait_ms: 0,
+            })
+            .await?;
+        Ok(v.newest_seq)
     }
 
     pub async fn show_resource(&mut self, name: &str) -> Result<ResourceView, ClientError> {

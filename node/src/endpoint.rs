@@ -29,6 +29,28 @@ pub async fn bind(
     discovery: Discovery,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
+    // A socket closed a moment ago (a restart in the same process) can take a few tens of
+    // milliseconds to be released: retry a busy address briefly before reporting it.
+    let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
+    loop {
+        match bind_once(secret.clone(), bind, discovery, alpns.clone()).await {
+            Err(EndpointError::Bind(..)) if bind.port() != 0 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a busy bind address is retried.
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn bind_once(
+    secret: SecretKey,
+    bind: SocketAddr,
+    discovery: Discovery,
+    alpns: Vec<Vec<u8>>,
+) -> Result<Endpoint, EndpointError> {
     let builder = match discovery {
         Discovery::Static => Endpoint::builder(presets::Minimal).portmapper_config(PortmapperConfig::Disabled),
         Discovery::N0 => Endpoint::builder(presets::N0),

@@ -20,6 +20,7 @@ pub mod node;
 pub mod sharing;
 pub mod transfer;
 
+pub use causeway_policy::ShareMode;
 pub use client::{Client, ClientError};
 pub use config::{Config, Discovery};
 pub use error::NodeError;
