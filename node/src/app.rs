@@ -21,6 +21,7 @@ enum AppRequest {
     LinkList,
     SyncStatus,
     Pull { name: String, peer: String },
+    WriteBack { name: String, peer: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,6 +73,10 @@ impl AppHandler for LeaderApp {
                     Ok(r) => AppResponse::Mirror(r.into()),
                     Err(e) => error(e),
                 },
+                (_, Some(m), Ok(AppRequest::WriteBack { name, peer })) => match m.write_back(&name, &peer).await {
+                    Ok(r) => AppResponse::Mirror(r.into()),
+                    Err(e) => error(e),
+                },
                 _ => error(NodeError::Refused("node is shutting down".into())),
             };
             causeway_proto::encode(&resp, MAX_APP_FRAME).unwrap_or_default()
@@ -104,6 +109,17 @@ pub async fn sync_status(cluster: &ClusterNode) -> Result<Vec<TransferStatus>, N
 
 pub async fn pull(cluster: &ClusterNode, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
     let req = AppRequest::Pull {
+        name: name.into(),
+        peer: peer.into(),
+    };
+    match ask(cluster, req).await? {
+        AppResponse::Mirror(v) => Ok(v),
+        other => Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub async fn write_back(cluster: &ClusterNode, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
+    let req = AppRequest::WriteBack {
         name: name.into(),
         peer: peer.into(),
     };

@@ -91,8 +91,11 @@ pub struct SyncArgs {
     #[arg(required = true)]
     pub name: Option<String>,
     /// The peer that shares it (link name, cluster ID or endpoint ID).
-    #[arg(long = "from", required = true)]
+    #[arg(long = "from", required_unless_present = "to", conflicts_with = "to")]
     pub from: Option<String>,
+    /// Offer this mirror's new commits back to its origin (bidirectional shares).
+    #[arg(long = "to")]
+    pub to: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -615,9 +618,20 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                 }
             }
         }
+        None if args.to.is_some() => {
+            let (Some(name), Some(to)) = (&args.name, &args.to) else {
+                bail!("usage: causeway sync NAME --to PEER");
+            };
+            let r = client(cli).await?.sync_push(name, to).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("{} offered back to {to}", r.name);
+            }
+        }
         None => {
             let (Some(name), Some(from)) = (&args.name, &args.from) else {
-                bail!("usage: causeway sync NAME --from PEER | causeway sync status");
+                bail!("usage: causeway sync NAME --from PEER | causeway sync NAME --to PEER | causeway sync status");
             };
             let mut c = client(cli).await?;
             let progress = tokio::spawn(show_progress(client(cli).await?, name.clone(), cli.json));

@@ -247,6 +247,15 @@ impl Client {
         .await
     }
 
+    /// Offers a bidirectional mirror's new commits back to its origin (runs on the leader).
+    pub async fn sync_push(&mut self, name: &str, peer: &str) -> Result<ResourceView, ClientError> {
+        self.typed(ControlRequest::SyncPush {
+            name: name.into(),
+            peer: peer.into(),
+        })
+        .await
+    }
+
     pub async fn sync_status(&mut self) -> Result<Vec<causeway_sync::status::TransferStatus>, ClientError> {
         self.typed(ControlRequest::SyncStatus).await
     }

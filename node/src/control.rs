@@ -92,6 +92,10 @@ pub enum ControlRequest {
         name: String,
         peer: String,
     },
+    SyncPush {
+        name: String,
+        peer: String,
+    },
     SyncStatus,
     /// Changes after `after`; waits up to `wait_ms` when there are none yet (long poll).
     Changes {
@@ -191,6 +195,7 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
         ControlRequest::Unshare { name, with } => json(node.unshare(&name, &with).await?),
         ControlRequest::SharePreview { peer } => json(node.share_preview(&peer).await?),
         ControlRequest::SyncPull { name, peer } => json(node.sync_pull(&name, &peer).await?),
+        ControlRequest::SyncPush { name, peer } => json(node.sync_push(&name, &peer).await?),
         ControlRequest::SyncStatus => json(node.sync_status().await?),
         ControlRequest::PeerCatalog { peer, cached } => json(node.peer_catalog(&peer, cached).await?),
         ControlRequest::Changes { after, limit, wait_ms } => json(

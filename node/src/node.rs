@@ -97,6 +97,7 @@ impl Node {
             data_dir.to_path_buf(),
         );
         crate::app::install(&cluster, &federation, &mirroring);
+        let _ = federation.mirroring.set(Arc::downgrade(&mirroring));
         let access = Arc::new(crate::content::access::CatalogAccess {
             cluster: cluster.clone(),
             fed: federation.clone(),
@@ -363,6 +364,11 @@ impl Node {
     /// mirror; it stays subscribed afterwards.
     pub async fn sync_pull(&self, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
         crate::app::pull(&self.0.cluster, name, peer).await
+    }
+
+    /// `sync NAME --to PEER`: offers a bidirectional mirror's new commits back to its origin.
+    pub async fn sync_push(&self, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
+        crate::app::write_back(&self.0.cluster, name, peer).await
     }
 
     /// `sync status`, as the leader (which runs the transfers) knows it.

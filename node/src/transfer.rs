@@ -51,6 +51,8 @@ pub struct Mirroring {
     transfers: Mutex<BTreeMap<TransferKey, Transfer>>,
     running: tokio::sync::Semaphore,
     in_flight: Mutex<std::collections::BTreeSet<String>>,
+    /// Write-back bundles offered to origins: (root, origin cluster).
+    offers: Mutex<Vec<(HashAndFormat, ClusterId)>>,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -78,6 +80,7 @@ impl Mirroring {
             transfers: Mutex::new(BTreeMap::new()),
             running: tokio::sync::Semaphore::new(MAX_CONCURRENT_PULLS),
             in_flight: Mutex::new(Default::default()),
+            offers: Mutex::new(Vec::new()),
         })
     }
 
@@ -198,6 +201,9 @@ impl Mirroring {
             if let Some(problem) = self.materialize(&origin, name, &entry.kind, root).await? {
                 refused = Some(problem);
             }
+            if entry.kind == "forge/repo" && entry.mode == "bidirectional" && !entry.read_only {
+                self.install_write_back_hook(&origin, name);
+            }
         }
         let cmd = Command::RecordMirror {
             name: name.to_string(),
@@ -291,6 +297,23 @@ impl Mirroring {
             return Ok(None);
         }
         self.content.export_blob(root, &target).await.map(|_| None)
+    }
+
+    /// A `git push` into a bidirectional mirror offers the commits back to the origin by itself.
+    fn install_write_back_hook(&self, origin: &ClusterId, name: &str) {
+        let Ok(exe) = std::env::current_exe() else { return };
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let command = format!(
+            "{} --data-dir {} sync {} --to {} >/dev/null 2>&1 &",
+            quote(&exe.to_string_lossy()),
+            quote(&self.data_dir.to_string_lossy()),
+            quote(name),
+            origin
+        );
+        let path = mirror_path(&self.data_dir, origin, name, "forge/repo");
+        if let Err(e) = causeway_sync::git::install_notify_hook(&path, &command) {
+            tracing::warn!(resource = name, error = %e, "could not install the write-back hook");
+        }
     }
 
     /// On the leader: pulls every mirror whose origin's view shows a newer version.
@@ -424,6 +447,190 @@ pub async fn run_loops(cluster: ClusterNode, mirroring: Arc<Mirroring>, cfg: Syn
                 }
             }
             _ = replicate.tick() => mirroring.replicate_from_members().await,
+        }
+    }
+}
+
+/// Most write-back bundles offered to peers at once.
+const MAX_OFFERS: usize = 256;
+
+impl Mirroring {
+    /// Whether `root` is a write-back bundle this node offered to `cluster`.
+    pub fn offered_to(&self, cluster: &ClusterId, root: &HashAndFormat) -> bool {
+        self.offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(h, c)| h == root && c == cluster)
+    }
+
+    /// `sync NAME --to PEER`: offers the mirror's new local commits back to the origin. The
+    /// origin decides by its own policy (a read-only share refuses) and moves refs only by
+    /// fast-forward.
+    pub async fn write_back(self: &Arc<Self>, name: &str, peer: &str) -> Result<Resource, NodeError> {
+        let link = self.fed.resolve(peer)?;
+        let Some(origin) = link.pinned else {
+            return Err(NodeError::Refused(format!(
+                "link {:?} has not completed a handshake yet",
+                link.name
+            )));
+        };
+        let label = origin.to_string();
+        let result = self.write_back_inner(name, &link, origin, &label).await;
+        if let Err(e) = &result {
+            let reason = e.to_string();
+            self.with_transfer(name, &label, Direction::Push, |t| match e {
+                NodeError::Refused(_) if reason.contains("denied") => t.denied(reason, now_ms()),
+                _ => t.failed(reason, now_ms()),
+            });
+        }
+        result
+    }
+
+    async fn write_back_inner(
+        &self,
+        name: &str,
+        link: &LinkRecord,
+        origin: ClusterId,
+        label: &str,
+    ) -> Result<Resource, NodeError> {
+        let mirror = self
+            .local_resource(name)?
+            .filter(|r| r.mirror_of == Some(origin))
+            .ok_or_else(|| NodeError::NotFound(format!("{name:?} is not a mirror of {}", link.name)))?;
+        if mirror.kind != "forge/repo" {
+            return Err(NodeError::Invalid("only forge/repo mirrors can write back".into()));
+        }
+        let root = mirror.content.as_deref().map(parse_root).transpose()?;
+        let path = mirror_path(&self.data_dir, &origin, name, &mirror.kind);
+        self.with_transfer(name, label, Direction::Push, |t| t.want(mirror.version + 1, now_ms()));
+        let Some(bundle) = self.content.bundle_since(&path, root).await? else {
+            self.with_transfer(name, label, Direction::Push, |t| t.synced(mirror.version, now_ms()));
+            return Ok(mirror);
+        };
+        {
+            let mut offers = self.offers.lock().unwrap_or_else(|e| e.into_inner());
+            if offers.len() >= MAX_OFFERS {
+                offers.remove(0);
+            }
+            offers.push((bundle, origin));
+        }
+        self.with_transfer(name, label, Direction::Push, |t| {
+            t.start(mirror.version + 1, None, now_ms())
+        });
+        let conn = self
+            .fed
+            .connect_peer(link)
+            .await
+            .map_err(|e| NodeError::Refused(format!("cannot reach {}: {e}", link.name)))?;
+        let req = causeway_proto::fed::FedRequest::WriteBack {
+            name: name.to_string(),
+            bundle: bundle.to_string(),
+        };
+        let answer = crate::federation::session::request(&conn, &req).await;
+        conn.close(0u32.into(), b"done");
+        match answer.map_err(NodeError::Refused)? {
+            causeway_proto::fed::FedResponse::Ok => {
+                self.with_transfer(name, label, Direction::Push, |t| t.synced(mirror.version + 1, now_ms()));
+                Ok(mirror)
+            }
+            causeway_proto::fed::FedResponse::Denied(r) => {
+                Err(NodeError::Refused(format!("denied by {}: {r}", link.name)))
+            }
+            other => Err(NodeError::Refused(format!("{} answered {other:?}", link.name))),
+        }
+    }
+
+    /// The origin's side of a write-back: policy first (fail closed, a read-only share refuses),
+    /// then fetch the offered bundle from the requesting endpoint, apply it to the origin
+    /// repository by fast-forward only, and publish the result as a new version.
+    pub async fn accept_write_back(
+        &self,
+        from: ClusterId,
+        endpoint: EndpointKey,
+        name: &str,
+        bundle: &str,
+    ) -> causeway_proto::fed::FedResponse {
+        use causeway_proto::fed::FedResponse;
+        let relation = self.fed.relation(from);
+        let resource = self.local_resource(name).ok().flatten();
+        let rules = resource.as_ref().map(|r| r.shares.as_slice());
+        if let causeway_policy::Decision::Deny(reason) =
+            causeway_policy::decide(&relation, rules, causeway_policy::Action::WriteBack)
+        {
+            tracing::info!(resource = name, peer = %from, %reason, "write-back refused by policy");
+            return FedResponse::Denied(reason.peer_visible().to_string());
+        }
+        let Some(resource) = resource else {
+            return FedResponse::Denied("not found".into());
+        };
+        let (Some(path), "forge/repo") = (resource.path.clone(), resource.kind.as_str()) else {
+            return FedResponse::Error("resource has no repository to write back into".into());
+        };
+        let Ok(root) = parse_root(bundle) else {
+            return FedResponse::Error("bad bundle root".into());
+        };
+        if root.format != iroh_blobs::BlobFormat::Raw {
+            return FedResponse::Error("a write-back bundle is a single blob".into());
+        }
+        let Ok(id) = EndpointId::from_bytes(endpoint.as_bytes()) else {
+            return FedResponse::Error("bad endpoint".into());
+        };
+        let addrs = self
+            .fed
+            .links()
+            .ok()
+            .and_then(|ls| {
+                ls.into_iter().find(|l| l.pinned == Some(from)).and_then(|l| {
+                    l.dial_targets()
+                        .into_iter()
+                        .find(|(e, _)| *e == endpoint)
+                        .map(|(_, a)| a)
+                })
+            })
+            .unwrap_or_default();
+        let mut addr = EndpointAddr::new(id);
+        for a in addrs {
+            addr = addr.with_ip_addr(a);
+        }
+        let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, iroh_blobs::ALPN)).await {
+            Ok(Ok(c)) => c,
+            _ => return FedResponse::Error("cannot fetch the bundle from you".into()),
+        };
+        let fetched = self.content.fetch(conn.clone(), root, |_| {}).await;
+        conn.close(0u32.into(), b"done");
+        if let Err(e) = fetched {
+            return FedResponse::Error(format!("bundle transfer failed: {e}"));
+        }
+        match self.content.apply_bundle_blob(root, std::path::Path::new(&path)).await {
+            Ok(outcome) if !outcome.refused.is_empty() => {
+                let names: Vec<String> = outcome.refused.iter().map(|r| r.name.clone()).collect();
+                FedResponse::Denied(format!("divergent refs refused, not overwritten: {}", names.join(", ")))
+            }
+            Ok(_) => {
+                // Publish the new commits as a version, so every peer (the writer too) follows.
+                let previous = resource.content.as_deref().and_then(|c| parse_root(c).ok());
+                match self
+                    .content
+                    .publish_repo(std::path::Path::new(&path), previous, &format!("res/{name}"))
+                    .await
+                {
+                    Ok(Some(new_root)) => {
+                        let cmd = Command::PublishResource {
+                            name: name.to_string(),
+                            content: Some(new_root.to_string()),
+                            now_ms: now_ms(),
+                        };
+                        match self.cluster.write(cmd).await {
+                            Ok(CommandResult::Resource(_)) => FedResponse::Ok,
+                            other => FedResponse::Error(format!("new version not recorded: {other:?}")),
+                        }
+                    }
+                    Ok(None) => FedResponse::Ok,
+                    Err(e) => FedResponse::Error(e.to_string()),
+                }
+            }
+            Err(e) => FedResponse::Error(e.to_string()),
         }
     }
 }

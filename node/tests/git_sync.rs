@@ -146,3 +146,130 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     assert_eq!(head(&mirror), before, "a divergent ref must never be overwritten");
     git(&mirror, &["fsck", "--strict"]);
 }
+
+#[test]
+fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked() {
+    if !causeway_sync::git::git_available() {
+        println!("skipping: the git program is not installed");
+        return;
+    }
+    let h = Harness::new();
+    let (mut a, mut b) = (h.init("a"), h.init("b"));
+    a.start();
+    b.start();
+    link_add(&a, &b, "b");
+    link_add(&b, &a, "a");
+    wait_pinned(&a, "b");
+    wait_pinned(&b, "a");
+    let a_cluster = a.json(&["id"])["cluster_id"].as_str().unwrap().to_string();
+
+    let make_repo = |name: &str| {
+        let origin = h.path(&format!("{name}.git"));
+        let work = h.path(&format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(h.root.path(), &["init", "-q", "--bare", origin.to_str().unwrap()]);
+        git(&work, &["init", "-q"]);
+        commit(&work, "README", name);
+        git(&work, &["remote", "add", "origin", origin.to_str().unwrap()]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        let out = a.cli(&[
+            "resource",
+            "register",
+            "--kind",
+            "forge/repo",
+            "--name",
+            name,
+            "--path",
+            origin.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(a.cli(&["resource", "publish", name]).status.success());
+        origin
+    };
+    let head = |repo: &Path| git(repo, &["rev-parse", "refs/heads/main"]);
+
+    // Bidirectional: b's commit flows back to a by fast-forward.
+    let tools = make_repo("tools");
+    assert!(
+        a.cli(&["share", "tools", "--with", "b", "--mode", "bidirectional"])
+            .status
+            .success()
+    );
+    b.json(&["sync", "tools", "--from", "a"]);
+    let mirror = b.dir.join("mirrors").join(&a_cluster).join("tools.git");
+    let bwork = h.path("b-tools-work");
+    git(
+        h.root.path(),
+        &["clone", "-q", mirror.to_str().unwrap(), bwork.to_str().unwrap()],
+    );
+    commit(&bwork, "fix.rs", "fix from b");
+    // The mirror's hook offers it back by itself; the explicit command is idempotent.
+    git(&bwork, &["push", "-q", "origin", "main"]);
+    let want = head(&mirror);
+    let out = b.cli(&["sync", "tools", "--to", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("b's commit at a's origin", || (head(&tools) == want).then_some(()));
+    git(&tools, &["fsck", "--strict"]);
+    wait_for("a's new version", || {
+        (a.try_json(&["resource", "show", "tools"])?["version"].as_u64()? >= 2).then_some(())
+    });
+
+    // Read-only: the origin refuses and does not change; b's status says denied, with the reason.
+    let ro = make_repo("ro");
+    assert!(
+        a.cli(&["share", "ro", "--with", "b", "--mode", "bidirectional", "--read-only"])
+            .status
+            .success()
+    );
+    b.json(&["sync", "ro", "--from", "a"]);
+    let ro_mirror = b.dir.join("mirrors").join(&a_cluster).join("ro.git");
+    let ro_work = h.path("b-ro-work");
+    git(
+        h.root.path(),
+        &["clone", "-q", ro_mirror.to_str().unwrap(), ro_work.to_str().unwrap()],
+    );
+    commit(&ro_work, "x", "not allowed");
+    git(&ro_work, &["push", "-q", "origin", "main"]);
+    let before = head(&ro);
+    let out = b.cli(&["sync", "ro", "--to", "a"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+    let t = b.json(&["sync", "status"]);
+    let t = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["resource"] == "ro" && t["direction"] == "push")
+        .unwrap()
+        .clone();
+    assert_eq!(t["state"], "denied", "{t}");
+    assert!(t["reason"].as_str().unwrap().contains("read"), "{t}");
+    assert_eq!(head(&ro), before, "a read-only origin never changes because of a peer");
+
+    // Divergent write-back: both sides committed; a's ref is not overwritten.
+    let awork = h.path("tools-work");
+    git(&awork, &["pull", "-q", "origin", "main"]);
+    commit(&awork, "a.rs", "from a");
+    git(&awork, &["push", "-q", "origin", "main"]);
+    let a_head = head(&tools);
+    commit(&bwork, "b.rs", "from b again");
+    git(&bwork, &["push", "-q", "origin", "main"]);
+    let out = b.cli(&["sync", "tools", "--to", "a"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("divergent"), "{}", stderr(&out));
+    assert_eq!(head(&tools), a_head);
+
+    // Push share: a's new version arrives at b without b asking.
+    let pushed = make_repo("pushed");
+    assert!(
+        a.cli(&["share", "pushed", "--with", "b", "--mode", "push"])
+            .status
+            .success()
+    );
+    let pm = b.dir.join("mirrors").join(&a_cluster).join("pushed.git");
+    wait_for("the pushed repository at b", || {
+        (pm.exists() && head(&pm) == head(&pushed)).then_some(())
+    });
+    let r = b.json(&["resource", "show", "pushed"]);
+    assert_eq!(r["mirror_of"], a_cluster.as_str());
+}

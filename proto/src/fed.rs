@@ -76,6 +76,12 @@ pub enum FedRequest {
         after: Option<String>,
         limit: u32,
     },
+    /// "A new version of `name` is ready for you": the owner offers it under a push share; the
+    /// receiver pulls it if its own policy accepts pushes from the sender.
+    PushOffer { name: String, version: u64 },
+    /// The sender (a mirror of the receiver's `name`) offers its new commits back: a git bundle
+    /// it serves as blob `bundle` (a content root) to the receiver's cluster.
+    WriteBack { name: String, bundle: String },
     /// What the sender shares with the receiver changed: new entries, or `None` for a resource
     /// the receiver may no longer see.
     CatalogChanged {
@@ -102,6 +108,8 @@ pub enum FedResponse {
         more: bool,
     },
     Ok,
+    /// Policy refused the request; the reason is safe to show the requester.
+    Denied(String),
     Error(String),
 }
 

@@ -92,6 +92,13 @@ impl BlobAccess for CatalogAccess {
             return true;
         }
         let relation = self.fed.relation_of_endpoint(requester);
+        // A write-back bundle this node offered to the requester's cluster.
+        if let causeway_policy::PeerRelation::Linked(cluster) = relation
+            && let Some(m) = self.fed.mirroring.get().and_then(|w| w.upgrade())
+            && m.offered_to(&cluster, root)
+        {
+            return true;
+        }
         let wanted = root.to_string();
         let mut after: Option<String> = None;
         loop {

@@ -140,3 +140,59 @@ impl ContentStore {
         .await
     }
 }
+
+impl ContentStore {
+    /// A bundle of what the repository at `repo` has beyond the refs of the version rooted at
+    /// `base`, imported as a blob; `None` when there is nothing new.
+    pub async fn bundle_since(
+        &self,
+        repo: &Path,
+        base: Option<HashAndFormat>,
+    ) -> Result<Option<HashAndFormat>, NodeError> {
+        let scratch = tempfile::Builder::new()
+            .prefix("causeway-writeback-")
+            .tempdir()
+            .map_err(err)?;
+        let chain = match base {
+            Some(r) => self.bundle_chain(r).await?,
+            None => Vec::new(),
+        };
+        let files = self.export_chain(&chain, scratch.path()).await?;
+        let out = scratch.path().join("back.bundle");
+        let (repo, out2) = (repo.to_path_buf(), out.clone());
+        let made = blocking(move || {
+            let mut since = RefMap::new();
+            for f in &files {
+                since.extend(git::bundle_info(f).map_err(git_err)?.refs);
+            }
+            let now = git::refs(&repo).map_err(git_err)?;
+            if now == since {
+                return Ok(None);
+            }
+            Ok(git::create_bundle_at(&repo, &since, &now, &out2)
+                .map_err(git_err)?
+                .map(|_| ()))
+        })
+        .await?;
+        if made.is_none() {
+            return Ok(None);
+        }
+        let tt = self.store().blobs().add_path(&out).await.map_err(err)?;
+        let root = HashAndFormat::raw(tt.hash);
+        self.tag(&format!("writeback/{}", tt.hash), root).await?;
+        Ok(Some(root))
+    }
+
+    /// Applies one bundle blob (complete here) to the bare repository at `repo`, by
+    /// fast-forward only.
+    pub async fn apply_bundle_blob(&self, root: HashAndFormat, repo: &Path) -> Result<ApplyOutcome, NodeError> {
+        let scratch = tempfile::Builder::new()
+            .prefix("causeway-apply-")
+            .tempdir()
+            .map_err(err)?;
+        let file = scratch.path().join("in.bundle");
+        self.store().blobs().export(root.hash, &file).await.map_err(err)?;
+        let repo = repo.to_path_buf();
+        blocking(move || git::apply_bundles(&repo, &[file]).map_err(git_err)).await
+    }
+}

@@ -292,12 +292,26 @@ impl Federation {
             let relation = PeerRelation::Linked(cluster);
             // Later changes to a name supersede earlier ones within the batch.
             let mut deltas: BTreeMap<String, Option<CatalogEntry>> = BTreeMap::new();
+            let mut offers: BTreeMap<String, u64> = BTreeMap::new();
             for c in &changes {
                 if let Some((name, e)) = Self::delta_for(&relation, c) {
                     deltas.insert(name, e);
                 }
+                // A new version under a push share is offered to the peer as well.
+                if let Some(after) = &c.after
+                    && after.content.is_some()
+                    && causeway_policy::decide(&relation, Some(&after.shares), causeway_policy::Action::PushTo)
+                        .is_granted()
+                    && matches!(
+                        c.kind,
+                        causeway_catalog::resources::ChangeKind::Published
+                            | causeway_catalog::resources::ChangeKind::SharesChanged
+                    )
+                {
+                    offers.insert(c.name.clone(), after.version);
+                }
             }
-            if deltas.is_empty() {
+            if deltas.is_empty() && offers.is_empty() {
                 continue;
             }
             let fed = self.clone();
@@ -312,6 +326,21 @@ impl Federation {
                     if let Err(e) = session::request(&conn, &req).await {
                         tracing::debug!(link = %link.name, error = %e, "change notification failed; resync will repair");
                         return;
+                    }
+                }
+                for (name, version) in offers {
+                    let offer = FedRequest::PushOffer {
+                        name: name.clone(),
+                        version,
+                    };
+                    match session::request(&conn, &offer).await {
+                        Ok(FedResponse::Ok) => {
+                            tracing::info!(link = %link.name, resource = %name, version, "push offer accepted")
+                        }
+                        Ok(other) => {
+                            tracing::info!(link = %link.name, resource = %name, answer = ?other, "push offer refused")
+                        }
+                        Err(e) => tracing::debug!(link = %link.name, error = %e, "push offer failed"),
                     }
                 }
             });

@@ -15,6 +15,9 @@ pub struct HealthConfig {
     /// How often the leader re-reads each linked peer's whole catalog, repairing anything a
     /// lost change notification missed.
     pub catalog_resync_ms: u64,
+    /// Accept versions that linked peers offer under a push share (they are pulled and kept as
+    /// mirrors). Peers this cluster does not link to are never accepted.
+    pub accept_pushes: bool,
 }
 
 impl Default for HealthConfig {
@@ -24,6 +27,7 @@ impl Default for HealthConfig {
             heartbeat_ms: 1000,
             failure_threshold: 3,
             catalog_resync_ms: 60_000,
+            accept_pushes: true,
         }
     }
 }
@@ -158,6 +162,7 @@ mod tests {
         heartbeat_ms: 100,
         failure_threshold: 3,
         catalog_resync_ms: 1000,
+        accept_pushes: true,
     };
 
     #[test]

@@ -65,6 +65,8 @@ struct LiveState {
 }
 
 pub struct Federation {
+    /// Set once the node has built its mirroring (they refer to each other).
+    pub(crate) mirroring: std::sync::OnceLock<std::sync::Weak<crate::transfer::Mirroring>>,
     cluster: ClusterNode,
     endpoint: Endpoint,
     local: EndpointKey,
@@ -76,6 +78,7 @@ impl Federation {
     pub fn new(cluster: ClusterNode, endpoint: Endpoint, cfg: HealthConfig) -> Arc<Self> {
         let local = cluster.id();
         Arc::new(Self {
+            mirroring: std::sync::OnceLock::new(),
             cluster: cluster.clone(),
             endpoint,
             local,

@@ -184,11 +184,62 @@ impl Federation {
             FedRequest::CatalogChanged { changes } => {
                 self.accept_catalog_changes(peer.card.card.cluster_id, changes).await
             }
+            FedRequest::PushOffer { name, version } => self.accept_push_offer(peer.card.card.cluster_id, name, version),
+            FedRequest::WriteBack { name, bundle } => {
+                let mirroring = self.mirroring.get().and_then(|w| w.upgrade());
+                match mirroring {
+                    Some(m) => {
+                        m.accept_write_back(peer.card.card.cluster_id, *remote, &name, &bundle)
+                            .await
+                    }
+                    None => FedResponse::Error("node is starting".into()),
+                }
+            }
             FedRequest::Goodbye { reason } => {
                 tracing::info!(peer = %remote, %reason, "peer said goodbye");
                 conn.close(CLOSE_GOODBYE.into(), b"goodbye");
                 FedResponse::Ok
             }
+        }
+    }
+}
+
+impl Federation {
+    /// The receiving side of a push: accepted only from a cluster we link to, under our own
+    /// policy (`federation.accept_pushes`, and a name not taken by something else here); the
+    /// version is then pulled like any other.
+    fn accept_push_offer(&self, origin: causeway_proto::ClusterId, name: String, version: u64) -> FedResponse {
+        use causeway_policy::{PushDecision, Subscription, accept_push};
+        if causeway_catalog::validate::resource_name(&name).is_err() {
+            return FedResponse::Error("bad resource name".into());
+        }
+        let relation = self.relation(origin);
+        let local = self
+            .read(|t| causeway_catalog::state::get_resource(t, &name))
+            .ok()
+            .flatten();
+        let subscription = match &local {
+            Some(r) if r.mirror_of == Some(origin) => Some(Subscription {
+                origin,
+                accept_push: true,
+            }),
+            Some(_) => None,
+            None => Some(Subscription {
+                origin,
+                accept_push: self.cfg.accept_pushes,
+            }),
+        };
+        match accept_push(&relation, subscription.as_ref()) {
+            PushDecision::Accept => {
+                let cluster = self.cluster.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::app::pull(&cluster, &name, &origin.to_string()).await {
+                        tracing::warn!(resource = %name, version, error = %e, "pushed version not pulled");
+                    }
+                });
+                FedResponse::Ok
+            }
+            PushDecision::Refuse(r) => FedResponse::Denied(r.to_string()),
         }
     }
 }
