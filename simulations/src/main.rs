@@ -2,6 +2,7 @@
 //! its own module; this file only parses the command line and dispatches.
 
 mod bench;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Cmd {
     /// Raft write latency and throughput as ratios to a raw redb commit on the same disk.
     Bench(bench::BenchArgs),
+    /// Seeded, deterministic simulation of the sans-IO cores with faults, checking invariants.
+    Sim(sim::SimArgs),
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Sim(args) => sim::run(args),
     }
 }
 

@@ -261,7 +261,7 @@ impl Federation {
 
     /// What one change means for one peer: its new entry, its removal, or nothing (the peer
     /// could see the resource neither before nor after, so it is not told anything).
-    fn delta_for(relation: &PeerRelation, c: &Change) -> Option<(String, Option<CatalogEntry>)> {
+    pub fn delta_for(relation: &PeerRelation, c: &Change) -> Option<(String, Option<CatalogEntry>)> {
         let before = visible_mode(relation, &c.shares_before);
         let after = c
             .after
