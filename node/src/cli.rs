@@ -71,6 +71,16 @@ pub enum Command {
     /// [--read-only]`; also `share remove NAME --with ...` and `share preview PEER`.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Share(ShareArgs),
+    /// Two clusters on loopback, linked, sharing a git repository and an artifact: the whole
+    /// federation in one command. Data dirs are kept and printed.
+    Demo {
+        /// Where to put the data dirs (default: a new folder under the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stop at the end instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Replicate a peer's resource: `sync NAME --from PEER`, or `sync status`.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Sync(SyncArgs),
@@ -384,6 +394,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Link(cmd) => link(&cli, cmd).await?,
         Command::Share(args) => share(&cli, args).await?,
         Command::Sync(args) => sync(&cli, args).await?,
+        Command::Demo { dir, exit } => crate::demo::run(dir.clone(), *exit).await?,
         Command::Catalog { peer, cached } => {
             let rows = client(&cli).await?.peer_catalog(peer, *cached).await?;
             if cli.json {

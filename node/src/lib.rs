@@ -11,6 +11,7 @@ pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
+pub mod demo;
 pub mod endpoint;
 pub mod error;
 pub mod federation;

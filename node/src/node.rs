@@ -57,6 +57,9 @@ struct Inner {
     federation: Arc<Federation>,
     content: ContentStore,
     mirroring: Arc<Mirroring>,
+    /// Publishes run one at a time, so a hook and an admin publishing together make one
+    /// version, not two with the same commits.
+    publishing: tokio::sync::Mutex<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -128,6 +131,7 @@ impl Node {
             federation,
             content,
             mirroring,
+            publishing: tokio::sync::Mutex::new(()),
             tasks,
         })))
     }
@@ -356,6 +360,10 @@ impl Node {
         &self.0.content
     }
 
+    pub(crate) async fn publish_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.publishing.lock().await
+    }
+
     pub fn mirroring(&self) -> &Arc<Mirroring> {
         &self.0.mirroring
     }
@@ -402,7 +410,6 @@ impl Node {
         for t in &self.0.tasks {
             t.abort();
         }
-        self.0.content.shutdown().await;
         if let Err(e) = self.0.router.shutdown().await {
             tracing::debug!(error = %e, "router shutdown");
         }

@@ -58,6 +58,7 @@ impl Node {
     /// Records a new version of the resource (version + 1). Without an explicit content root,
     /// an artifact registered with `--path` imports the file's current content as the root.
     pub async fn publish(&self, name: &str, content: Option<String>) -> Result<ResourceView, NodeError> {
+        let _one_at_a_time = self.publish_lock().await;
         self.cluster().read_barrier().await?;
         let current = self
             .federation()

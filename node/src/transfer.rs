@@ -26,6 +26,8 @@ use crate::node::now_ms;
 
 /// How long dialling a peer's blob endpoint may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pull waits for another transfer of the same resource to finish.
+const PULL_WAIT: Duration = Duration::from_secs(600);
 /// Pulls running at once on the leader.
 pub const MAX_CONCURRENT_PULLS: usize = 8;
 
@@ -134,15 +136,19 @@ impl Mirroring {
             )));
         };
         let peer_label = origin.to_string();
-        if !self
+        // One transfer per resource at a time: a second request (a push offer racing an admin's
+        // `sync`) waits for the first and then finds the mirror already current.
+        let deadline = tokio::time::Instant::now() + PULL_WAIT;
+        while !self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string())
         {
-            return Err(NodeError::Conflict(format!(
-                "a transfer of {name:?} is already running"
-            )));
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Conflict(format!("a transfer of {name:?} is still running")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let result = self.pull_inner(name, &link, origin, &peer_label).await;
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);

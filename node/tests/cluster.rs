@@ -187,3 +187,27 @@ fn daemon_tells_systemd_it_is_ready() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn demo_shows_the_whole_federation_and_keeps_its_data_dirs() {
+    let h = Harness::new();
+    let dir = h.path("demo");
+    let out = run_cli(&["demo", "--exit", "--dir", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}\n{text}", stderr(&out));
+    assert!(text.contains("mutual=true"), "{text}");
+    let catalog = text
+        .split("[4]")
+        .nth(1)
+        .and_then(|t| t.split("[5]").next())
+        .unwrap_or_default();
+    assert!(
+        catalog.contains("release") && !catalog.contains("private-notes"),
+        "{text}"
+    );
+    if causeway_sync::git::git_available() {
+        assert!(text.contains("after the push"), "{text}");
+    }
+    assert!(dir.join("alpha").join("node.json").exists());
+    assert!(dir.join("beta").join("mirrors").exists());
+}
