@@ -98,20 +98,23 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
     txn.commit().map_err(io_err)?;
     let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
     let flusher_db = db.clone();
+    let committed = Arc::new(std::sync::Mutex::new(None));
+    let flusher_committed = committed.clone();
     std::thread::Builder::new()
         .name("raft-log-flush".into())
-        .spawn(move || run_flusher(flusher_db, rx))?;
+        .spawn(move || run_flusher(flusher_db, rx, flusher_committed))?;
     Ok((
         LogStore {
             db: db.clone(),
             flush: tx,
+            committed,
         },
         StateMachineStore { db },
     ))
 }
 
 /// Makes every append queued so far durable with one fsync, then acknowledges them all.
-fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>, committed: PendingCommitted) {
     let mut seq: u64 = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -127,6 +130,12 @@ fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
             {
                 let mut meta = txn.open_table(META).map_err(io_err)?;
                 meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
+                // The committed index rides along with the next fsync instead of costing a
+                // commit of its own on every write.
+                let pending = committed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(bytes) = pending {
+                    meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
+                }
             }
             txn.commit().map_err(io_err)
         })();
@@ -141,7 +150,11 @@ fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
 pub struct LogStore {
     db: Arc<Database>,
     flush: mpsc::Sender<IOFlushed<TypeConfig>>,
+    committed: PendingCommitted,
 }
+
+/// The newest committed log id not yet written, encoded; the flusher persists it.
+type PendingCommitted = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 
 impl LogStore {
     pub fn database(&self) -> Arc<Database> {
@@ -240,21 +253,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let db = self.db.clone();
+        // Written by the next flush. Losing the newest value in a crash only means re-applying
+        // from an older committed index once the leader confirms it again.
         let bytes = enc(&committed)?;
-        blocking(move || {
-            // Made durable by the next flush; losing it only delays re-applying after a crash.
-            let txn = write_txn(&db, Durability::None)?;
-            txn.open_table(META)
-                .map_err(io_err)?
-                .insert(KEY_COMMITTED, bytes.as_slice())
-                .map_err(io_err)?;
-            txn.commit().map_err(io_err)
-        })
-        .await
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let pending = self.committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(bytes) = pending {
+            return dec(&bytes, MAX_RECORD);
+        }
         Ok(read_key::<Option<LogId>>(&self.db, META, KEY_COMMITTED)?.flatten())
     }
 
