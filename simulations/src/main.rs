@@ -2,6 +2,7 @@
 //! its own module; this file only parses the command line and dispatches.
 
 mod bench;
+mod chaos;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Seeded, deterministic simulation of the sans-IO cores with faults, checking invariants.
     Sim(sim::SimArgs),
+    /// Real `causeway` processes with real faults (kill -9, pauses, partitions), then checks.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -36,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Sim(args) => sim::run(args),
+        Cmd::Chaos(args) => chaos::run(args).await,
     }
 }
 
