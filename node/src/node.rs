@@ -98,6 +98,7 @@ impl Node {
             content.clone(),
             endpoint.clone(),
             data_dir.to_path_buf(),
+            config.sync,
         );
         crate::app::install(&cluster, &federation, &mirroring);
         let _ = federation.mirroring.set(Arc::downgrade(&mirroring));

@@ -50,6 +50,7 @@ pub struct Mirroring {
     endpoint: Endpoint,
     data_dir: PathBuf,
     status_cfg: StatusConfig,
+    stall_after: Duration,
     transfers: Mutex<BTreeMap<TransferKey, Transfer>>,
     running: tokio::sync::Semaphore,
     in_flight: Mutex<std::collections::BTreeSet<String>>,
@@ -71,6 +72,7 @@ impl Mirroring {
         content: ContentStore,
         endpoint: Endpoint,
         data_dir: PathBuf,
+        sync: SyncConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             cluster,
@@ -78,7 +80,10 @@ impl Mirroring {
             content,
             endpoint,
             data_dir,
-            status_cfg: StatusConfig::default(),
+            status_cfg: StatusConfig {
+                stall_after_ms: sync.stall_after_ms,
+            },
+            stall_after: Duration::from_millis(sync.stall_after_ms.max(100)),
             transfers: Mutex::new(BTreeMap::new()),
             running: tokio::sync::Semaphore::new(MAX_CONCURRENT_PULLS),
             in_flight: Mutex::new(Default::default()),
@@ -249,18 +254,34 @@ impl Mirroring {
             return Ok(());
         }
         let already = self.content.local_bytes(root).await;
-        self.with_transfer(name, peer_label, Direction::Pull, |t| t.start(version, None, now_ms()));
+        if already > 0 {
+            // iroh-blobs asks only for the ranges not yet verified here.
+            tracing::info!(
+                resource = name,
+                bytes = already,
+                "resuming transfer from verified bytes"
+            );
+        }
+        self.with_transfer(name, peer_label, Direction::Pull, |t| {
+            t.start(version, None, now_ms());
+            t.progress(already, None, now_ms());
+        });
         let conn = self
             .blob_connection(link)
             .await
             .map_err(|e| NodeError::Refused(format!("cannot reach {} for content: {e}", link.name)))?;
         let result = self
             .content
-            .fetch(conn.clone(), root, |bytes| {
-                self.with_transfer(name, peer_label, Direction::Pull, |t| {
-                    t.progress(already + bytes, None, now_ms())
-                })
-            })
+            .fetch(
+                conn.clone(),
+                root,
+                |bytes| {
+                    self.with_transfer(name, peer_label, Direction::Pull, |t| {
+                        t.progress(already + bytes, None, now_ms())
+                    })
+                },
+                self.stall_after,
+            )
             .await;
         conn.close(0u32.into(), b"done");
         result.map_err(|e| match e {
@@ -401,7 +422,11 @@ impl Mirroring {
                 else {
                     continue;
                 };
-                let ok = self.content.fetch(conn.clone(), root, |_| {}).await.is_ok();
+                let ok = self
+                    .content
+                    .fetch(conn.clone(), root, |_| {}, self.stall_after)
+                    .await
+                    .is_ok();
                 conn.close(0u32.into(), b"done");
                 if ok && self.content.is_complete(root).await {
                     let tag = match r.mirror_of {
@@ -424,6 +449,8 @@ impl Mirroring {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
+    /// A transfer with no data for this long is abandoned as stalled (resumed by the next sync).
+    pub stall_after_ms: u64,
     /// How often the leader checks every mirror against its origin's view.
     pub reconcile_ms: u64,
     /// How often every member looks for content it misses and fetches it from the others.
@@ -433,6 +460,7 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
+            stall_after_ms: 10_000,
             reconcile_ms: 100,
             member_replication_ms: 2000,
         }
@@ -603,7 +631,7 @@ impl Mirroring {
             Ok(Ok(c)) => c,
             _ => return FedResponse::Error("cannot fetch the bundle from you".into()),
         };
-        let fetched = self.content.fetch(conn.clone(), root, |_| {}).await;
+        let fetched = self.content.fetch(conn.clone(), root, |_| {}, self.stall_after).await;
         conn.close(0u32.into(), b"done");
         if let Err(e) = fetched {
             return FedResponse::Error(format!("bundle transfer failed: {e}"));

@@ -255,3 +255,81 @@ fn find_largest_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     }
     best.map(|(_, p)| p)
 }
+
+#[test]
+fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
+    let h = Harness::new();
+    let (mut a, mut b) = (h.init("a"), h.init("b"));
+    // Give up on a silent source quickly, so the test does not wait out the default.
+    b.edit_config(|c| c.sync.stall_after_ms = 1500);
+    a.start();
+    b.start();
+    link_add(&a, &b, "b");
+    link_add(&b, &a, "a");
+    wait_pinned(&a, "b");
+    wait_pinned(&b, "a");
+    let src = h.path("huge.bin");
+    let data = write_random(&src, 128 << 20, 5);
+    assert!(
+        a.cli(&[
+            "resource",
+            "register",
+            "--kind",
+            "artifact",
+            "--name",
+            "huge",
+            "--path",
+            src.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert!(a.cli(&["resource", "publish", "huge"]).status.success());
+    assert!(
+        a.cli(&["share", "huge", "--with", "b", "--mode", "pull"])
+            .status
+            .success()
+    );
+
+    // Start the pull in the background and kill the source once bytes are flowing.
+    let mut pull = std::process::Command::new(BIN)
+        .args(["--data-dir", b.dir_str(), "sync", "huge", "--from", "a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut killed_mid_transfer = false;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::time::Instant::now() < deadline {
+        if let Some(t) = transfer(&b, "huge") {
+            let done = t["bytes_done"].as_u64().unwrap_or(0);
+            if t["state"] == "transferring" && done > 0 && done < (100 << 20) {
+                a.kill9();
+                killed_mid_transfer = true;
+                break;
+            }
+            if t["state"] == "synced" {
+                break;
+            }
+        }
+    }
+    let _ = pull.kill();
+    let _ = pull.wait();
+    if !killed_mid_transfer {
+        println!("the transfer finished before it could be interrupted; resume not exercised");
+        return;
+    }
+    wait_for("the cut transfer to be reported", || {
+        transfer(&b, "huge").filter(|t| t["state"] == "failed" || t["state"] == "stalled")
+    });
+    a.start();
+    wait_pinned(&b, "a");
+    let mirror = b.json(&["sync", "huge", "--from", "a"]);
+    assert_eq!(mirror["version"], 1);
+    assert!(
+        b.log().contains("resuming transfer from verified bytes"),
+        "the second pull started from zero"
+    );
+    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("huge");
+    assert!(std::fs::read(&file).unwrap() == data);
+}

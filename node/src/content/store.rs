@@ -47,7 +47,7 @@ impl ContentStore {
         let abs = std::path::absolute(path).map_err(err)?;
         let tt = self.store.blobs().add_path(abs).await.map_err(err)?;
         let root = HashAndFormat::raw(tt.hash);
-        self.store.tags().set(tag, root).await.map_err(err)?;
+        self.tag(tag, root).await?;
         Ok(root)
     }
 
@@ -76,9 +76,21 @@ impl ContentStore {
         conn: Connection,
         root: HashAndFormat,
         mut progress: impl FnMut(u64),
+        stall_after: std::time::Duration,
     ) -> Result<u64, NodeError> {
-        let mut stream = self.store.remote().fetch(conn, root).stream();
-        while let Some(item) = stream.next().await {
+        let mut stream = std::pin::pin!(self.store.remote().fetch(conn, root).stream());
+        loop {
+            // A peer that stops sending (killed, partitioned) must not hold the transfer forever.
+            let item = match tokio::time::timeout(stall_after, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(NodeError::Refused(format!(
+                        "transfer stalled: no data for {} ms",
+                        stall_after.as_millis()
+                    )));
+                }
+            };
             match item {
                 GetProgressItem::Progress(n) => progress(n),
                 GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
@@ -88,8 +100,11 @@ impl ContentStore {
         Err(NodeError::Refused("transfer ended without completing".into()))
     }
 
+    /// Tags `root` and makes the store's metadata durable: a version is recorded in the catalog
+    /// only after its content (and the tag that keeps it) would survive a crash.
     pub async fn tag(&self, tag: &str, root: HashAndFormat) -> Result<(), NodeError> {
-        self.store.tags().set(tag, root).await.map_err(err)
+        self.store.tags().set(tag, root).await.map_err(err)?;
+        self.store.sync_db().await.map_err(err)
     }
 
     /// Writes a complete blob to `target` (atomically: temp file, then rename).
