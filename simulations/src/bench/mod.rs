@@ -1,10 +1,19 @@
 //! `bench`: Raft write latency and throughput of real in-process clusters on loopback, each
 //! figure as a ratio to a raw redb commit timed in the same run on the same disk, so the
 //! figures say what Raft costs on top of the fsync rather than how fast this machine's disk is.
+//! The other benchmarks follow the same rule, each against its own baseline in the same run:
+//! the catalog at scale against raw redb ([`catalog`]), artifact sync against a plain iroh-blobs
+//! fetch ([`sync`]), and a repository's first sync against `git clone --mirror` ([`git`]).
 
+mod catalog;
 mod cluster;
+mod common;
+mod git;
 mod measure;
+mod pair;
 mod report;
+mod summary;
+mod sync;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,11 +21,44 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
 
+use catalog::CatalogPlan;
 use cluster::LocalCluster;
+use git::GitPlan;
 use measure::{Budget, Measured, Names};
+use pair::Pair;
 use report::Report;
+use summary::Summary;
+use sync::SyncPlan;
+
+/// One benchmark of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section {
+    /// Raft writes vs raw redb commits.
+    Raft,
+    /// A catalog of many resources vs raw redb.
+    Catalog,
+    /// Artifact sync between clusters vs a plain iroh-blobs fetch.
+    Sync,
+    /// A repository's first sync vs `git clone --mirror` over `git daemon`.
+    Git,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [Section::Raft, Section::Catalog, Section::Sync, Section::Git];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Raft => "raft",
+            Section::Catalog => "catalog",
+            Section::Sync => "sync",
+            Section::Git => "git",
+        }
+    }
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -30,6 +72,9 @@ pub struct BenchArgs {
     /// Also print the results as one JSON document on stdout; the table then goes to stderr.
     #[arg(long)]
     pub json: bool,
+    /// Run only these benchmarks (repeat the flag or separate with commas); all by default.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "BENCH")]
+    pub only: Vec<Section>,
 }
 
 /// How much work each measurement does.
@@ -42,6 +87,9 @@ pub struct Plan {
     pub latency_writes: usize,
     pub writer_counts: Vec<usize>,
     pub budget: Budget,
+    pub catalog: CatalogPlan,
+    pub sync: SyncPlan,
+    pub git: GitPlan,
 }
 
 impl Plan {
@@ -56,6 +104,9 @@ impl Plan {
                 time: Duration::from_secs(5),
                 max_writes: None,
             },
+            catalog: CatalogPlan::full(),
+            sync: SyncPlan::full(),
+            git: GitPlan::full(),
         }
     }
 
@@ -70,40 +121,114 @@ impl Plan {
                 time: Duration::from_millis(500),
                 max_writes: None,
             },
+            catalog: CatalogPlan::quick(),
+            sync: SyncPlan::quick(),
+            git: GitPlan::quick(),
         }
     }
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let mut sections = if args.only.is_empty() {
+        Section::ALL.to_vec()
+    } else {
+        args.only.clone()
+    };
+    sections.sort_unstable();
+    sections.dedup();
     let parent = args.dir.unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
     let scratch = tempfile::Builder::new()
         .prefix("causeway-bench-")
         .tempdir_in(&parent)
         .with_context(|| format!("make a scratch dir in {}", parent.display()))?;
-    let report = measure_all(&plan, scratch.path()).await;
+    let summary = measure_all(&plan, scratch.path(), &sections).await;
     let path = scratch.path().to_path_buf();
     scratch.close().with_context(|| format!("remove {}", path.display()))?;
-    let report = report?;
     if args.json {
-        eprint!("\n{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprint!("\n{}", summary.table());
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("\n{}", report.table());
+        print!("\n{}", summary.table());
     }
-    if report.errors > 0 {
+    if let Some(report) = summary.raft.as_ref().filter(|r| r.errors > 0) {
         bail!(
             "{} writes failed, first: {}",
             report.errors,
             report.first_error.as_deref().unwrap_or("?")
         );
     }
+    if let Some(first) = summary.failures.first() {
+        bail!(
+            "{} of the benchmarks failed, first {}: {}",
+            summary.failures.len(),
+            first.section.name(),
+            first.error
+        );
+    }
     Ok(())
 }
 
-/// Runs every measurement of `plan` with scratch data under `root`. Progress goes to stderr.
-pub async fn measure_all(plan: &Plan, root: &Path) -> Result<Report> {
+/// Runs the benchmarks in `sections` with the sizes of `plan` and scratch data under `root`. A
+/// benchmark that fails is recorded and the others still run. Progress goes to stderr.
+pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summary {
+    let mut summary = Summary::new(plan.mode, root.display().to_string(), sections);
+    if sections.contains(&Section::Raft) {
+        match measure_raft(plan, root).await {
+            Ok(r) => summary.raft = Some(r),
+            Err(e) => summary.fail(Section::Raft, &e),
+        }
+    }
+    if sections.contains(&Section::Catalog) {
+        let (p, r) = (plan.catalog.clone(), root.to_path_buf());
+        let measured = tokio::task::spawn_blocking(move || catalog::measure(&p, &r))
+            .await
+            .map_err(|e| anyhow!("the catalog bench panicked: {e}"))
+            .and_then(|r| r);
+        match measured {
+            Ok(r) => summary.catalog = Some(r),
+            Err(e) => summary.fail(Section::Catalog, &e),
+        }
+    }
+    // Both move content between the same two linked clusters.
+    let federated: Vec<Section> = sections
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, Section::Sync | Section::Git))
+        .collect();
+    if !federated.is_empty() {
+        eprintln!("sync, git: forming two single-node clusters and linking them");
+        match Pair::start(root, "fed").await {
+            Ok(pair) => {
+                for section in federated {
+                    let measured = match section {
+                        Section::Sync => sync::measure(&plan.sync, root, &pair)
+                            .await
+                            .map(|r| summary.sync = Some(r)),
+                        _ => git::measure(&plan.git, root, &pair)
+                            .await
+                            .map(|r| summary.git = Some(r)),
+                    };
+                    if let Err(e) = measured {
+                        summary.fail(section, &e);
+                    }
+                }
+                pair.shutdown().await;
+            }
+            Err(e) => {
+                let e = e.context("forming the linked clusters");
+                for section in federated {
+                    summary.fail(section, &e);
+                }
+            }
+        }
+    }
+    summary.finish()
+}
+
+/// Runs the raft measurements of `plan` with scratch data under `root`. Progress goes to stderr.
+pub async fn measure_raft(plan: &Plan, root: &Path) -> Result<Report> {
     eprintln!(
         "raw redb: {} single-row commits in {}",
         plan.raw_commits,
@@ -198,9 +323,10 @@ mod tests {
                 time: Duration::from_secs(30),
                 max_writes: Some(20),
             },
+            ..Plan::quick()
         };
         let dir = tempfile::tempdir().unwrap();
-        let report = measure_all(&plan, dir.path()).await.unwrap();
+        let report = measure_raft(&plan, dir.path()).await.unwrap();
 
         assert_eq!(report.errors, 0, "{:?}", report.first_error);
         assert_eq!(report.raw.count, 20);
@@ -224,5 +350,53 @@ mod tests {
         assert!(table.contains("raw redb commit") && table.contains("goal"), "{table}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["throughput"][5]["writers"], 256);
+    }
+
+    /// The sync and git benches end to end on one pair of linked clusters, with a small file and
+    /// a small repository; figures are not checked, only that there are figures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiny_sync_and_git_benches_run_and_report_figures() {
+        let plan = Plan {
+            mode: "test",
+            sync: SyncPlan {
+                bytes: 1 << 20,
+                rounds: 1,
+                latency_rounds: 2,
+            },
+            git: GitPlan {
+                bytes: 256 << 10,
+                commits: 8,
+                clone_rounds: 1,
+            },
+            ..Plan::quick()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let summary = measure_all(&plan, dir.path(), &[Section::Sync, Section::Git]).await;
+
+        assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+        assert!(summary.raft.is_none() && summary.catalog.is_none());
+        let sync = summary.sync.as_ref().unwrap();
+        assert!(sync.raw_mib_per_sec > 0.0 && sync.sync_mib_per_sec > 0.0, "{sync:?}");
+        assert_eq!(sync.latency.stats.count, 2);
+        let git = summary.git.as_ref().unwrap();
+        match (&git.figures, &git.skipped) {
+            (Some(f), None) => {
+                assert!(f.repo_bytes >= 256 << 10 && f.clone.count == 1, "{f:?}");
+                assert!(f.pull_secs > 0.0 && f.publish_secs > 0.0 && f.pull_vs_clone.is_finite());
+            }
+            (None, Some(reason)) => println!("git bench skipped: {reason}"),
+            other => panic!("git report is inconsistent: {other:?}"),
+        }
+        let expected_goals = 2 + usize::from(git.figures.is_some());
+        assert_eq!(summary.goals_total, expected_goals);
+
+        let table = summary.table();
+        assert!(
+            table.contains("causeway sync_pull") && table.contains("goals met"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["sections"], serde_json::json!(["sync", "git"]));
+        assert!(json["raft"].is_null() && json["sync"]["latency"]["p50_ms"].is_number());
     }
 }
