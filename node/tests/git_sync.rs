@@ -34,6 +34,25 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `refs/heads/main` of `repo`, or `None` while the repository is not there yet.
+fn try_head(repo: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .args([
+            "--git-dir",
+            repo.to_str()?,
+            "rev-parse",
+            "--verify",
+            "-q",
+            "refs/heads/main",
+        ])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn commit(work: &Path, file: &str, text: &str) {
     std::fs::write(work.join(file), text).unwrap();
     git(work, &["add", "."]);
@@ -267,8 +286,9 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
             .success()
     );
     let pm = b.dir.join("mirrors").join(&a_cluster).join("pushed.git");
+    let origin_head = head(&pushed);
     wait_for("the pushed repository at b", || {
-        (pm.exists() && head(&pm) == head(&pushed)).then_some(())
+        (try_head(&pm)? == origin_head).then_some(())
     });
     let r = b.json(&["resource", "show", "pushed"]);
     assert_eq!(r["mirror_of"], a_cluster.as_str());

@@ -333,3 +333,57 @@ fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
     let file = b.dir.join("mirrors").join(cluster_id(&a)).join("huge");
     assert!(std::fs::read(&file).unwrap() == data);
 }
+
+#[test]
+fn every_member_of_the_receiving_cluster_gets_the_content() {
+    let h = Harness::new();
+    let mut a = h.init("a");
+    a.start();
+    let hb = Harness::new();
+    let mut b = hb.three_node_cluster(|_| {});
+    link_add(&a, &b[0], "b");
+    link_add(&b[1], &a, "a");
+    wait_pinned(&a, "b");
+    wait_pinned(&b[2], "a");
+    let src = h.path("shared.bin");
+    let data = write_random(&src, 3 << 20, 9);
+    assert!(
+        a.cli(&[
+            "resource",
+            "register",
+            "--kind",
+            "artifact",
+            "--name",
+            "shared",
+            "--path",
+            src.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert!(a.cli(&["resource", "publish", "shared"]).status.success());
+    assert!(
+        a.cli(&["share", "shared", "--with", "b", "--mode", "pull"])
+            .status
+            .success()
+    );
+    let m = b[2].json(&["sync", "shared", "--from", "a"]);
+    assert_eq!(m["version"], 1);
+    // The leader fetched it; the other members fetch it from each other.
+    let a_cluster = cluster_id(&a);
+    for n in &b {
+        let file = n.dir.join("mirrors").join(&a_cluster).join("shared");
+        wait_for(&format!("the mirror on {}", n.name), || {
+            (std::fs::read(&file).ok()? == data).then_some(())
+        });
+    }
+    // Losing the member that fetched it loses nothing: the others still hold it.
+    let leader = leader_of(&b[0]).unwrap();
+    let li = b.iter().position(|n| n.endpoint_id() == leader).unwrap();
+    b[li].kill9();
+    let other = (li + 1) % 3;
+    wait_for("a new leader in b", || leader_of(&b[other]).filter(|l| *l != leader));
+    let r = b[other].json(&["resource", "show", "shared"]);
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["mirror_of"], a_cluster.as_str());
+}

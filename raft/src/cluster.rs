@@ -371,11 +371,22 @@ impl ClusterNode {
         self.expect_done(ForwardRequest::RemoveMember { id }).await
     }
 
+    /// Runs a membership change, waiting out one already in progress (a learner being
+    /// promoted, another node joining): Raft allows one change at a time.
     async fn expect_done(&self, req: ForwardRequest) -> Result<(), ClusterError> {
-        match self.submit(req).await? {
-            ForwardResponse::Done => Ok(()),
-            ForwardResponse::Failed(e) => Err(ClusterError::Raft(e)),
-            other => Err(ClusterError::Unexpected(format!("{other:?}"))),
+        let deadline = tokio::time::Instant::now() + ROUTE_DEADLINE;
+        loop {
+            match self.submit(req.clone()).await? {
+                ForwardResponse::Done => return Ok(()),
+                ForwardResponse::Failed(e)
+                    if e.contains("undergoing a configuration change") && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("membership change in progress; retrying");
+                    tokio::time::sleep(ROUTE_RETRY).await;
+                }
+                ForwardResponse::Failed(e) => return Err(ClusterError::Raft(e)),
+                other => return Err(ClusterError::Unexpected(format!("{other:?}"))),
+            }
         }
     }
 
