@@ -8,35 +8,12 @@ use causeway_proto::fed::{FedRequest, FedResponse};
 use common::*;
 use serde_json::Value;
 
-fn link_add(from: &NodeProc, to: &NodeProc, name: &str) {
-    let out = from.cli(&[
-        "link",
-        "add",
-        &to.endpoint_id(),
-        "--addr",
-        &format!("127.0.0.1:{}", to.port),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "link add: {}", stderr(&out));
-}
-
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn wait_pinned(node: &NodeProc, link: &str) {
-    wait_for(&format!("{} to pin {link}", node.name), || {
-        node.try_json(&["link", "list"])?
-            .as_array()?
-            .iter()
-            .any(|l| l["name"] == link && l["peer"].is_string() && l["state"] == "active")
-            .then_some(())
-    });
 }
 
 fn register(node: &NodeProc, kind: &str, name: &str) {

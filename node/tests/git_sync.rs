@@ -59,29 +59,6 @@ fn commit(work: &Path, file: &str, text: &str) {
     git(work, &["commit", "-q", "-m", text]);
 }
 
-fn link_add(from: &NodeProc, to: &NodeProc, name: &str) {
-    let out = from.cli(&[
-        "link",
-        "add",
-        &to.endpoint_id(),
-        "--addr",
-        &format!("127.0.0.1:{}", to.port),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "link add: {}", stderr(&out));
-}
-
-fn wait_pinned(node: &NodeProc, link: &str) {
-    wait_for(&format!("{} to pin {link}", node.name), || {
-        node.try_json(&["link", "list"])?
-            .as_array()?
-            .iter()
-            .any(|l| l["name"] == link && l["peer"].is_string() && l["state"] == "active")
-            .then_some(())
-    });
-}
-
 #[test]
 fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     if !causeway_sync::git::git_available() {

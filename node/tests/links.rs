@@ -12,19 +12,6 @@ use serde_json::Value;
 /// The bound within which a dead peer must read `failing` (issue: 10 s on loopback).
 const DEAD_PEER_BOUND: Duration = Duration::from_secs(10);
 
-fn link_add(from: &NodeProc, to: &NodeProc, name: &str) {
-    let out = from.cli(&[
-        "link",
-        "add",
-        &to.endpoint_id(),
-        "--addr",
-        &format!("127.0.0.1:{}", to.port),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "link add: {}", stderr(&out));
-}
-
 fn link(node: &NodeProc, name: &str) -> Option<Value> {
     node.try_json(&["link", "list"])?
         .as_array()?
@@ -37,10 +24,6 @@ fn wait_link(node: &NodeProc, name: &str, what: &str, pred: impl Fn(&Value) -> b
     wait_for(&format!("{} link {name}: {what}", node.name), || {
         link(node, name).filter(|l| pred(l))
     })
-}
-
-fn cluster_id(node: &NodeProc) -> String {
-    node.json(&["id"])["cluster_id"].as_str().unwrap().to_string()
 }
 
 #[test]

@@ -9,33 +9,6 @@ use std::io::Write;
 use common::*;
 use serde_json::Value;
 
-fn link_add(from: &NodeProc, to: &NodeProc, name: &str) {
-    let out = from.cli(&[
-        "link",
-        "add",
-        &to.endpoint_id(),
-        "--addr",
-        &format!("127.0.0.1:{}", to.port),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "link add: {}", stderr(&out));
-}
-
-fn wait_pinned(node: &NodeProc, link: &str) {
-    wait_for(&format!("{} to pin {link}", node.name), || {
-        node.try_json(&["link", "list"])?
-            .as_array()?
-            .iter()
-            .any(|l| l["name"] == link && l["peer"].is_string() && l["state"] == "active")
-            .then_some(())
-    });
-}
-
-fn cluster_id(node: &NodeProc) -> String {
-    node.json(&["id"])["cluster_id"].as_str().unwrap().to_string()
-}
-
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
 fn write_random(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -59,7 +59,7 @@ pub struct SignedCard {
     pub signature: [u8; 64],
 }
 
-mod sig_bytes {
+pub(crate) mod sig_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {

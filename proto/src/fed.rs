@@ -26,7 +26,7 @@ pub struct Hello {
 pub enum HelloReply {
     Card {
         card: Box<SignedCard>,
-        #[serde(with = "serde_sig")]
+        #[serde(with = "crate::card::sig_bytes")]
         proof: [u8; 64],
         challenge: [u8; 32],
     },
@@ -36,7 +36,7 @@ pub enum HelloReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
     pub card: SignedCard,
-    #[serde(with = "serde_sig")]
+    #[serde(with = "crate::card::sig_bytes")]
     pub proof: [u8; 64],
 }
 
@@ -78,10 +78,16 @@ pub enum FedRequest {
     },
     /// "A new version of `name` is ready for you": the owner offers it under a push share; the
     /// receiver pulls it if its own policy accepts pushes from the sender.
-    PushOffer { name: String, version: u64 },
+    PushOffer {
+        name: String,
+        version: u64,
+    },
     /// The sender (a mirror of the receiver's `name`) offers its new commits back: a git bundle
     /// it serves as blob `bundle` (a content root) to the receiver's cluster.
-    WriteBack { name: String, bundle: String },
+    WriteBack {
+        name: String,
+        bundle: String,
+    },
     /// What the sender shares with the receiver changed: new entries, or `None` for a resource
     /// the receiver may no longer see.
     CatalogChanged {
@@ -111,20 +117,6 @@ pub enum FedResponse {
     /// Policy refused the request; the reason is safe to show the requester.
     Denied(String),
     Error(String),
-}
-
-pub(crate) mod serde_sig {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
-    }
 }
 
 fn proof_bytes(challenge: &[u8; 32], prover: &EndpointKey, verifier: &EndpointKey, card: &ClusterCard) -> Vec<u8> {

@@ -203,13 +203,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let db = self.db.clone();
-        let bounds = range_bounds(&range);
-        blocking(move || read_entries(&db, bounds)).await
+        LogReader { db: self.db.clone() }.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        read_key(&self.db, META, KEY_VOTE)
+        LogReader { db: self.db.clone() }.read_vote().await
     }
 }
 

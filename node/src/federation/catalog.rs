@@ -13,12 +13,12 @@ use causeway_catalog::{
 use causeway_policy::{PeerRelation, ShareMode, visible_mode};
 use causeway_proto::{
     ClusterId,
-    fed::{CatalogEntry, Expectation, FedRequest, FedResponse, MAX_CATALOG_PAGE},
+    fed::{CatalogEntry, FedRequest, FedResponse, MAX_CATALOG_PAGE},
 };
 use iroh::endpoint::Connection;
 
 use super::Federation;
-use super::session::{self, OwnSide};
+use super::session;
 use crate::error::{NodeError, storage};
 
 /// Resources scanned per catalog page at most before the page is returned short. The cursor a
@@ -113,31 +113,7 @@ impl Federation {
 
     /// Opens a fresh, handshaken connection to a linked peer (used by any member for queries).
     pub(crate) async fn connect_peer(&self, link: &LinkRecord) -> Result<Connection, String> {
-        let identity = self
-            .identity()
-            .map_err(|e| e.to_string())?
-            .ok_or("cluster has no identity yet")?;
-        let own_card = self
-            .own_card()
-            .map_err(|e| e.to_string())?
-            .ok_or("cluster has no card yet")?;
-        let own = OwnSide {
-            endpoint: self.local,
-            card: own_card,
-            secret: identity.cluster_secret,
-        };
-        let expect = Expectation {
-            pinned: link.pinned,
-            known_epoch: link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0),
-        };
-        let mut last = String::from("no endpoint to dial");
-        for (endpoint, addrs) in link.dial_targets() {
-            match self.dial(&endpoint, &addrs, &own, &expect).await {
-                Ok((conn, _)) => return Ok(conn),
-                Err(e) => last = format!("{}: {e}", endpoint.short()),
-            }
-        }
-        Err(last)
+        self.dial_link(link).await.map(|(conn, _)| conn)
     }
 
     /// Every entry `conn`'s peer shares with us, page by page.

@@ -222,6 +222,14 @@ impl Federation {
         {
             return Ok(c.clone());
         }
+        let (conn, dialed) = self.dial_link(link).await?;
+        self.after_handshake(link, &dialed).await;
+        self.live().sessions.insert(link.name.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Dials the link's peer endpoints in turn and handshakes with the first that answers.
+    pub(crate) async fn dial_link(&self, link: &LinkRecord) -> Result<(Connection, Dialed), String> {
         let identity = self
             .identity()
             .map_err(|e| e.to_string())?
@@ -242,11 +250,7 @@ impl Federation {
         let mut last_error = String::from("no endpoint to dial");
         for (endpoint, addrs) in link.dial_targets() {
             match self.dial(&endpoint, &addrs, &own, &expect).await {
-                Ok((conn, dialed)) => {
-                    self.after_handshake(link, &dialed).await;
-                    self.live().sessions.insert(link.name.clone(), conn.clone());
-                    return Ok(conn);
-                }
+                Ok(found) => return Ok(found),
                 Err(e) => last_error = format!("{}: {e}", endpoint.short()),
             }
         }

@@ -438,3 +438,28 @@ pub async fn fed_request(
     bytes.extend_from_slice(&body);
     fed_raw(conn, &bytes).await.expect("fed request")
 }
+
+/// `link add` from `from` to `to`'s endpoint and address, under `name`.
+pub fn link_add(from: &NodeProc, to: &NodeProc, name: &str) {
+    let addr = format!("127.0.0.1:{}", to.port);
+    let out = from.cli(&["link", "add", &to.endpoint_id(), "--addr", &addr, "--name", name]);
+    assert!(out.status.success(), "link add: {}", stderr(&out));
+}
+
+/// Waits until `node`'s link `link` has pinned its peer and is active.
+pub fn wait_pinned(node: &NodeProc, link: &str) {
+    wait_for(&format!("{} to pin {link}", node.name), || {
+        node.try_json(&["link", "list"])?
+            .as_array()?
+            .iter()
+            .any(|l| l["name"] == link && l["peer"].is_string() && l["state"] == "active")
+            .then_some(())
+    });
+}
+
+pub fn cluster_id(node: &NodeProc) -> String {
+    node.json(&["id"])["cluster_id"]
+        .as_str()
+        .expect("cluster_id")
+        .to_string()
+}
