@@ -320,8 +320,8 @@ impl Mirroring {
                 names.join(", ")
             )));
         }
-        if root.format != iroh_blobs::BlobFormat::Raw {
-            return Ok(None);
+        if root.format == iroh_blobs::BlobFormat::HashSeq {
+            return self.content.export_collection(root, &target).await.map(|_| None);
         }
         self.content.export_blob(root, &target).await.map(|_| None)
     }

@@ -360,3 +360,49 @@ fn every_member_of_the_receiving_cluster_gets_the_content() {
     assert_eq!(r["version"], 1);
     assert_eq!(r["mirror_of"], a_cluster.as_str());
 }
+
+#[test]
+fn a_directory_artifact_arrives_as_the_same_tree() {
+    let h = Harness::new();
+    let (mut a, mut b) = (h.init("a"), h.init("b"));
+    a.start();
+    b.start();
+    link_add(&a, &b, "b");
+    link_add(&b, &a, "a");
+    wait_pinned(&a, "b");
+    wait_pinned(&b, "a");
+    let tree = h.path("site");
+    std::fs::create_dir_all(tree.join("assets/img")).unwrap();
+    std::fs::write(tree.join("index.html"), "<h1>hi</h1>").unwrap();
+    std::fs::write(tree.join("assets/app.js"), "console.log(1)").unwrap();
+    let big = write_random(&tree.join("assets/img/logo.bin"), 300_000, 4);
+    let out = a.cli(&[
+        "resource",
+        "register",
+        "--kind",
+        "artifact",
+        "--name",
+        "site",
+        "--path",
+        tree.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = a.json(&["resource", "publish", "site"]);
+    assert!(
+        v["content"].as_str().unwrap().starts_with('s'),
+        "a directory is a collection: {v}"
+    );
+    assert!(
+        a.cli(&["share", "site", "--with", "b", "--mode", "pull"])
+            .status
+            .success()
+    );
+    b.json(&["sync", "site", "--from", "a"]);
+    let m = b.dir.join("mirrors").join(cluster_id(&a)).join("site");
+    assert_eq!(std::fs::read_to_string(m.join("index.html")).unwrap(), "<h1>hi</h1>");
+    assert_eq!(
+        std::fs::read_to_string(m.join("assets/app.js")).unwrap(),
+        "console.log(1)"
+    );
+    assert!(std::fs::read(m.join("assets/img/logo.bin")).unwrap() == big);
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use iroh::endpoint::Connection;
-use iroh_blobs::{HashAndFormat, api::remote::GetProgressItem, store::fs::FsStore};
+use iroh_blobs::{HashAndFormat, api::remote::GetProgressItem, format::collection::Collection, store::fs::FsStore};
 use n0_future::StreamExt;
 
 use crate::error::NodeError;
@@ -13,6 +13,9 @@ use crate::error::NodeError;
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(format!("blob store: {e}"))
 }
+
+/// Most files in a directory artifact.
+pub const MAX_DIR_FILES: usize = 100_000;
 
 #[derive(Clone, Debug)]
 pub struct ContentStore {
@@ -38,9 +41,12 @@ impl ContentStore {
 
     /// Imports a file (verifying nothing: it is ours) and tags it under `tag`.
     pub async fn import_file(&self, path: &Path, tag: &str) -> Result<HashAndFormat, NodeError> {
+        if path.is_dir() {
+            return self.import_dir(path, tag).await;
+        }
         if !path.is_file() {
             return Err(NodeError::Invalid(format!(
-                "{} is not a regular file (artifact content must be a file)",
+                "{} is not a regular file or a directory",
                 path.display()
             )));
         }
@@ -49,6 +55,84 @@ impl ContentStore {
         let root = HashAndFormat::raw(tt.hash);
         self.tag(tag, root).await?;
         Ok(root)
+    }
+
+    /// Imports a directory (every regular file below it, symlinks skipped) as a collection:
+    /// a hash sequence of the file blobs plus their relative paths.
+    pub async fn import_dir(&self, dir: &Path, tag: &str) -> Result<HashAndFormat, NodeError> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).map_err(err)? {
+                let entry = entry.map_err(err)?;
+                let kind = entry.file_type().map_err(err)?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
+                    if files.len() > MAX_DIR_FILES {
+                        return Err(NodeError::Invalid(format!(
+                            "{} has more than {MAX_DIR_FILES} files",
+                            dir.display()
+                        )));
+                    }
+                }
+            }
+        }
+        files.sort();
+        let mut collection = Collection::default();
+        for f in &files {
+            let rel = f.strip_prefix(dir).map_err(err)?;
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            let tt = self
+                .store
+                .blobs()
+                .add_path(std::path::absolute(f).map_err(err)?)
+                .await
+                .map_err(err)?;
+            collection.push(name, tt.hash);
+        }
+        let tt = collection.store(&self.store).await.map_err(err)?;
+        let root = HashAndFormat::hash_seq(tt.hash());
+        self.tag(tag, root).await?;
+        Ok(root)
+    }
+
+    /// Writes a complete collection into the directory `target`, replacing what was there only
+    /// once every file is written. Entry names that could escape `target` are refused.
+    pub async fn export_collection(&self, root: HashAndFormat, target: &Path) -> Result<(), NodeError> {
+        let collection = Collection::load(root.hash, &*self.store).await.map_err(err)?;
+        let partial = target.with_extension("causeway-partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(err)?;
+        for (name, hash) in collection.iter() {
+            let safe = !name.is_empty()
+                && !name.starts_with('/')
+                && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+            if !safe {
+                return Err(NodeError::Refused(format!(
+                    "collection entry {name:?} is not a safe relative path"
+                )));
+            }
+            let dest = partial.join(name);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            self.store
+                .blobs()
+                .export(*hash, std::path::absolute(&dest).map_err(err)?)
+                .await
+                .map_err(err)?;
+        }
+        if target.exists() {
+            std::fs::remove_dir_all(target).map_err(err)?;
+        }
+        std::fs::rename(&partial, target).map_err(err)?;
+        Ok(())
     }
 
     /// Whether every byte of `root` is present and verified here.
