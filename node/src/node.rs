@@ -266,6 +266,8 @@ impl Node {
                 Some(s)
             }
         };
+        let registered_at_ms = now_ms();
+        let (name, kind, owner) = (req.name.clone(), req.kind.clone(), req.owner.clone());
         let result = self
             .0
             .cluster
@@ -275,9 +277,27 @@ impl Node {
                 owner: req.owner,
                 path,
                 metadata: req.metadata,
-                registered_at_ms: now_ms(),
+                registered_at_ms,
             })
             .await?;
+        // A forward that failed after the leader committed is retried; the retry then finds
+        // our own registration. Recognize it by its timestamp and report success, once.
+        let result = match result {
+            CommandResult::Rejected(Rejection::ResourceExists(_)) => {
+                self.0.cluster.read_barrier().await?;
+                let existing = self
+                    .0
+                    .federation
+                    .read(|t| causeway_catalog::state::get_resource(t, &name))?;
+                match existing {
+                    Some(r) if r.registered_at_ms == registered_at_ms && r.kind == kind && r.owner == owner => {
+                        CommandResult::ResourceRegistered(r)
+                    }
+                    _ => CommandResult::Rejected(Rejection::ResourceExists(name)),
+                }
+            }
+            other => other,
+        };
         match result {
             CommandResult::ResourceRegistered(r) => {
                 if r.kind == "forge/repo"

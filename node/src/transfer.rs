@@ -15,7 +15,7 @@ use causeway_catalog::{Command, CommandResult, Rejection, Resource, links::LinkR
 use causeway_proto::{ClusterId, EndpointKey};
 use causeway_raft::ClusterNode;
 use causeway_sync::status::{Direction, StatusConfig, Transfer, TransferStatus};
-use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::Connection};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
 use iroh_blobs::HashAndFormat;
 use openraft::async_runtime::watch::WatchReceiver as _;
 
@@ -105,25 +105,6 @@ impl Mirroring {
         let now = now_ms();
         let map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
         map.values().map(|t| t.status(now, &self.status_cfg)).collect()
-    }
-
-    async fn blob_connection(&self, link: &LinkRecord) -> Result<Connection, String> {
-        let mut last = String::from("no endpoint to dial");
-        for (endpoint, addrs) in link.dial_targets() {
-            let Ok(id) = EndpointId::from_bytes(endpoint.as_bytes()) else {
-                continue;
-            };
-            let mut addr = EndpointAddr::new(id);
-            for a in &addrs {
-                addr = addr.with_ip_addr(*a);
-            }
-            match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, iroh_blobs::ALPN)).await {
-                Ok(Ok(c)) => return Ok(c),
-                Ok(Err(e)) => last = format!("{}: {e}", endpoint.short()),
-                Err(_) => last = format!("{}: connect timed out", endpoint.short()),
-            }
-        }
-        Err(last)
     }
 
     fn local_resource(&self, name: &str) -> Result<Option<Resource>, NodeError> {
@@ -266,30 +247,59 @@ impl Mirroring {
             t.start(version, None, now_ms());
             t.progress(already, None, now_ms());
         });
-        let conn = self
-            .blob_connection(link)
-            .await
-            .map_err(|e| NodeError::Refused(format!("cannot reach {} for content: {e}", link.name)))?;
-        let result = self
-            .content
-            .fetch(
-                conn.clone(),
-                root,
-                |bytes| {
-                    self.with_transfer(name, peer_label, Direction::Pull, |t| {
-                        t.progress(already + bytes, None, now_ms())
-                    })
-                },
-                self.stall_after,
-            )
-            .await;
-        conn.close(0u32.into(), b"done");
-        result.map_err(|e| match e {
-            NodeError::Refused(msg) if msg.contains("ermission") || msg.contains("closed") => {
-                NodeError::NotFound(format!("{} refused the content of {name:?}: {msg}", link.name))
+        // Any member of the origin may serve it; one that has not replicated this version yet
+        // fails the request, so the next member is tried (verified ranges are kept).
+        let mut last = String::from("no endpoint to fetch from");
+        let mut done = false;
+        for (endpoint, addrs) in link.dial_targets() {
+            let Ok(id) = EndpointId::from_bytes(endpoint.as_bytes()) else {
+                continue;
+            };
+            let mut addr = EndpointAddr::new(id);
+            for a in &addrs {
+                addr = addr.with_ip_addr(*a);
             }
-            other => other,
-        })?;
+            let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, iroh_blobs::ALPN)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    last = format!("{}: {e}", endpoint.short());
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("{}: connect timed out", endpoint.short());
+                    continue;
+                }
+            };
+            let base = self.content.local_bytes(root).await;
+            let result = self
+                .content
+                .fetch(
+                    conn.clone(),
+                    root,
+                    |bytes| {
+                        self.with_transfer(name, peer_label, Direction::Pull, |t| {
+                            t.progress(base + bytes, None, now_ms())
+                        })
+                    },
+                    self.stall_after,
+                )
+                .await;
+            conn.close(0u32.into(), b"done");
+            match result {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => last = format!("{}: {e}", endpoint.short()),
+            }
+        }
+        if !done {
+            return Err(if last.contains("ermission") {
+                NodeError::NotFound(format!("{} refused the content of {name:?}: {last}", link.name))
+            } else {
+                NodeError::Refused(format!("transfer of {name:?} failed: {last}"))
+            });
+        }
         if !self.content.is_complete(root).await {
             return Err(NodeError::Refused(format!(
                 "content of {name:?} is incomplete after the transfer"

@@ -104,8 +104,11 @@ impl PeerClient {
             Ok(resp)
         })
         .await
-        .map_err(|_| CallError::Timeout(target))?;
-        if matches!(result, Err(CallError::Network(..) | CallError::Timeout(_))) {
+        .unwrap_or(Err(CallError::Timeout(target)));
+        if matches!(
+            result,
+            Err(CallError::Network(..) | CallError::Timeout(_) | CallError::Unreachable(..))
+        ) {
             // Redial next time: the connection may be half-dead.
             self.conn = None;
         }
