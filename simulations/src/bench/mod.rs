@@ -174,12 +174,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// benchmark that fails is recorded and the others still run. Progress goes to stderr.
 pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summary {
     let mut summary = Summary::new(plan.mode, root.display().to_string(), sections);
-    if sections.contains(&Section::Raft) {
-        match measure_raft(plan, root).await {
-            Ok(r) => summary.raft = Some(r),
-            Err(e) => summary.fail(Section::Raft, &e),
-        }
-    }
+    // The catalog goes first: it samples the process's memory, which should not start out
+    // holding what the other benchmarks allocated.
     if sections.contains(&Section::Catalog) {
         let (p, r) = (plan.catalog.clone(), root.to_path_buf());
         let measured = tokio::task::spawn_blocking(move || catalog::measure(&p, &r))
@@ -189,6 +185,12 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
         match measured {
             Ok(r) => summary.catalog = Some(r),
             Err(e) => summary.fail(Section::Catalog, &e),
+        }
+    }
+    if sections.contains(&Section::Raft) {
+        match measure_raft(plan, root).await {
+            Ok(r) => summary.raft = Some(r),
+            Err(e) => summary.fail(Section::Raft, &e),
         }
     }
     // Both move content between the same two linked clusters.

@@ -27,13 +27,10 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
-pub use config::{FollowerReads, SimConfig};
+pub use config::{Quirk, SimConfig};
 pub use engine::Outcome;
-
-const DEFAULT_STEPS: u64 = 1_500;
-const DEFAULT_CLUSTERS: u8 = 4;
 
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
@@ -48,15 +45,15 @@ pub struct SimArgs {
     pub seed: Option<u64>,
     /// Events per run while the workload and faults go on; then the network heals and the run
     /// settles.
-    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    #[arg(long, default_value_t = SimConfig::default().steps)]
     pub steps: u64,
     /// Clusters per run (each gets 1-3 members).
-    #[arg(long, default_value_t = DEFAULT_CLUSTERS, value_parser = clap::value_parser!(u8).range(2..=32))]
+    #[arg(long, default_value_t = SimConfig::default().clusters, value_parser = clap::value_parser!(u8).range(2..=32))]
     pub clusters: u8,
-    /// How members answer peers' reads: `majority` (only members holding the committed state)
-    /// or `local` (any member from its own replica, as the node does today).
-    #[arg(long, value_enum, default_value_t = FollowerReads::Majority)]
-    pub follower_reads: FollowerReads,
+    /// Model what the node does today instead of the fix for a finding of this simulator
+    /// (repeatable): `local-reads`, `fresh-rows`, `stale-offers` (see `sim/config.rs`).
+    #[arg(long = "node-today", value_enum, value_name = "QUIRK")]
+    pub quirks: Vec<Quirk>,
     /// Print one line per seed; with --seed, the whole trace.
     #[arg(short, long)]
     pub verbose: bool,
@@ -67,22 +64,25 @@ impl SimArgs {
         SimConfig {
             clusters: self.clusters,
             steps: self.steps,
-            reads: self.follower_reads,
+            quirks: self.quirks.clone(),
             ..SimConfig::default()
         }
     }
 
     /// The command that replays `seed` with these settings.
     fn replay_command(&self, seed: u64) -> String {
+        let defaults = SimConfig::default();
         let mut cmd = format!("cargo run -p causeway-simulations --release -- sim --seed {seed} -v");
-        if self.steps != DEFAULT_STEPS {
+        if self.steps != defaults.steps {
             cmd += &format!(" --steps {}", self.steps);
         }
-        if self.clusters != DEFAULT_CLUSTERS {
+        if self.clusters != defaults.clusters {
             cmd += &format!(" --clusters {}", self.clusters);
         }
-        if self.follower_reads == FollowerReads::Local {
-            cmd += " --follower-reads local";
+        for q in &self.quirks {
+            if let Some(v) = clap::ValueEnum::to_possible_value(q) {
+                cmd += &format!(" --node-today {}", v.get_name());
+            }
         }
         cmd
     }
@@ -104,9 +104,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut steps, mut violations) = (0u64, 0usize);
     let mut failed = Vec::new();
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     for &seed in &seeds {
         let out = run_seed(seed, cfg.clone(), args.verbose && args.seed.is_some());
         steps += out.steps;
+        for (k, v) in &out.counts {
+            *counts.entry(k).or_default() += v;
+        }
         if args.verbose {
             println!(
                 "seed {}: {} steps, {} ms simulated, trace {:016x}, {} violations",
@@ -124,6 +128,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             }
             eprintln!("replay: {}", args.replay_command(seed));
             failed.push(seed);
+        }
+    }
+    if args.verbose {
+        for (what, n) in &counts {
+            println!("  {n:>9}  {what}");
         }
     }
     println!(
