@@ -379,7 +379,7 @@ mod tests {
         assert!(summary.raft.is_none() && summary.catalog.is_none());
         let sync = summary.sync.as_ref().unwrap();
         assert!(sync.raw_mib_per_sec > 0.0 && sync.sync_mib_per_sec > 0.0, "{sync:?}");
-        assert_eq!(sync.latency.stats.count, 2);
+        assert_eq!((sync.latency.stats.count, sync.latency.rounds_ms.len()), (2, 2));
         let git = summary.git.as_ref().unwrap();
         match (&git.figures, &git.skipped) {
             (Some(f), None) => {

@@ -172,9 +172,21 @@ impl SyncReport {
         ]);
         out.push_str(&lat.render());
         out.push_str(&format!(
-            "(timed from the publish at a, which runs as soon as the push returns, until b's catalog records the version; b polled every {} ms)\n\n",
+            "(timed from the publish at a, which runs as soon as the push returns, until b's catalog records the version; b polled every {} ms)\n",
             LATENCY_POLL.as_millis()
         ));
+        if let (Some(first), Some(last)) = (l.rounds_ms.first(), l.rounds_ms.last()) {
+            let why = match l.via {
+                "forge/repo" => " (each version's bundle chain is one bundle longer than the last)",
+                _ => "",
+            };
+            out.push_str(&format!(
+                "first round {}, last round {}{why}\n",
+                common::ms(*first),
+                common::ms(*last)
+            ));
+        }
+        out.push('\n');
         let (met, total) = common::tally(self.goals());
         out.push_str(&common::goals_line(met, total));
         out

@@ -120,6 +120,14 @@ impl Engine {
                 now + timeout,
             );
         }
+        // As the node's `pull_inner`, a transfer starts only for a version newer than the
+        // mirror's (a late or duplicated offer of an older one starts nothing).
+        let held = self.clusters[c as usize]
+            .committed
+            .mirrors
+            .get(&(origin, name.clone()))
+            .map(|m| m.version);
+        let version = version.filter(|v| held.is_none_or(|h| *v > h));
         let Some(t) = self.transfer(c, origin, &name, Direction::Pull) else {
             return;
         };
