@@ -78,7 +78,7 @@ fn record_change(
     let version = after.or(before).map(|r| r.version).unwrap_or(0);
     let mut meta = txn.open_table(CLUSTER)?;
     let seq = match meta.get(CHANGE_SEQ_KEY)? {
-        Some(v) => decode::<u64>(v.value())? + 1,
+        Some(v) => decode::<u64>(v.value())?.saturating_add(1),
         None => 1,
     };
     meta.insert(CHANGE_SEQ_KEY, encode(&seq)?.as_slice())?;
@@ -192,8 +192,14 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             {
                 return reject(Rejection::Invalid("content root must be 1..=128 bytes".into()));
             }
+            if r.mirror_of.is_some() {
+                return reject(Rejection::Invalid("a mirror's versions come from its origin".into()));
+            }
             let before = r.clone();
-            r.version += 1;
+            let Some(next) = r.version.checked_add(1) else {
+                return reject(Rejection::Invalid("version counter exhausted".into()));
+            };
+            r.version = next;
             r.content = content.clone();
             r.updated_at_ms = *now_ms;
             store(txn, &r)?;

@@ -185,6 +185,16 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
             Ok(CommandResult::InviteRedeemed)
         }
         Command::SetOwnCard { card } => {
+            // Only a valid card of this very cluster, within the record size, may be stored.
+            let identity = cluster_identity_w(txn)?;
+            let valid = card.verify().is_ok()
+                && identity.is_some_and(|i| i.cluster_id == card.card.cluster_id)
+                && encode(card).is_ok();
+            if !valid {
+                return Ok(CommandResult::Rejected(Rejection::BadCard(
+                    "not a valid card of this cluster".into(),
+                )));
+            }
             let mut t = txn.open_table(CLUSTER)?;
             let current: Option<SignedCard> = t.get(CARD_KEY)?.map(|v| decode(v.value())).transpose()?;
             if let Some(cur) = current
@@ -214,6 +224,11 @@ pub fn own_card(txn: &ReadTransaction) -> Result<Option<SignedCard>, CatalogErro
         Err(e) => return Err(e.into()),
     };
     t.get(CARD_KEY)?.map(|v| decode(v.value())).transpose()
+}
+
+fn cluster_identity_w(txn: &WriteTransaction) -> Result<Option<ClusterIdentity>, CatalogError> {
+    let t = txn.open_table(CLUSTER)?;
+    t.get(IDENTITY_KEY)?.map(|v| decode(v.value())).transpose()
 }
 
 /// The cluster identity, once `InitCluster` has been applied.
