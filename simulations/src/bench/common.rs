@@ -87,6 +87,14 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Writes every dirty page of the system out (`sync(2)`), so the next benchmark does not pay for
+/// the write-back of the previous one's files with slower fsyncs of its own.
+pub async fn settle_disk() {
+    #[cfg(unix)]
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+}
+
 /// Polls `done` every `every` until it yields a value, failing after `deadline`.
 pub async fn poll_until<T, F, Fut>(what: &str, every: Duration, deadline: Duration, mut done: F) -> Result<T>
 where

@@ -188,6 +188,7 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
         }
     }
     if sections.contains(&Section::Raft) {
+        common::settle_disk().await;
         match measure_raft(plan, root).await {
             Ok(r) => summary.raft = Some(r),
             Err(e) => summary.fail(Section::Raft, &e),
@@ -200,10 +201,12 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
         .filter(|s| matches!(s, Section::Sync | Section::Git))
         .collect();
     if !federated.is_empty() {
+        common::settle_disk().await;
         eprintln!("sync, git: forming two single-node clusters and linking them");
         match Pair::start(root, "fed").await {
             Ok(pair) => {
                 for section in federated {
+                    common::settle_disk().await;
                     let measured = match section {
                         Section::Sync => sync::measure(&plan.sync, root, &pair)
                             .await

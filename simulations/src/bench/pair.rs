@@ -13,6 +13,8 @@ use super::common::poll_until;
 /// The name `a` gives its link to `b`, and the other way round.
 pub const TO_B: &str = "b";
 pub const TO_A: &str = "a";
+/// Attempts at forming one cluster (see [`start_cluster`]).
+const FORM_ATTEMPTS: usize = 3;
 /// How long the links may take to become active (handshake, first heartbeats).
 const LINK_DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(50);
@@ -29,7 +31,7 @@ impl Pair {
         let mut clusters = Vec::new();
         let mut nodes = Vec::new();
         for side in ["a", "b"] {
-            match LocalCluster::start(root, &format!("{label}-{side}"), 1).await {
+            match start_cluster(root, &format!("{label}-{side}")).await {
                 Ok(c) => {
                     nodes.push(c.leader()?.clone());
                     clusters.push(c);
@@ -87,6 +89,27 @@ impl Pair {
     pub async fn shutdown(self) {
         for mut c in self.clusters {
             c.shutdown().await;
+        }
+    }
+}
+
+/// Forms a single-node cluster named `name`. `init` can return while its Raft store still holds
+/// the database (its flush thread lets go a moment later), and starting the node then fails to
+/// lock the file; that attempt's data dir cannot be reused, so a new one is formed.
+async fn start_cluster(root: &Path, name: &str) -> Result<LocalCluster> {
+    let mut attempt = 1;
+    loop {
+        let label = if attempt == 1 {
+            name.to_string()
+        } else {
+            format!("{name}-{attempt}")
+        };
+        match LocalCluster::start(root, &label, 1).await {
+            Err(e) if attempt < FORM_ATTEMPTS && format!("{e:#}").contains("Database already open") => {
+                eprintln!("{label}: the database was still held after init; forming the cluster again");
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }

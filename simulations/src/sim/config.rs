@@ -23,6 +23,13 @@ pub enum Quirk {
     /// never removes them), telling a peer of a resource it may no longer see. Fixed: a later
     /// change without push withdraws the offer.
     StaleOffers,
+    /// The node assumes a resource's versions only grow, but removing a resource and
+    /// registering the name again starts them from 0: `Mirroring::reconcile` pulls only a
+    /// higher version (or the same with other content), so a pull-only mirror never follows the
+    /// new resource, and the `sync status` row ignores the lower version as a stale report.
+    /// Fixed: reconcile pulls whenever the view differs from the mirror; a recorded version
+    /// below the row's starts a new row.
+    VersionRestart,
 }
 
 /// Message delay, loss and duplication, and how often the workload injects faults.

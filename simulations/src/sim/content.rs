@@ -11,6 +11,7 @@ use causeway_policy::{Action, Decision, Subscription, accept_push, decide};
 use causeway_sync::status::Direction;
 
 use super::{
+    config::Quirk,
     engine::{Engine, note},
     invariants::{Effect, Item, Verdict, oracle},
     msg::{Body, Pulled},
@@ -29,7 +30,8 @@ enum Recorded {
 /// `force_mirror_refs` fault overwrites it.
 fn record_mirror(s: &mut ClusterState, origin: Cid, p: &Pulled, force: bool) -> Recorded {
     let m = s.mirrors.entry((origin, p.name.clone())).or_default();
-    if m.content.is_some() && m.version >= p.version {
+    // As the node's `RecordMirror`: refused only when neither newer nor different.
+    if m.version >= p.version && m.content == p.content {
         return Recorded::NotNewer { version: m.version };
     }
     let mut refused = Vec::new();
@@ -87,7 +89,12 @@ impl Engine {
             let Some(e) = state.views.get(origin).and_then(|v| v.get(name)) else {
                 continue;
             };
-            let newer = e.version > m.version || (e.version == m.version && e.content != m.content);
+            let newer = if self.cfg.has(Quirk::VersionRestart) {
+                e.version > m.version || (e.version == m.version && e.content != m.content)
+            } else {
+                // Any difference: the origin may have removed and registered the name again.
+                e.version != m.version || e.content != m.content
+            };
             let pulling = self.clusters[c as usize]
                 .leader_live()
                 .is_none_or(|(_, live)| live.pulling(*origin, name));
@@ -223,6 +230,9 @@ impl Engine {
             Some(Recorded::Moved { .. }) => self.count("mirror: divergent refs refused"),
             _ => {}
         }
+        if let Some(Recorded::Moved { version, .. }) = &recorded {
+            self.restart_row_below(to.cluster, origin, &name, *version);
+        }
         let Some(t) = self.transfer(to.cluster, origin, &name, Direction::Pull) else {
             return;
         };
@@ -239,6 +249,27 @@ impl Engine {
                     now,
                 );
             }
+        }
+    }
+
+    /// `version` is what the origin held when it answered. Within one registration versions
+    /// only grow, so a row that synced or wanted more belongs to a resource the origin removed
+    /// before registering the name again: it starts over (unless `Quirk::VersionRestart`).
+    fn restart_row_below(&mut self, c: Cid, origin: Cid, name: &str, version: u64) {
+        if self.cfg.has(Quirk::VersionRestart) {
+            return;
+        }
+        let Some((_, live)) = self.clusters[c as usize].leader_live() else {
+            return;
+        };
+        let key = (origin, name.to_string(), Direction::Pull);
+        let newest = live
+            .transfers
+            .get(&key)
+            .and_then(|t| t.synced_version().max(t.wanted_version()));
+        if newest.is_some_and(|v| v > version) {
+            live.transfers.remove(&key);
+            self.count("mirror: origin versions restarted");
         }
     }
 

@@ -1,6 +1,10 @@
 //! Links: the leader heartbeats each outbound link through the real `LinkHealth` (poll, ack,
 //! failure), and any member of the peer answers with whether its cluster links back. Link
 //! health lives in the leader's memory: a crash or a change of leader starts it afresh.
+//!
+//! As in the node's supervisor, a link has one heartbeat outstanding at a time: nothing is
+//! polled until it is answered, fails to dial, or times out (`request_timeout_ms`), and that
+//! outcome is what `on_ack` / `on_failure` hear.
 
 use causeway::federation::health::{LinkHealth, LinkState};
 
@@ -26,7 +30,7 @@ pub fn reported_state(h: &Health, now: u64, cfg: &SimConfig) -> LinkState {
 impl Engine {
     /// Sends the heartbeats that are due on every link of cluster `c`.
     pub(super) fn heartbeats(&mut self, c: Cid, leader: u8) {
-        let (now, cfg) = (self.now, self.cfg.health);
+        let (now, cfg, timeout) = (self.now, self.cfg.health, self.cfg.request_timeout_ms);
         let links = self.clusters[c as usize].committed.links.clone();
         let Some((_, live)) = self.clusters[c as usize].leader_live() else {
             return;
@@ -39,9 +43,20 @@ impl Engine {
                 link: LinkHealth::new(),
                 last_ack_ms: None,
                 last_event_ms: now,
+                busy: None,
             });
+            match h.busy {
+                Some((_, deadline)) if now < deadline => continue,
+                Some((seq, _)) => {
+                    h.link.on_failure(seq, "request timed out");
+                    h.last_event_ms = now;
+                    h.busy = None;
+                }
+                None => {}
+            }
             if let Some(seq) = h.link.poll(now, &cfg) {
                 h.last_event_ms = now;
+                h.busy = Some((seq, now + timeout));
                 due.push((peer, seq));
             }
         }
@@ -104,6 +119,10 @@ impl Engine {
     pub(super) fn on_heartbeat_ack(&mut self, at: Addr, peer: Cid, instance: u64, seq: u64, links_back: bool) {
         let now = self.now;
         if let Some(h) = self.health_at(at, instance, peer) {
+            // The answer arrives on its request's stream; a duplicate finds nothing waiting.
+            if h.busy.is_some_and(|(s, _)| s == seq) {
+                h.busy = None;
+            }
             h.link.on_ack(now, seq, links_back);
             h.last_ack_ms = Some(now);
             h.last_event_ms = now;
@@ -113,6 +132,9 @@ impl Engine {
     pub(super) fn on_dial_failed(&mut self, at: Addr, instance: u64, peer: Cid, seq: u64) {
         let now = self.now;
         if let Some(h) = self.health_at(at, instance, peer) {
+            if h.busy.is_some_and(|(s, _)| s == seq) {
+                h.busy = None;
+            }
             h.link.on_failure(seq, "peer unreachable");
             h.last_event_ms = now;
             self.count("heartbeat: dial failed");

@@ -8,11 +8,11 @@ use causeway_catalog::resources::ChangeKind;
 use super::{
     engine::{Engine, note},
     net::Event,
-    world::Cid,
+    world::{Cid, Refs, Resource},
 };
 
 /// Relative weights of the actions, in the order `Engine::workload` matches them.
-const WEIGHTS: [u32; 9] = [
+const WEIGHTS: [u32; 10] = [
     20, // publish a new version
     20, // change share rules
     6,  // add or remove a link
@@ -22,6 +22,7 @@ const WEIGHTS: [u32; 9] = [
     3,  // partition two clusters
     3,  // partition the members of a cluster
     2,  // write back without a new commit (a retry)
+    2,  // remove a resource, or register one (a new name or a removed one again)
 ];
 
 impl Engine {
@@ -37,7 +38,8 @@ impl Engine {
             5 => self.crash(c),
             6 => self.partition_clusters(c),
             7 => self.partition_members(c),
-            _ => self.commit_and_write_back(c, false),
+            8 => self.commit_and_write_back(c, false),
+            _ => self.remove_or_register(c),
         }
     }
 
@@ -136,6 +138,56 @@ impl Engine {
             }
         });
         note!(self, "admin c{c}.{via}: link c{c}->c{peer} {done:?}");
+    }
+
+    /// `resource remove` of one of several resources, or `resource register` of a name that is
+    /// new or was removed (its versions then start again from 0).
+    fn remove_or_register(&mut self, c: Cid) {
+        let via = self.admin_member(c);
+        let state = &self.clusters[c as usize].committed;
+        let count = state.resources.len() as u64;
+        let (now, remove) = (self.now, count > 1 && self.rng.chance(500));
+        if remove {
+            let Some(name) = self.some_resource(c) else { return };
+            let done = self.clusters[c as usize].write(via, |s| {
+                let r = s.resources.remove(&name).expect("resource exists");
+                s.record_change(&name, ChangeKind::Removed, r.shares, now);
+            });
+            self.count(if done.is_some() {
+                "admin: removed"
+            } else {
+                "admin: write refused, no quorum"
+            });
+            return note!(self, "admin c{c}.{via}: remove {name} -> {:?}", done.is_some());
+        }
+        // Names are reused: c{c}r0, c{c}r1, ... the first one not taken.
+        let name = (0..)
+            .map(|k| format!("c{c}r{k}"))
+            .find(|n| !state.resources.contains_key(n))
+            .expect("a free name");
+        let read_only = self.rng.chance(200);
+        let shares = (0..self.rng.range(0, 2))
+            .map(|_| self.random_rule(c, read_only))
+            .collect();
+        let resource = Resource {
+            kind: "forge/repo".into(),
+            owner: "forge".into(),
+            version: 0,
+            content: None,
+            shares,
+            read_only,
+            refs: Refs::new(),
+        };
+        let done = self.clusters[c as usize].write(via, |s| {
+            s.resources.insert(name.clone(), resource);
+            s.record_change(&name, ChangeKind::Registered, Vec::new(), now);
+        });
+        self.count(if done.is_some() {
+            "admin: registered"
+        } else {
+            "admin: write refused, no quorum"
+        });
+        note!(self, "admin c{c}.{via}: register {name} -> {:?}", done.is_some());
     }
 
     /// `causeway sync NAME --from PEER`: the first pull of a mirror (or a manual re-pull).

@@ -123,6 +123,9 @@ pub struct Health {
     pub last_ack_ms: Option<u64>,
     /// When the last heartbeat event (ack, failure, poll that sent) happened.
     pub last_event_ms: u64,
+    /// The heartbeat awaiting its answer and when it times out. As the node's supervisor
+    /// (its `busy` set), no other heartbeat is polled on the link meanwhile.
+    pub busy: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
