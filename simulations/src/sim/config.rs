@@ -1,6 +1,7 @@
-//! The knobs of one run: sizes, timings, network faults, how followers answer peers, and the
-//! fault switches that deliberately break the modelled node (for the tests that prove the
-//! checker catches real bugs; every switch is off by default and none is reachable from the CLI).
+//! The knobs of one run: sizes, timings and network faults; the node's behaviours of today that
+//! this simulator found to break an invariant (`Quirk`: the model does the fix unless asked
+//! with `--node-today`); and the fault switches that deliberately break the modelled node (for
+//! the tests that prove the checker catches real bugs: off by default, not on the CLI).
 
 use causeway::federation::health::HealthConfig;
 use causeway_sync::status::StatusConfig;

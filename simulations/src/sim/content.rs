@@ -1,5 +1,5 @@
 //! Content between clusters: pulls (the leader's reconcile loop pulls every mirror whose
-//! origin's view shows a newer version; the owner asks `decide(.., Pull)` when the request
+//! origin's view differs from it; the owner asks `decide(.., Pull)` when the request
 //! arrives and fails closed), push offers (the receiver asks `accept_push`, then pulls like any
 //! other version), and write-backs from bidirectional mirrors (the owner asks
 //! `decide(.., WriteBack)`, then moves its refs all-or-nothing by fast-forward and publishes).
@@ -25,7 +25,7 @@ enum Recorded {
     NotNewer { version: u64 },
 }
 
-/// `RecordMirror`: a newer version replaces the mirror's; each ref moves only by fast-forward
+/// `RecordMirror`: a newer or different version replaces the mirror's; each ref moves only by fast-forward
 /// (local commits ahead of the origin stay; a ref the origin rewrote is refused) unless the
 /// `force_mirror_refs` fault overwrites it.
 fn record_mirror(s: &mut ClusterState, origin: Cid, p: &Pulled, force: bool) -> Recorded {
@@ -82,14 +82,14 @@ fn is_denial(reason: &str) -> bool {
 }
 
 impl Engine {
-    /// Reconcile: pull every mirror whose origin's view shows a newer version.
+    /// Reconcile: pull every mirror whose origin's view shows another version.
     pub(super) fn reconcile(&mut self, c: Cid, leader: u8) {
         let state = self.clusters[c as usize].committed.clone();
         for ((origin, name), m) in &state.mirrors {
             let Some(e) = state.views.get(origin).and_then(|v| v.get(name)) else {
                 continue;
             };
-            let newer = if self.cfg.has(Quirk::VersionRestart) {
+            let behind = if self.cfg.has(Quirk::VersionRestart) {
                 e.version > m.version || (e.version == m.version && e.content != m.content)
             } else {
                 // Any difference: the origin may have removed and registered the name again.
@@ -98,7 +98,7 @@ impl Engine {
             let pulling = self.clusters[c as usize]
                 .leader_live()
                 .is_none_or(|(_, live)| live.pulling(*origin, name));
-            if newer && !pulling {
+            if behind && !pulling {
                 self.start_pull(c, leader, *origin, name.clone(), Some(e.version));
             }
         }
@@ -224,14 +224,12 @@ impl Engine {
         if self.transfer(to.cluster, origin, &name, Direction::Pull).is_none() {
             return;
         }
+        self.restart_row_below(to.cluster, origin, &name, p.version);
         let recorded = self.clusters[to.cluster as usize].write(to.member, |s| record_mirror(s, origin, &p, force));
         match &recorded {
             Some(Recorded::Moved { refused, .. }) if refused.is_empty() => self.count("mirror: new version recorded"),
             Some(Recorded::Moved { .. }) => self.count("mirror: divergent refs refused"),
             _ => {}
-        }
-        if let Some(Recorded::Moved { version, .. }) = &recorded {
-            self.restart_row_below(to.cluster, origin, &name, *version);
         }
         let Some(t) = self.transfer(to.cluster, origin, &name, Direction::Pull) else {
             return;
