@@ -76,20 +76,28 @@ pub fn tally<'a>(goals: impl IntoIterator<Item = &'a Goal>) -> (usize, usize) {
 /// after glibc's allocator has handed its free memory back: otherwise RSS would go on counting
 /// memory that an earlier benchmark freed and nothing uses.
 pub fn rss_bytes() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the system; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    trim_heap();
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-/// Writes every dirty page of the system out (`sync(2)`), so the next benchmark does not pay for
-/// the write-back of the previous one's files with slower fsyncs of its own.
-pub async fn settle_disk() {
+/// Hands the allocator's free memory back to the system (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Lets the next benchmark start from a quiet process and disk: the memory the previous one
+/// freed goes back to the system (a process that still maps it pays for that on every `fork`,
+/// and the node forks `git`), and every dirty page is written out (`sync(2)`), so it does not
+/// pay for the previous one's write-back with slower fsyncs of its own.
+pub async fn settle() {
+    trim_heap();
     #[cfg(unix)]
     // SAFETY: sync(2) takes no arguments and cannot fail.
     let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;

@@ -177,6 +177,7 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
     // The catalog goes first: it samples the process's memory, which should not start out
     // holding what the other benchmarks allocated.
     if sections.contains(&Section::Catalog) {
+        common::settle().await;
         let (p, r) = (plan.catalog.clone(), root.to_path_buf());
         let measured = tokio::task::spawn_blocking(move || catalog::measure(&p, &r))
             .await
@@ -188,7 +189,7 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
         }
     }
     if sections.contains(&Section::Raft) {
-        common::settle_disk().await;
+        common::settle().await;
         match measure_raft(plan, root).await {
             Ok(r) => summary.raft = Some(r),
             Err(e) => summary.fail(Section::Raft, &e),
@@ -201,12 +202,12 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
         .filter(|s| matches!(s, Section::Sync | Section::Git))
         .collect();
     if !federated.is_empty() {
-        common::settle_disk().await;
+        common::settle().await;
         eprintln!("sync, git: forming two single-node clusters and linking them");
         match Pair::start(root, "fed").await {
             Ok(pair) => {
                 for section in federated {
-                    common::settle_disk().await;
+                    common::settle().await;
                     let measured = match section {
                         Section::Sync => sync::measure(&plan.sync, root, &pair)
                             .await
