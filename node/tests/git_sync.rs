@@ -66,13 +66,7 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
         return;
     }
     let h = Harness::new();
-    let (mut a, mut b) = (h.init("a"), h.init("b"));
-    a.start();
-    b.start();
-    link_add(&a, &b, "b");
-    link_add(&b, &a, "a");
-    wait_pinned(&a, "b");
-    wait_pinned(&b, "a");
+    let (a, b) = h.linked_pair(|_| {}, |_| {});
 
     // The origin: a bare repository with history, as a forge would keep it.
     let origin = h.path("shared-lib.git");
@@ -150,13 +144,7 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
         return;
     }
     let h = Harness::new();
-    let (mut a, mut b) = (h.init("a"), h.init("b"));
-    a.start();
-    b.start();
-    link_add(&a, &b, "b");
-    link_add(&b, &a, "a");
-    wait_pinned(&a, "b");
-    wait_pinned(&b, "a");
+    let (a, b) = h.linked_pair(|_| {}, |_| {});
     let a_cluster = a.json(&["id"])["cluster_id"].as_str().unwrap().to_string();
 
     let make_repo = |name: &str| {

@@ -148,13 +148,7 @@ async fn blob_requests_are_refused_unless_policy_allows() {
 #[test]
 fn tampered_content_is_rejected_and_an_interrupted_pull_completes_later() {
     let h = Harness::new();
-    let (mut a, mut b) = (h.init("a"), h.init("b"));
-    a.start();
-    b.start();
-    link_add(&a, &b, "b");
-    link_add(&b, &a, "a");
-    wait_pinned(&a, "b");
-    wait_pinned(&b, "a");
+    let (mut a, b) = h.linked_pair(|_| {}, |_| {});
     let src = h.path("t.bin");
     let data = write_random(&src, 8 << 20, 11);
     assert!(
@@ -232,15 +226,7 @@ fn find_largest_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 #[test]
 fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
     let h = Harness::new();
-    let (mut a, mut b) = (h.init("a"), h.init("b"));
-    // Give up on a silent source quickly, so the test does not wait out the default.
-    b.edit_config(|c| c.sync.stall_after_ms = 1500);
-    a.start();
-    b.start();
-    link_add(&a, &b, "b");
-    link_add(&b, &a, "a");
-    wait_pinned(&a, "b");
-    wait_pinned(&b, "a");
+    let (mut a, b) = h.linked_pair(|_| {}, |c| c.sync.stall_after_ms = 1500);
     let src = h.path("huge.bin");
     let data = write_random(&src, 128 << 20, 5);
     assert!(
@@ -364,13 +350,7 @@ fn every_member_of_the_receiving_cluster_gets_the_content() {
 #[test]
 fn a_directory_artifact_arrives_as_the_same_tree() {
     let h = Harness::new();
-    let (mut a, mut b) = (h.init("a"), h.init("b"));
-    a.start();
-    b.start();
-    link_add(&a, &b, "b");
-    link_add(&b, &a, "a");
-    wait_pinned(&a, "b");
-    wait_pinned(&b, "a");
+    let (a, b) = h.linked_pair(|_| {}, |_| {});
     let tree = h.path("site");
     std::fs::create_dir_all(tree.join("assets/img")).unwrap();
     std::fs::write(tree.join("index.html"), "<h1>hi</h1>").unwrap();

@@ -289,6 +289,25 @@ impl Harness {
         node
     }
 
+    /// Two running single-node clusters "a" and "b", linked both ways and pinned. Each config
+    /// is tuned before its node starts.
+    pub fn linked_pair(
+        &self,
+        tune_a: impl FnOnce(&mut causeway::Config),
+        tune_b: impl FnOnce(&mut causeway::Config),
+    ) -> (NodeProc, NodeProc) {
+        let (mut a, mut b) = (self.init("a"), self.init("b"));
+        a.edit_config(tune_a);
+        b.edit_config(tune_b);
+        a.start();
+        b.start();
+        link_add(&a, &b, "b");
+        link_add(&b, &a, "a");
+        wait_pinned(&a, "b");
+        wait_pinned(&b, "a");
+        (a, b)
+    }
+
     /// Three running nodes forming one cluster by invite, all voters and reachable.
     pub fn three_node_cluster(&self, tune: impl Fn(&mut causeway::Config)) -> Vec<NodeProc> {
         let mut a = self.init("a");

@@ -1,6 +1,5 @@
 //! What the catalog, sync and git benches share: latency figures from samples, goals, the
-//! process's memory, and the plain-text table (the same layout as the raft bench's tables in
-//! `report.rs`, whose helpers are private to it).
+//! process's memory, and the plain-text table (also used by the raft bench's report).
 
 use std::{
     path::Path,
@@ -15,25 +14,8 @@ use super::report::Goal;
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// Latency percentiles and rate of a series of samples taken over `elapsed`.
-pub fn stats(mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
-    samples.sort_unstable();
-    let secs = elapsed.as_secs_f64();
-    Stats {
-        count: samples.len(),
-        secs,
-        per_sec: if secs > 0.0 { samples.len() as f64 / secs } else { 0.0 },
-        p50_ms: percentile_ms(&samples, 50.0),
-        p99_ms: percentile_ms(&samples, 99.0),
-    }
-}
-
-/// Nearest-rank percentile of sorted samples; NaN when there are none.
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+pub fn stats(samples: Vec<Duration>, elapsed: Duration) -> Stats {
+    Stats::new(samples, elapsed)
 }
 
 /// The median of a few timed runs (the lower middle one for an even count).

@@ -38,7 +38,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new(mut samples: Vec<Duration>, elapsed: Duration) -> Self {
+    pub(crate) fn new(mut samples: Vec<Duration>, elapsed: Duration) -> Self {
         samples.sort_unstable();
         let secs = elapsed.as_secs_f64();
         Stats {

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::common::{Align, Table};
 use super::measure::Stats;
 
 /// 1-node p50 may exceed the raw commit p50 by this much.
@@ -280,72 +281,4 @@ fn goal(g: Option<&Goal>) -> String {
     };
     let verdict = if g.met { "✓ met" } else { "✗ missed" };
     format!("{} = {limit}: {verdict}", g.rule)
-}
-
-#[derive(Clone, Copy)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// Columns sized to their widest cell; widths count characters, as '×' and '≤' are one column
-/// but several bytes.
-struct Table {
-    header: Vec<(String, Align)>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(header: &[(&str, Align)]) -> Self {
-        Table {
-            header: header.iter().map(|(h, a)| (h.to_string(), *a)).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn render(&self) -> String {
-        let width = |s: &str| s.chars().count();
-        let widths: Vec<usize> = self
-            .header
-            .iter()
-            .enumerate()
-            .map(|(i, (h, _))| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(i))
-                    .map(|c| width(c))
-                    .chain([width(h)])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let header: Vec<String> = self.header.iter().map(|(h, _)| h.clone()).collect();
-        let mut out = String::new();
-        for cells in std::iter::once(&header).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, cell) in cells.iter().enumerate() {
-                let pad = " ".repeat(widths[i].saturating_sub(width(cell)));
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                match self.header[i].1 {
-                    Align::Left => {
-                        line.push_str(cell);
-                        line.push_str(&pad);
-                    }
-                    Align::Right => {
-                        line.push_str(&pad);
-                        line.push_str(cell);
-                    }
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
 }
