@@ -100,8 +100,9 @@ pub struct SyncArgs {
     /// The resource to replicate.
     #[arg(required = true)]
     pub name: Option<String>,
-    /// The peer that shares it (link name, cluster ID or endpoint ID).
-    #[arg(long = "from", required_unless_present = "to", conflicts_with = "to")]
+    /// The peer that shares it (link name, cluster ID or endpoint ID). Without it, an existing
+    /// mirror syncs from its origin.
+    #[arg(long = "from", conflicts_with = "to")]
     pub from: Option<String>,
     /// Offer this mirror's new commits back to its origin (bidirectional shares).
     #[arg(long = "to")]
@@ -641,10 +642,18 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
             }
         }
         None => {
-            let (Some(name), Some(from)) = (&args.name, &args.from) else {
-                bail!("usage: causeway sync NAME --from PEER | causeway sync NAME --to PEER | causeway sync status");
+            let Some(name) = &args.name else {
+                bail!("usage: causeway sync NAME [--from PEER] | causeway sync NAME --to PEER | causeway sync status");
             };
             let mut c = client(cli).await?;
+            let from = match &args.from {
+                Some(f) => f.clone(),
+                None => match c.show_resource(name).await.ok().and_then(|r| r.mirror_of) {
+                    Some(origin) => origin,
+                    None => bail!("{name:?} is not a mirror here yet: name the peer with --from PEER"),
+                },
+            };
+            let from = &from;
             let progress = tokio::spawn(show_progress(client(cli).await?, name.clone(), cli.json));
             let result = c.sync_pull(name, from).await;
             progress.abort();

@@ -386,3 +386,28 @@ fn a_directory_artifact_arrives_as_the_same_tree() {
     );
     assert!(std::fs::read(m.join("assets/img/logo.bin")).unwrap() == big);
 }
+
+#[test]
+fn sync_without_from_follows_the_mirrors_origin() {
+    let h = Harness::new();
+    let (a, b) = h.linked_pair(|_| {}, |_| {});
+    let src = h.path("f.bin");
+    write_random(&src, 10_000, 1);
+    let reg = [
+        "resource",
+        "register",
+        "--kind",
+        "artifact",
+        "--name",
+        "f",
+        "--path",
+        src.to_str().unwrap(),
+    ];
+    assert!(a.cli(&reg).status.success());
+    assert!(a.cli(&["resource", "publish", "f"]).status.success());
+    assert!(a.cli(&["share", "f", "--with", "b", "--mode", "pull"]).status.success());
+    let out = b.cli(&["sync", "f"]);
+    assert!(stderr(&out).contains("--from PEER"), "{}", stderr(&out));
+    assert_eq!(b.json(&["sync", "f", "--from", "a"])["version"], 1);
+    assert_eq!(b.json(&["sync", "f"])["mirror_of"], cluster_id(&a).as_str());
+}
