@@ -191,8 +191,8 @@ pub enum Rejection {
     NoSuchShare(String),
     #[error("{0:?} is a local resource or a mirror of another cluster; a mirror cannot replace it")]
     MirrorNameTaken(String),
-    #[error("mirror {name:?} is already at version {have}; version {offered} is not newer")]
-    MirrorNotNewer { name: String, have: u64, offered: u64 },
+    #[error("mirror {name:?} already records version {version} with this content")]
+    MirrorUnchanged { name: String, version: u64 },
     #[error("stale card: epoch {presented} is not newer than {known}")]
     StaleCard { presented: u64, known: u64 },
     #[error("a link named {0:?} already exists")]

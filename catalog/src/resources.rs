@@ -268,11 +268,13 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             let before = existing.clone();
             let mut r = match existing {
                 Some(r) if r.mirror_of != Some(*origin) => return reject(Rejection::MirrorNameTaken(name.clone())),
-                Some(r) if r.version >= *version && r.content == *content => {
-                    return reject(Rejection::MirrorNotNewer {
+                // Only an exact repeat is refused: a lower version is what an origin that
+                // removed and registered the name again publishes, and reconcile pulls until
+                // the mirror equals the origin's view, so an older record is repaired.
+                Some(r) if r.version == *version && r.content == *content => {
+                    return reject(Rejection::MirrorUnchanged {
                         name: name.clone(),
-                        have: r.version,
-                        offered: *version,
+                        version: r.version,
                     });
                 }
                 Some(r) => r,

@@ -94,10 +94,40 @@ impl Mirroring {
     fn with_transfer<T>(&self, name: &str, peer: &str, dir: Direction, f: impl FnOnce(&mut Transfer) -> T) -> T {
         let mut map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
         let key = (name.to_string(), peer.to_string(), direction_word(dir));
-        let t = map
-            .entry(key)
-            .or_insert_with(|| Transfer::new(name.to_string(), peer.to_string(), dir, now_ms()));
+        let t = map.entry(key).or_insert_with(|| self.new_row(name, peer, dir));
         f(t)
+    }
+
+    /// A row starts from what the replicated state records: after a restart or a change of
+    /// leader, a current mirror must not read as lagging or unsynced.
+    fn new_row(&self, name: &str, peer: &str, dir: Direction) -> Transfer {
+        let now = now_ms();
+        let mut t = Transfer::new(name.to_string(), peer.to_string(), dir, now);
+        if dir == Direction::Pull
+            && let Ok(Some(r)) = self.local_resource(name)
+            && r.mirror_of.is_some_and(|o| o.to_string() == peer)
+        {
+            t.synced(r.version, now);
+        }
+        t
+    }
+
+    /// Within one registration an origin's versions only grow, so a row that synced or wanted
+    /// more than `version` belongs to a resource the origin removed and registered again: it
+    /// starts over rather than ignoring the new versions as stale reports.
+    fn restart_row_below(&self, name: &str, peer: &str, version: u64) {
+        let mut map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), peer.to_string(), direction_word(Direction::Pull));
+        if map
+            .get(&key)
+            .is_some_and(|t| t.synced_version().max(t.wanted_version()).is_some_and(|v| v > version))
+        {
+            tracing::info!(resource = name, peer, version, "origin's versions restarted");
+            map.insert(
+                key,
+                Transfer::new(name.to_string(), peer.to_string(), Direction::Pull, now_ms()),
+            );
+        }
     }
 
     /// Every transfer this node knows, as `sync status` shows it.
@@ -178,8 +208,9 @@ impl Mirroring {
             )));
         };
         let root = entry.content.as_deref().map(parse_root).transpose()?;
+        self.restart_row_below(name, peer_label, entry.version);
         if let Some(local) = self.local_resource(name)?
-            && local.version >= entry.version
+            && local.version == entry.version
             && local.content == entry.content
         {
             self.with_transfer(name, peer_label, Direction::Pull, |t| t.synced(local.version, now_ms()));
@@ -208,7 +239,7 @@ impl Mirroring {
         };
         let resource = match self.cluster.write(cmd).await? {
             CommandResult::Resource(r) => r,
-            CommandResult::Rejected(Rejection::MirrorNotNewer { .. }) => self
+            CommandResult::Rejected(Rejection::MirrorUnchanged { .. }) => self
                 .local_resource(name)?
                 .ok_or_else(|| NodeError::NotFound(format!("mirror {name:?} vanished")))?,
             CommandResult::Rejected(r) => return Err(NodeError::Conflict(r.to_string())),
@@ -353,7 +384,7 @@ impl Mirroring {
         }
     }
 
-    /// On the leader: pulls every mirror whose origin's view shows a newer version.
+    /// On the leader: pulls every mirror whose origin's view shows another version.
     pub async fn reconcile(self: &Arc<Self>) {
         let Ok(mirrors) = self
             .fed
@@ -369,9 +400,10 @@ impl Mirroring {
             else {
                 continue;
             };
-            let newer =
-                view.is_some_and(|e| e.version > m.version || (e.version == m.version && e.content != m.content));
-            if !newer {
+            // Any difference, not only a higher version: the origin may have removed the
+            // resource and registered the name again, which starts its versions over.
+            let differs = view.is_some_and(|e| e.version != m.version || e.content != m.content);
+            if !differs {
                 continue;
             }
             if self
@@ -596,6 +628,9 @@ impl Mirroring {
         bundle: &str,
     ) -> causeway_proto::fed::FedResponse {
         use causeway_proto::fed::FedResponse;
+        if let Err(reason) = self.fed.confirm_current().await {
+            return FedResponse::Error(reason);
+        }
         let relation = self.fed.relation(from);
         let resource = self.local_resource(name).ok().flatten();
         let rules = resource.as_ref().map(|r| r.shares.as_slice());

@@ -1,10 +1,11 @@
 //! Who may fetch which blob: the iroh-blobs provider asks for every connection and request,
 //! and this answers through the cluster's membership and the policy decision. A peer gets a
-//! blob only if it is the content root of a resource version policy lets that peer pull;
-//! members of this cluster may fetch anything (they replicate each other). Requests for many
-//! blobs at once, pushes and observing which blobs exist are refused outright.
+//! blob only if it is the content root of a resource version policy lets that peer pull, decided
+//! on state at least as new as every committed write; members of this cluster may fetch
+//! anything (they replicate each other). Requests for many blobs at once, pushes and observing
+//! which blobs exist are refused outright.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc};
 
 use causeway_proto::EndpointKey;
 use iroh_blobs::{
@@ -14,14 +15,18 @@ use iroh_blobs::{
 
 /// Queue of provider events awaiting a decision.
 const EVENT_QUEUE: usize = 256;
+/// Requests decided at once; further events wait in the queue (a decision may wait for the
+/// cluster to confirm its current state).
+const MAX_PENDING_DECISIONS: usize = 64;
 
 /// The decision the provider needs.
 pub trait BlobAccess: Send + Sync + 'static {
-    fn may_fetch(&self, requester: &EndpointKey, root: &HashAndFormat) -> bool;
+    /// Whether `requester` may fetch through any of `roots`.
+    fn may_fetch(&self, requester: EndpointKey, roots: Vec<HashAndFormat>) -> impl Future<Output = bool> + Send;
 }
 
 /// An event sender for `BlobsProtocol` that enforces `access` on every request.
-pub fn guarded_events(access: Arc<dyn BlobAccess>) -> EventSender {
+pub fn guarded_events<A: BlobAccess>(access: Arc<A>) -> EventSender {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
         get: RequestMode::Intercept,
@@ -33,6 +38,7 @@ pub fn guarded_events(access: Arc<dyn BlobAccess>) -> EventSender {
     let (tx, mut rx) = EventSender::channel(EVENT_QUEUE, mask);
     tokio::spawn(async move {
         let mut peers: HashMap<u64, EndpointKey> = HashMap::new();
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DECISIONS));
         while let Some(msg) = rx.recv().await {
             match msg {
                 ProviderMessage::ClientConnected(m) => {
@@ -49,25 +55,39 @@ pub fn guarded_events(access: Arc<dyn BlobAccess>) -> EventSender {
                     peers.remove(&m.connection_id);
                 }
                 ProviderMessage::GetRequestReceived(m) => {
-                    let root = HashAndFormat {
-                        hash: m.request.hash,
-                        format: if m.request.ranges.is_blob() {
-                            iroh_blobs::BlobFormat::Raw
-                        } else {
-                            iroh_blobs::BlobFormat::HashSeq
-                        },
+                    let Some(peer) = peers.get(&m.connection_id).copied() else {
+                        m.tx.send(Err(AbortReason::Permission)).await.ok();
+                        continue;
                     };
-                    let allowed = peers.get(&m.connection_id).is_some_and(|p| {
+                    let Ok(permit) = pending.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let access = access.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let hash = m.request.hash;
+                        let root = HashAndFormat {
+                            hash,
+                            format: if m.request.ranges.is_blob() {
+                                iroh_blobs::BlobFormat::Raw
+                            } else {
+                                iroh_blobs::BlobFormat::HashSeq
+                            },
+                        };
                         // A hash sequence request covers its children too; a plain blob request
                         // on a hash-sequence root only reads the root's own bytes.
-                        access.may_fetch(p, &root) || access.may_fetch(p, &HashAndFormat::hash_seq(m.request.hash))
+                        let mut roots = vec![root];
+                        if root.format == iroh_blobs::BlobFormat::Raw {
+                            roots.push(HashAndFormat::hash_seq(hash));
+                        }
+                        let allowed = access.may_fetch(peer, roots).await;
+                        if !allowed {
+                            tracing::info!(%peer, %hash, "blob request refused by policy");
+                        }
+                        m.tx.send(if allowed { Ok(()) } else { Err(AbortReason::Permission) })
+                            .await
+                            .ok();
                     });
-                    if !allowed {
-                        tracing::info!(peer = ?peers.get(&m.connection_id), hash = %m.request.hash, "blob request refused by policy");
-                    }
-                    m.tx.send(if allowed { Ok(()) } else { Err(AbortReason::Permission) })
-                        .await
-                        .ok();
                 }
                 ProviderMessage::ObserveRequestReceived(m) => {
                     m.tx.send(Err(AbortReason::Permission)).await.ok();
@@ -87,10 +107,21 @@ pub struct CatalogAccess {
 }
 
 impl BlobAccess for CatalogAccess {
-    fn may_fetch(&self, requester: &EndpointKey, root: &HashAndFormat) -> bool {
-        if self.cluster.may_connect(requester) {
+    async fn may_fetch(&self, requester: EndpointKey, roots: Vec<HashAndFormat>) -> bool {
+        if self.cluster.may_connect(&requester) {
             return true;
         }
+        if let Err(reason) = self.fed.confirm_current().await {
+            tracing::info!(peer = %requester, %reason, "blob request refused");
+            return false;
+        }
+        roots.iter().any(|root| self.granted(&requester, root))
+    }
+}
+
+impl CatalogAccess {
+    /// The decision on this member's (confirmed current) state.
+    fn granted(&self, requester: &EndpointKey, root: &HashAndFormat) -> bool {
         let relation = self.fed.relation_of_endpoint(requester);
         // A write-back bundle this node offered to the requester's cluster.
         if let causeway_policy::PeerRelation::Linked(cluster) = relation

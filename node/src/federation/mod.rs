@@ -27,6 +27,9 @@ use health::{HealthConfig, LinkHealth, LinkState};
 
 /// Most inbound (unlinked) peers remembered for `link list`.
 pub const MAX_INBOUND_PEERS: usize = 256;
+/// How long a member may take to confirm it holds the cluster's committed state before it
+/// refuses a peer's read (a member cut off from its majority cannot, and must not answer).
+pub const CURRENT_STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A row of `link list` (the CLI contract plus direction, RTT and the reason for a failure).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +78,21 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// Waits until this member's state machine holds every write committed before the call
+    /// (a linearizable read barrier through the leader). Peers' reads (catalog queries, blob
+    /// requests, write-backs) are decided only after it: a member cut off from its majority
+    /// could otherwise serve a share that was revoked after it lost contact.
+    pub(crate) async fn confirm_current(&self) -> Result<(), String> {
+        match tokio::time::timeout(CURRENT_STATE_TIMEOUT, self.cluster.read_barrier()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot confirm current state");
+                Err("this member cannot confirm the cluster's current state; ask another member".into())
+            }
+            Err(_) => Err("this member cannot confirm the cluster's current state in time; ask another member".into()),
+        }
+    }
+
     pub fn new(cluster: ClusterNode, endpoint: Endpoint, cfg: HealthConfig) -> Arc<Self> {
         let local = cluster.id();
         Arc::new(Self {

@@ -179,6 +179,9 @@ impl Federation {
                 FedResponse::Ok
             }
             FedRequest::CatalogQuery { after, limit } => {
+                if let Err(reason) = self.confirm_current().await {
+                    return FedResponse::Error(reason);
+                }
                 self.serve_catalog_query(peer.card.card.cluster_id, after, limit)
             }
             FedRequest::CatalogChanged { changes } => {

@@ -145,6 +145,23 @@ impl NodeProc {
         }
     }
 
+    /// SIGSTOP: the process stays but answers nothing (a hung or cut-off node).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`NodeProc::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// SIGTERM and wait: a clean stop. Returns whether the daemon exited with status 0.
     pub fn stop(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {

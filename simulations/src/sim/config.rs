@@ -1,35 +1,37 @@
-//! The knobs of one run: sizes, timings and network faults; the node's behaviours of today that
-//! this simulator found to break an invariant (`Quirk`: the model does the fix unless asked
-//! with `--node-today`); and the fault switches that deliberately break the modelled node (for
+//! The knobs of one run: sizes, timings and network faults; the node behaviours that this
+//! simulator found to break an invariant, since fixed (`Quirk`: the model does the fix unless
+//! asked with `--node-today`); and the fault switches that deliberately break the modelled node (for
 //! the tests that prove the checker catches real bugs: off by default, not on the CLI).
 
 use causeway::federation::health::HealthConfig;
 use causeway_sync::status::StatusConfig;
 
-/// Where the node's glue code (around the sans-IO cores) does something that this simulator
-/// found to break an invariant. The model behaves as the fix would by default; each quirk
-/// restores what the node does today, so the finding replays (`sim --node-today QUIRK`).
+/// Where the node's glue code (around the sans-IO cores) did something that this simulator
+/// found to break an invariant. The model behaves as the fix does by default; each quirk
+/// restores the old behaviour, so the finding replays (`sim --node-today QUIRK`) and the
+/// checker keeps proving it would catch the bug again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Quirk {
-    /// Every member answers a peer's catalog query, pull or write-back from its own replica,
-    /// however stale (`serve_catalog_query`, the blob gate and `accept_write_back` read local
-    /// redb). Fixed: only a member holding the committed state answers (read index / lease).
+    /// Every member answered a peer's catalog query, pull or write-back from its own replica,
+    /// however stale. Fixed in the node: `Federation::confirm_current` (a read barrier through
+    /// the leader) runs before the catalog query, the blob gate and `accept_write_back`; a
+    /// member that cannot confirm refuses.
     LocalReads,
-    /// A leader's `sync status` rows start empty (`Mirroring::with_transfer`), so after a
-    /// restart or a change of leader a failed attempt makes a current mirror read as lagging.
-    /// Fixed: a new row starts from the mirror version the replicated state records.
+    /// A leader's `sync status` rows started empty, so after a restart or a change of leader a
+    /// failed attempt made a current mirror read as lagging. Fixed in the node
+    /// (`Mirroring::new_row`): a new row starts from the mirror version the replicated state
+    /// records.
     FreshRows,
     /// The notifier keeps a push offer from an earlier change of a round even when a later
     /// change in the same round revoked the push share (`notify_changes` inserts offers and
     /// never removes them), telling a peer of a resource it may no longer see. Fixed: a later
     /// change without push withdraws the offer.
     StaleOffers,
-    /// The node assumes a resource's versions only grow, but removing a resource and
-    /// registering the name again starts them from 0: `Mirroring::reconcile` pulls only a
-    /// higher version (or the same with other content), so a pull-only mirror never follows the
-    /// new resource, and the `sync status` row ignores the lower version as a stale report.
-    /// Fixed: reconcile pulls whenever the view differs from the mirror; a recorded version
-    /// below the row's starts a new row.
+    /// The node assumed a resource's versions only grow, but removing a resource and
+    /// registering the name again starts them from 0: reconcile pulled only a higher version,
+    /// so a pull-only mirror never followed the new resource. Fixed in the node: reconcile
+    /// pulls whenever the view differs from the mirror, `RecordMirror` refuses only an exact
+    /// repeat, and a version below the row's starts a new `sync status` row.
     VersionRestart,
 }
 

@@ -50,8 +50,8 @@ pub struct SimArgs {
     /// Clusters per run (each gets 1-3 members).
     #[arg(long, default_value_t = SimConfig::default().clusters, value_parser = clap::value_parser!(u8).range(2..=32))]
     pub clusters: u8,
-    /// Model what the node does today instead of the fix for a finding of this simulator
-    /// (repeatable): `local-reads`, `fresh-rows`, `stale-offers`, `version-restart` (see
+    /// Model the node as it was before the fix of a finding of this simulator, which replays
+    /// the finding (repeatable): `local-reads`, `fresh-rows`, `stale-offers`, `version-restart` (see
     /// `sim/config.rs`).
     #[arg(long = "node-today", value_enum, value_name = "QUIRK")]
     pub quirks: Vec<Quirk>,
