@@ -509,17 +509,39 @@ impl Default for SyncConfig {
     }
 }
 
-/// The mirroring loops: reconcile on the leader, replicate from members everywhere.
+/// Shortest gap between two reconciles woken by applied entries, so a burst of writes costs
+/// one pass per gap rather than one per entry.
+const RECONCILE_MIN_GAP: Duration = Duration::from_millis(5);
+
+/// The mirroring loops: reconcile on the leader, replicate from members everywhere. A
+/// reconcile runs as soon as this node applies new entries (a peer's change notification is
+/// recorded through Raft, so the pull starts right after it), and on the interval as well.
 pub async fn run_loops(cluster: ClusterNode, mirroring: Arc<Mirroring>, cfg: SyncConfig) {
     let mut reconcile = tokio::time::interval(Duration::from_millis(cfg.reconcile_ms.max(20)));
     let mut replicate = tokio::time::interval(Duration::from_millis(cfg.member_replication_ms.max(100)));
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     replicate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut metrics = cluster.raft().metrics();
+    let mut applied = metrics.borrow_watched().last_applied;
     loop {
         tokio::select! {
             _ = reconcile.tick() => {
                 if cluster.is_leader() {
                     mirroring.reconcile().await;
+                }
+            }
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    // Raft stopped: keep only the interval (the node is shutting down).
+                    metrics = cluster.raft().metrics();
+                    reconcile.tick().await;
+                    continue;
+                }
+                let now = metrics.borrow_watched().last_applied;
+                if now != applied && cluster.is_leader() {
+                    applied = now;
+                    mirroring.reconcile().await;
+                    tokio::time::sleep(RECONCILE_MIN_GAP).await;
                 }
             }
             _ = replicate.tick() => mirroring.replicate_from_members().await,
