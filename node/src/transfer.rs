@@ -200,8 +200,7 @@ impl Mirroring {
             )));
         }
         // Ask the origin what it shares with us now: the entry names the version and root.
-        let entries = self.fed.query_peer_catalog(&link.name).await?;
-        let Some(entry) = entries.into_iter().find(|e| e.name == name) else {
+        let Some(entry) = self.fed.lookup_peer_entry(&link.name, name).await? else {
             return Err(NodeError::NotFound(format!(
                 "{} does not share {name:?} with this cluster (or it does not exist)",
                 link.name

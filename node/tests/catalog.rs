@@ -142,6 +142,28 @@ async fn catalog_query_refuses_bad_input_and_hides_what_is_not_shared() {
     let at_private = fed_request(&conn, &page(Some("private-thing"), 100)).await;
     let at_missing = fed_request(&conn, &page(Some("private-thinh"), 100)).await;
     assert_eq!(at_private, at_missing);
+    // A lookup by name: the shared entry, and the same empty answer for an unshared name as
+    // for a missing one; a malformed name is an error.
+    let lookup = |name: &str| FedRequest::CatalogLookup { name: name.into() };
+    let FedResponse::Catalog { entries, more } = fed_request(&conn, &lookup("zulu")).await else {
+        panic!("catalog expected");
+    };
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].name, "zulu");
+    assert!(!more);
+    let unshared = fed_request(&conn, &lookup("private-thing")).await;
+    assert_eq!(unshared, fed_request(&conn, &lookup("private-thinh")).await);
+    assert_eq!(
+        unshared,
+        FedResponse::Catalog {
+            entries: vec![],
+            more: false
+        }
+    );
+    assert!(matches!(
+        fed_request(&conn, &lookup("../etc")).await,
+        FedResponse::Error(_)
+    ));
     // Limits are clamped, not trusted.
     assert!(matches!(
         fed_request(&conn, &page(None, 0)).await,

@@ -99,6 +99,12 @@ pub enum FedRequest {
     Goodbye {
         reason: String,
     },
+    /// "What do you share with my cluster under this name?": answered with a `Catalog` of that
+    /// one entry, or of none, the same for a missing name as for one not shared with the sender.
+    /// (Appended last: the variant order is the wire format.)
+    CatalogLookup {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

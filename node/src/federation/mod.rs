@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod health;
+mod lookup;
 pub mod server;
 pub mod session;
 pub mod supervisor;

@@ -184,6 +184,12 @@ impl Federation {
                 }
                 self.serve_catalog_query(peer.card.card.cluster_id, after, limit)
             }
+            FedRequest::CatalogLookup { name } => {
+                if let Err(reason) = self.confirm_current().await {
+                    return FedResponse::Error(reason);
+                }
+                self.serve_catalog_lookup(peer.card.card.cluster_id, &name)
+            }
             FedRequest::CatalogChanged { changes } => {
                 self.accept_catalog_changes(peer.card.card.cluster_id, changes).await
             }

@@ -409,6 +409,12 @@ pub fn all() -> Vec<Seed> {
             },
         ),
         (
+            "catalog-lookup",
+            FedRequest::CatalogLookup {
+                name: "team/tools".into(),
+            },
+        ),
+        (
             "push-offer",
             FedRequest::PushOffer {
                 name: "team/tools".into(),

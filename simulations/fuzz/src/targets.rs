@@ -305,7 +305,9 @@ pub fn fed_messages(data: &[u8]) {
                 let _ = card.verify();
                 peer_checks(card, &[0; 64]);
             }
-            FedRequest::PushOffer { name, .. } | FedRequest::WriteBack { name, .. } => {
+            FedRequest::PushOffer { name, .. }
+            | FedRequest::WriteBack { name, .. }
+            | FedRequest::CatalogLookup { name } => {
                 let _ = validate::resource_name(name);
             }
             FedRequest::CatalogQuery { after, .. } => {
