@@ -42,7 +42,7 @@ impl ObjectFormat {
 }
 
 /// Largest header accepted (refs and prerequisites).
-const MAX_HEADER: usize = 64 << 20;
+pub(crate) const MAX_HEADER: usize = 64 << 20;
 /// Longest header line accepted (a prerequisite line carries a commit subject).
 const MAX_HEADER_LINE: usize = 1 << 20;
 

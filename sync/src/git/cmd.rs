@@ -5,7 +5,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::GitError;
 
@@ -20,6 +22,38 @@ enum Input {
     Null,
     Bytes(Vec<u8>),
     File(File),
+}
+
+/// The `PATH` given to every `git` (and searched for it): the node's, or a usual default.
+fn search_path() -> &'static OsStr {
+    static PATH: OnceLock<OsString> = OnceLock::new();
+    PATH.get_or_init(|| std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin")))
+}
+
+/// The `git` program, looked up in [`search_path`] once. An absolute program lets std start it
+/// with `posix_spawn` (a name to look up in a `PATH` we set ourselves makes it fall back to
+/// `fork` + `exec`, which gets slower as the node's memory grows). When no executable `git` is
+/// found the bare name is kept, so spawning reports it as unavailable.
+fn git_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::split_paths(search_path())
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join("git"))
+            .find(|candidate| is_executable(candidate))
+            .unwrap_or_else(|| PathBuf::from("git"))
+    })
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
 }
 
 /// One `git` invocation.
@@ -41,12 +75,9 @@ impl GitCmd {
     /// `git` with a clean environment, operating on the git directory `git_dir` (never
     /// discovered from the working directory), or on no repository.
     pub(crate) fn new(git_dir: Option<&Path>) -> Self {
-        let mut cmd = Command::new("git");
+        let mut cmd = Command::new(git_program());
         cmd.env_clear();
-        cmd.env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin")),
-        );
+        cmd.env("PATH", search_path());
         let home = git_dir
             .filter(|p| p.is_dir())
             .map(absolute)
@@ -152,6 +183,7 @@ impl GitCmd {
             args,
             writer,
             stderr,
+            started: Instant::now(),
         })
     }
 
@@ -249,6 +281,7 @@ struct Running {
     args: String,
     writer: Option<JoinHandle<()>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    started: Instant,
 }
 
 impl Running {
@@ -261,6 +294,12 @@ impl Running {
             let _ = w.join();
         }
         let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        tracing::debug!(
+            args = %self.args,
+            status = ?status.code(),
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "git finished"
+        );
         Ok((status, String::from_utf8_lossy(&stderr).trim_end().to_string()))
     }
 

@@ -60,7 +60,8 @@ use cmd::{GitCmd, absolute};
 /// Full ref name -> 40/64-hex object id.
 pub type RefMap = BTreeMap<String, String>;
 
-/// Where [`apply_bundles`] holds incoming refs before deciding on them.
+/// Where earlier versions of [`apply_bundles`] held incoming refs before deciding on them;
+/// any left there are deleted by the next apply.
 pub const QUARANTINE_PREFIX: &str = "refs/causeway/incoming/";
 /// Where the tips of refused refs are kept reachable.
 pub const REFUSED_PREFIX: &str = "refs/causeway/refused/";
@@ -143,6 +144,8 @@ pub struct ApplyOutcome {
     pub updated: RefMap,
     /// Refs left as they were, with the reason.
     pub refused: Vec<RefusedRef>,
+    /// Bundles whose packs were read; the others were already in the mirror.
+    pub bundles_read: usize,
 }
 
 impl ApplyOutcome {
@@ -185,6 +188,38 @@ pub fn is_bare_repo(path: &Path) -> bool {
             .args(["rev-parse", "--is-bare-repository"])
             .run()
             .is_ok_and(|out| out.trim_ascii() == b"true")
+}
+
+/// `e`, or [`GitError::NotARepository`] when git said `repo` is not one.
+fn not_a_repository(repo: &Path, e: GitError) -> GitError {
+    match e {
+        GitError::Command { stderr, .. } if stderr.contains("not a git repository") => {
+            GitError::NotARepository(repo.to_path_buf())
+        }
+        other => other,
+    }
+}
+
+/// Whether `repo` is bare, and its hash algorithm, in one `git rev-parse`.
+fn inspect_repo(repo: &Path) -> Result<(bool, ObjectFormat), GitError> {
+    if !repo.is_dir() {
+        return Err(GitError::NotARepository(repo.to_path_buf()));
+    }
+    let out = GitCmd::new(Some(repo))
+        .args(["rev-parse", "--is-bare-repository", "--show-object-format"])
+        .run()
+        .map_err(|e| not_a_repository(repo, e))?;
+    let text = String::from_utf8_lossy(&out);
+    let mut lines = text.lines();
+    let bare = lines.next() == Some("true");
+    let format = lines.next().and_then(ObjectFormat::parse);
+    match format {
+        Some(format) => Ok((bare, format)),
+        None => Err(GitError::UnexpectedOutput {
+            args: "rev-parse --is-bare-repository --show-object-format".into(),
+            output: text.trim().to_string(),
+        }),
+    }
 }
 
 fn ensure_repo(path: &Path) -> Result<(), GitError> {
@@ -239,11 +274,14 @@ pub fn refs(repo: &Path) -> Result<RefMap, GitError> {
 }
 
 fn refs_under(repo: &Path, prefixes: &[&str]) -> Result<RefMap, GitError> {
-    ensure_repo(repo)?;
+    if !repo.is_dir() {
+        return Err(GitError::NotARepository(repo.to_path_buf()));
+    }
     let out = GitCmd::new(Some(repo))
         .args(["for-each-ref", "--format=%(objectname) %(refname)"])
         .args(prefixes)
-        .run()?;
+        .run()
+        .map_err(|e| not_a_repository(repo, e))?;
     let text = String::from_utf8(out).map_err(|_| GitError::UnexpectedOutput {
         args: "for-each-ref".into(),
         output: "non-UTF-8 ref names".into(),
@@ -355,6 +393,15 @@ fn check_ref_map(map: &RefMap, format: ObjectFormat, what: &str) -> Result<(), G
 
 /// For each input (an object name or expression), its `(object id, type)`, or `None` if missing.
 fn batch_check(repo: &Path, inputs: &[String]) -> Result<Vec<Option<(String, String)>>, GitError> {
+    batch_check_in(repo, None, inputs)
+}
+
+/// [`batch_check`] seeing the objects of `scratch` too (see [`git_objects`]).
+fn batch_check_in(
+    repo: &Path,
+    scratch: Option<&Path>,
+    inputs: &[String],
+) -> Result<Vec<Option<(String, String)>>, GitError> {
     if inputs.is_empty() {
         return Ok(Vec::new());
     }
@@ -367,7 +414,7 @@ fn batch_check(repo: &Path, inputs: &[String]) -> Result<Vec<Option<(String, Str
         stdin.push(b'\n');
     }
     let mut results = Vec::with_capacity(inputs.len());
-    GitCmd::new(Some(repo))
+    git_objects(repo, scratch)
         .args(["cat-file", "--batch-check=%(objectname) %(objecttype)"])
         .stdin_bytes(stdin)
         .run_lines(|line| {
@@ -384,17 +431,6 @@ fn batch_check(repo: &Path, inputs: &[String]) -> Result<Vec<Option<(String, Str
         });
     }
     Ok(results)
-}
-
-/// The ids in `oids` that `repo` does not have.
-fn missing_objects(repo: &Path, oids: &[String]) -> Result<Vec<String>, GitError> {
-    let found = batch_check(repo, oids)?;
-    Ok(oids
-        .iter()
-        .zip(found)
-        .filter(|(_, f)| f.is_none())
-        .map(|(o, _)| o.clone())
-        .collect())
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -582,6 +618,25 @@ pub fn bundle_info(bundle: &Path) -> Result<BundleInfo, GitError> {
     info_from(&header, bundle)
 }
 
+/// Parses a bundle's header from the first bytes of a bundle of `total_len` bytes, for a
+/// caller that reads the bundle from elsewhere than a file (a blob store) and wants its refs
+/// without copying the pack. `Ok(None)`: the header goes on past `prefix`, read more (unless
+/// `prefix` is the whole bundle, `at_end`, in which case it is an error).
+pub fn bundle_info_from_prefix(prefix: &[u8], at_end: bool, total_len: u64) -> Result<Option<BundleInfo>, GitError> {
+    // The header ends at its first empty line; no line before it can be empty.
+    let complete = prefix.windows(2).any(|w| w == b"\n\n");
+    if !(complete || at_end || prefix.len() > bundle::MAX_HEADER) {
+        return Ok(None);
+    }
+    let header = bundle::parse_header(prefix)?;
+    Ok(Some(BundleInfo {
+        refs: header.ref_map(),
+        prerequisites: header.prerequisites,
+        bytes: total_len,
+        object_format: header.object_format,
+    }))
+}
+
 fn info_from(header: &Header, bundle: &Path) -> Result<BundleInfo, GitError> {
     let bytes = fs::metadata(bundle)
         .map_err(|e| GitError::Io(format!("reading {}", bundle.display()), e))?
@@ -605,11 +660,11 @@ fn check_format(repo_format: ObjectFormat, header: &Header) -> Result<(), GitErr
 }
 
 /// Verifies `bundle` against `repo` without changing `repo`'s refs: the header parses, the
-/// prerequisites are present ([`GitError::MissingPrerequisites`] otherwise), `git bundle verify`
-/// accepts it, and the pack is intact and complete: it is indexed by `git index-pack
-/// --fix-thin --fsck-objects` into a scratch object directory (with `repo`'s objects as an
-/// alternate; removed afterwards) and every object reachable from the bundle's refs must be
-/// found there or in `repo`. A damaged bundle gives [`GitError::InvalidBundle`].
+/// prerequisites are present ([`GitError::MissingPrerequisites`] otherwise), and the pack is
+/// intact and complete: it is indexed by `git index-pack --fix-thin --fsck-objects` into a
+/// scratch object directory (with `repo`'s objects as an alternate; removed afterwards) and
+/// every object reachable from the bundle's refs must be found there or in `repo`. A damaged
+/// bundle gives [`GitError::InvalidBundle`].
 ///
 /// This reads the whole pack; [`apply_bundles`] makes the same checks while storing the
 /// objects, so calling this first is only needed to vet a bundle without applying it.
@@ -623,7 +678,7 @@ pub fn verify_bundle(repo: &Path, bundle: &Path) -> Result<BundleInfo, GitError>
         .map_err(|e| GitError::Io(format!("creating a scratch directory in {}", repo.display()), e))?;
     let objects = scratch.path().join("objects");
     fs::create_dir_all(objects.join("pack")).map_err(|e| GitError::Io(format!("creating {}", objects.display()), e))?;
-    ingest(repo, &bundle, &header, Some(&objects))?;
+    ingest(repo, &bundle, &header, Some(&objects), &mut Known::default())?;
     drop(scratch);
     info_from(&header, &bundle)
 }
@@ -640,33 +695,107 @@ fn git_objects(repo: &Path, scratch: Option<&Path>) -> GitCmd {
     }
 }
 
-/// Checks a bundle and stores its objects (in `repo`, or in `scratch`): prerequisites present,
-/// `git bundle verify`, the whole pack indexed by `git index-pack --fix-thin --fsck-objects`
-/// (checksum, every object's hash and well-formedness, thin deltas resolved), then every object
-/// reachable from the bundle's refs present (`git rev-list --objects <tips> --not --all`, as
-/// git's own connectivity check after a fetch). Unlike `git fetch`, the pack is always read,
-/// even when its objects are already here, so a damaged bundle never passes.
-fn ingest(repo: &Path, bundle: &Path, header: &Header, scratch: Option<&Path>) -> Result<(), GitError> {
-    let missing = missing_objects(repo, &header.prerequisites)?;
+/// What one apply has learned about the mirror's objects, so each fact costs one `git` run.
+#[derive(Default)]
+struct Known {
+    /// Objects present (a fact that stays true while the mirror is locked).
+    present: BTreeSet<String>,
+    /// Objects missing as of the last check; forgotten when a pack is added.
+    missing: BTreeSet<String>,
+    /// Objects whose whole history is present: tips already checked in this apply. They serve
+    /// as the boundary of later connectivity walks, as the mirror's refs do.
+    connected: BTreeSet<String>,
+}
+
+impl Known {
+    /// Looks up whichever of `oids` is not known yet (one `cat-file --batch-check`).
+    fn learn<'a>(
+        &mut self,
+        repo: &Path,
+        scratch: Option<&Path>,
+        oids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), GitError> {
+        let unknown: Vec<String> = oids
+            .into_iter()
+            .filter(|o| !self.present.contains(*o) && !self.missing.contains(*o))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (oid, found) in unknown.iter().zip(batch_check_in(repo, scratch, &unknown)?) {
+            if found.is_some() {
+                self.present.insert(oid.clone());
+            } else {
+                self.missing.insert(oid.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a bundle and stores its objects (in `repo`, or in `scratch`):
+///
+/// 1. its prerequisites are present ([`GitError::MissingPrerequisites`] otherwise; their own
+///    history is covered by step 3, whose walk goes through them);
+/// 2. the whole pack goes through `git index-pack --fix-thin --fsck-objects
+///    --check-self-contained-and-connected`: checksum, every object's hash and well-formedness,
+///    thin deltas resolved, every object an object of the pack links to present; its exit
+///    status says whether all those links stay inside the pack;
+/// 3. every object reachable from the bundle's refs is present: a self-contained pack is
+///    closed under links, so its tips need no walk (as `git clone` skips its connectivity
+///    check for such a pack) and are only looked up; other tips go through `git rev-list
+///    --objects <tips> --not --all <tips checked before>`, git's own check after a fetch.
+///
+/// Unlike `git fetch`, the pack is always read, even when its objects are already here, so a
+/// damaged bundle never passes.
+fn ingest(
+    repo: &Path,
+    bundle: &Path,
+    header: &Header,
+    scratch: Option<&Path>,
+    known: &mut Known,
+) -> Result<(), GitError> {
+    let tips: BTreeSet<String> = header.refs.iter().map(|(_, oid)| oid.clone()).collect();
+    known.learn(repo, scratch, header.prerequisites.iter().chain(&tips))?;
+    let missing: Vec<String> = header
+        .prerequisites
+        .iter()
+        .filter(|p| known.missing.contains(*p))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         return Err(GitError::MissingPrerequisites(missing));
     }
-    GitCmd::new(Some(repo))
-        .args(["bundle", "verify", "-q"])
-        .arg(bundle)
-        .run()
-        .map_err(|e| invalid_from(bundle, e))?;
-    let mut file = File::open(bundle).map_err(|e| GitError::Io(format!("opening {}", bundle.display()), e))?;
-    file.seek(SeekFrom::Start(header.pack_offset))
-        .map_err(|e| GitError::Io(format!("reading {}", bundle.display()), e))?;
-    git_objects(repo, scratch)
-        .args(["index-pack", "--stdin", "--fix-thin", "--fsck-objects"])
-        .stdin_file(file)
-        .run()
-        .map_err(|e| invalid_from(bundle, e))?;
-    let tips: BTreeSet<&String> = header.refs.iter().map(|(_, oid)| oid).collect();
-    if !tips.is_empty() {
-        let stdin: String = tips.iter().map(|t| format!("{t}\n")).collect();
+    let tips_from_pack: BTreeSet<String> = tips.iter().filter(|t| known.missing.contains(*t)).cloned().collect();
+
+    let self_contained = index_pack(repo, bundle, header, scratch)?;
+    known.missing.clear();
+
+    let mut walk: BTreeSet<String> = tips.difference(&known.connected).cloned().collect();
+    if self_contained && !tips_from_pack.is_empty() {
+        // Absent before and closed under links now: present means connected.
+        known.learn(repo, scratch, &tips_from_pack)?;
+        let absent: Vec<String> = tips_from_pack.intersection(&known.missing).cloned().collect();
+        if !absent.is_empty() {
+            return Err(GitError::InvalidBundle(format!(
+                "{}: its refs point at objects it does not carry: {}",
+                bundle.display(),
+                list(&absent)
+            )));
+        }
+        walk.retain(|t| !tips_from_pack.contains(t));
+    }
+    if !walk.is_empty() {
+        let mut stdin = String::new();
+        for t in &walk {
+            stdin.push_str(t);
+            stdin.push('\n');
+        }
+        for c in &known.connected {
+            stdin.push('^');
+            stdin.push_str(c);
+            stdin.push('\n');
+        }
         git_objects(repo, scratch)
             .args(["rev-list", "--objects", "--quiet", "--stdin", "--not", "--all"])
             .stdin_bytes(stdin.into_bytes())
@@ -679,7 +808,36 @@ fn ingest(repo: &Path, bundle: &Path, header: &Header, scratch: Option<&Path>) -
                 other => other,
             })?;
     }
+    known.present.extend(tips.iter().cloned());
+    known.connected.extend(tips);
     Ok(())
+}
+
+/// Stores the bundle's pack with `git index-pack`; whether the pack is self-contained (no
+/// object in it links to an object outside it).
+fn index_pack(repo: &Path, bundle: &Path, header: &Header, scratch: Option<&Path>) -> Result<bool, GitError> {
+    let mut file = File::open(bundle).map_err(|e| GitError::Io(format!("opening {}", bundle.display()), e))?;
+    file.seek(SeekFrom::Start(header.pack_offset))
+        .map_err(|e| GitError::Io(format!("reading {}", bundle.display()), e))?;
+    let args = [
+        "index-pack",
+        "--stdin",
+        "--fix-thin",
+        "--fsck-objects",
+        "--check-self-contained-and-connected",
+    ];
+    let out = git_objects(repo, scratch).args(args).stdin_file(file).output()?;
+    // Exit 1 (after the `pack` line) is index-pack's "stored, but links leave the pack"; a
+    // failure dies with 128.
+    let stored = out.stdout.starts_with(b"pack\t") || out.stdout.starts_with(b"keep\t");
+    match out.status.code() {
+        Some(0) if stored => Ok(true),
+        Some(1) if stored => Ok(false),
+        _ => Err(invalid_from(
+            bundle,
+            cmd::command_error(args.join(" "), out.status, out.stderr),
+        )),
+    }
 }
 
 fn invalid_from(bundle: &Path, e: GitError) -> GitError {
@@ -731,24 +889,6 @@ fn ref_transaction(repo: &Path, lines: &[String]) -> Result<(), GitError> {
     Ok(())
 }
 
-/// Deletes every quarantine ref (ours from this run, or left by a crashed one).
-fn clear_quarantine(mirror: &Path) -> Result<(), GitError> {
-    let q = refs_under(mirror, &[QUARANTINE_PREFIX])?;
-    let lines: Vec<String> = q.keys().map(|name| format!("delete {name}")).collect();
-    ref_transaction(mirror, &lines)
-}
-
-/// Clears the quarantine when an apply ends, however it ends.
-struct QuarantineGuard<'a>(&'a Path);
-
-impl Drop for QuarantineGuard<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = clear_quarantine(self.0) {
-            tracing::warn!(mirror = %self.0.display(), error = %e, "could not clear quarantine refs");
-        }
-    }
-}
-
 /// Which existing name makes `name` impossible to create (`a` blocks `a/b` and vice versa).
 fn name_conflict(name: &str, names: &BTreeSet<String>) -> Option<String> {
     let mut end = 0;
@@ -773,67 +913,153 @@ fn pin_name(name: &str) -> String {
 }
 
 /// Applies bundles in order to a bare mirror (see the module rules); refused refs are reported
-/// and the others move ([`ApplyMode::BestEffort`]).
-///
-/// Steps: lock the mirror; for each bundle in order: check its header and that its
-/// prerequisites are present, `git bundle verify` it, store its pack with `git index-pack
-/// --fix-thin --fsck-objects` (the whole pack is always read and checked), check that every
-/// object reachable from its refs is present, and point quarantine refs
-/// `refs/causeway/incoming/<i>/<heads|tags>/...` at its tips. Then decide each ref against the
-/// mirror's current value (the last bundle naming a ref gives its incoming value), move every
-/// accepted ref in ONE `git update-ref --stdin` transaction (start/update|create/prepare/commit,
-/// each update checking the old value), pin refused tips, and delete the quarantine refs. If
-/// any bundle fails, no branch or tag moves (its objects may stay, unreachable, until gc).
+/// and the others move ([`ApplyMode::BestEffort`]). See [`apply_chain`] for the steps.
 pub fn apply_bundles(mirror: &Path, bundles: &[PathBuf]) -> Result<ApplyOutcome, GitError> {
     apply_bundles_with(mirror, bundles, ApplyMode::BestEffort)
 }
 
 /// [`apply_bundles`] with a choice of what to do when some refs are refused.
 pub fn apply_bundles_with(mirror: &Path, bundles: &[PathBuf], mode: ApplyMode) -> Result<ApplyOutcome, GitError> {
-    if !is_bare_repo(mirror) {
-        ensure_repo(mirror)?;
-        return Err(GitError::NotARepository(mirror.to_path_buf()));
-    }
-    if bundles.is_empty() {
-        return Ok(ApplyOutcome::default());
-    }
+    let infos = bundles.iter().map(|b| bundle_info(b)).collect::<Result<Vec<_>, _>>()?;
+    apply_chain(mirror, &infos, mode, |i| Ok(bundles[i].clone()))
+}
+
+/// Applies a chain of bundles, known by their headers (`chain`, e.g. from
+/// [`bundle_info_from_prefix`]), to a bare mirror; `open(i)` gives the file of bundle `i`, and
+/// is only called for the bundles whose objects the mirror lacks.
+///
+/// Steps: lock the mirror; look up every tip and prerequisite of the chain (one `cat-file`);
+/// a bundle whose tips are all present, with their whole history (`rev-list --objects <tips>
+/// --not --all` finds nothing missing), is already in the mirror and is skipped, so a new
+/// version of a chain reads only its new bundles. Each other bundle, in order: open it, check
+/// that its header is the one given, and ingest it (prerequisites present; the whole pack
+/// stored and checked by `git index-pack --fix-thin --fsck-objects`; every object reachable
+/// from its refs present, see [`ingest`]). Then decide each ref against the mirror's current
+/// value (the last bundle naming a ref gives its incoming value), move every accepted ref in
+/// ONE `git update-ref --stdin` transaction (start/update|create/prepare/commit, each update
+/// checking the old value), and pin refused tips. If any bundle fails, no branch or tag moves
+/// (its objects may stay, unreachable, until gc).
+pub fn apply_chain(
+    mirror: &Path,
+    chain: &[BundleInfo],
+    mode: ApplyMode,
+    mut open: impl FnMut(usize) -> Result<PathBuf, GitError>,
+) -> Result<ApplyOutcome, GitError> {
     let mirror_abs = absolute(mirror);
     let mirror = mirror_abs.as_path();
+    let (bare, format) = inspect_repo(mirror)?;
+    if !bare {
+        return Err(GitError::NotARepository(mirror.to_path_buf()));
+    }
+    if chain.is_empty() {
+        return Ok(ApplyOutcome::default());
+    }
+    for info in chain {
+        if info.object_format != format {
+            return Err(GitError::ObjectFormatMismatch {
+                repo: format.name().into(),
+                bundle: info.object_format.name().into(),
+            });
+        }
+        check_ref_map(&info.refs, format, "bundle")?;
+    }
     let _lock = RepoLock::acquire(mirror)?;
-    let format = object_format(mirror)?;
-    clear_quarantine(mirror)?;
-    let _guard = QuarantineGuard(mirror);
+    let listed = refs_under(
+        mirror,
+        &["refs/heads/", "refs/tags/", REFUSED_PREFIX, QUARANTINE_PREFIX],
+    )?;
+    // Quarantine refs are what earlier versions of this code left behind after a crash.
+    let stale: Vec<String> = listed
+        .keys()
+        .filter(|n| n.starts_with(QUARANTINE_PREFIX))
+        .map(|n| format!("delete {n}"))
+        .collect();
+    ref_transaction(mirror, &stale)?;
 
-    let mut incoming = RefMap::new();
-    let mut outside = RefMap::new();
-    for (i, bundle) in bundles.iter().enumerate() {
-        let bundle = absolute(bundle);
+    // Which bundles the mirror already has.
+    let mut known = Known::default();
+    known.learn(
+        mirror,
+        None,
+        chain.iter().flat_map(|b| b.refs.values().chain(&b.prerequisites)),
+    )?;
+    let have: Vec<bool> = chain
+        .iter()
+        .map(|b| b.refs.values().all(|t| known.present.contains(t)))
+        .collect();
+    let have_tips: BTreeSet<String> = chain
+        .iter()
+        .zip(&have)
+        .filter(|(_, h)| **h)
+        .flat_map(|(b, _)| b.refs.values().cloned())
+        .collect();
+    let mut skip = have.clone();
+    if !have_tips.is_empty() {
+        let stdin: String = have_tips.iter().map(|t| format!("{t}\n")).collect();
+        let walk = GitCmd::new(Some(mirror))
+            .args(["rev-list", "--objects", "--quiet", "--stdin", "--not", "--all"])
+            .stdin_bytes(stdin.into_bytes())
+            .run();
+        match walk {
+            Ok(_) => known.connected.extend(have_tips),
+            // Present but with history missing (left by a failed apply): read those bundles.
+            Err(GitError::Command { stderr, .. }) => {
+                tracing::debug!(mirror = %mirror.display(), %stderr, "tips present but not connected");
+                skip = vec![false; chain.len()];
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let mut bundles_read = 0;
+    for (i, info) in chain.iter().enumerate() {
+        if skip[i] {
+            continue;
+        }
+        let bundle = absolute(&open(i)?);
         let header = read_header(&bundle)?;
         check_format(format, &header)?;
-        ingest(mirror, &bundle, &header, None)?;
-        let mut quarantine = Vec::new();
-        for (name, oid) in &header.refs {
-            if name == "HEAD" {
-                continue;
-            }
-            match name.strip_prefix("refs/") {
-                Some(rest) if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") => {
-                    let q = format!("{QUARANTINE_PREFIX}{i}/{rest}");
-                    quarantine.push(format!("update {q} {oid}"));
-                    incoming.insert(name.clone(), oid.clone());
-                }
-                _ => {
-                    outside.insert(name.clone(), oid.clone());
-                }
-            }
+        if header.ref_map() != info.refs || header.prerequisites != info.prerequisites {
+            return Err(GitError::InvalidBundle(format!(
+                "{}: not the bundle its header was read from",
+                bundle.display()
+            )));
         }
-        // Quarantine refs keep this bundle's objects reachable for the next one's checks.
-        ref_transaction(mirror, &quarantine).map_err(|e| invalid_from(&bundle, e))?;
+        ingest(mirror, &bundle, &header, None, &mut known)?;
+        bundles_read += 1;
     }
     // Everything the chain brings is now present, checked and connected.
 
-    let current = refs(mirror)?;
-    let pins = refs_under(mirror, &[REFUSED_PREFIX])?;
+    let mut incoming = RefMap::new();
+    let mut outside = RefMap::new();
+    for info in chain {
+        for (name, oid) in &info.refs {
+            if name == "HEAD" {
+                continue;
+            }
+            if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") {
+                incoming.insert(name.clone(), oid.clone());
+            } else {
+                outside.insert(name.clone(), oid.clone());
+            }
+        }
+    }
+    // A long ingest leaves time for a push into a bidirectional mirror: decide on fresh refs.
+    let listed = if bundles_read > 0 {
+        refs_under(mirror, &["refs/heads/", "refs/tags/", REFUSED_PREFIX])?
+    } else {
+        listed
+    };
+    let current: RefMap = listed
+        .iter()
+        .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+        .map(|(n, o)| (n.clone(), o.clone()))
+        .collect();
+    let pins: RefMap = listed
+        .iter()
+        .filter(|(n, _)| n.starts_with(REFUSED_PREFIX))
+        .map(|(n, o)| (n.clone(), o.clone()))
+        .collect();
     let mut names: BTreeSet<String> = current.keys().cloned().collect();
     let mut updated = RefMap::new();
     let mut moves = Vec::new();
@@ -875,6 +1101,7 @@ pub fn apply_bundles_with(mirror: &Path, bundles: &[PathBuf], mode: ApplyMode) -
     // Pin refused tips first: they keep that history reachable whatever happens next.
     let pin_steps: Vec<String> = refused
         .iter()
+        .filter(|r| pins.get(&pin_name(&r.name)) != Some(&r.incoming))
         .map(|r| format!("update {} {}", pin_name(&r.name), r.incoming))
         .collect();
     if let Err(e) = ref_transaction(mirror, &pin_steps) {
@@ -910,7 +1137,18 @@ pub fn apply_bundles_with(mirror: &Path, bundles: &[PathBuf], mode: ApplyMode) -
     for r in &refused {
         tracing::warn!(mirror = %mirror.display(), r#ref = %r.name, reason = %r.reason, "ref refused");
     }
-    Ok(ApplyOutcome { updated, refused })
+    tracing::debug!(
+        mirror = %mirror.display(),
+        bundles = chain.len(),
+        bundles_read,
+        moved = updated.len(),
+        "bundle chain applied"
+    );
+    Ok(ApplyOutcome {
+        updated,
+        refused,
+        bundles_read,
+    })
 }
 
 #[cfg(test)]
