@@ -3,16 +3,20 @@
 //! one full bundle). Publishing appends a bundle; materializing a mirror verifies and applies
 //! the bundles, moving refs atomically and only by fast-forward.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use causeway_sync::git::{self, ApplyOutcome, RefMap};
-use iroh_blobs::{Hash, HashAndFormat, hashseq::HashSeq};
+use iroh_blobs::{Hash, HashAndFormat, api::blobs::BlobStatus, hashseq::HashSeq};
+use tokio::io::AsyncReadExt;
 
 use super::ContentStore;
 use crate::error::NodeError;
 
 /// Bundles in a chain before publishing compacts it into one full bundle.
 pub const MAX_CHAIN: usize = 32;
+/// Bytes read at a time from a bundle blob until its header is complete (headers are usually
+/// a few hundred bytes; the pack after it is not read).
+const HEADER_READ_CHUNK: usize = 16 << 10;
 
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(format!("git: {e}"))
@@ -44,15 +48,45 @@ impl ContentStore {
         Ok(seq.iter().collect())
     }
 
-    /// Writes each bundle of the chain to `dir`, returning their paths in order.
-    async fn export_chain(&self, chain: &[Hash], dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    /// The header of each bundle of the chain, read from the first bytes of its blob (the
+    /// packs are not copied).
+    pub async fn chain_headers(&self, chain: &[Hash]) -> Result<Vec<git::BundleInfo>, NodeError> {
         let mut out = Vec::with_capacity(chain.len());
-        for (i, h) in chain.iter().enumerate() {
-            let p = dir.join(format!("{i:04}.bundle"));
-            self.store().blobs().export(*h, &p).await.map_err(err)?;
-            out.push(p);
+        for h in chain {
+            out.push(self.bundle_header(*h).await?);
         }
         Ok(out)
+    }
+
+    async fn bundle_header(&self, hash: Hash) -> Result<git::BundleInfo, NodeError> {
+        let total = match self.store().blobs().status(hash).await.map_err(err)? {
+            BlobStatus::Complete { size } => size,
+            _ => return Err(err(format!("bundle {hash} is not complete here"))),
+        };
+        let mut reader = self.store().blobs().reader(hash);
+        let mut prefix = Vec::new();
+        let mut chunk = vec![0u8; HEADER_READ_CHUNK];
+        loop {
+            let n = reader.read(&mut chunk).await.map_err(err)?;
+            prefix.extend_from_slice(&chunk[..n]);
+            let at_end = n == 0 || prefix.len() as u64 >= total;
+            if let Some(info) = git::bundle_info_from_prefix(&prefix, at_end, total).map_err(git_err)? {
+                return Ok(info);
+            }
+            if at_end {
+                return Err(err(format!("bundle {hash}: truncated header")));
+            }
+        }
+    }
+
+    /// The refs a chain's bundles carry, later bundles overriding earlier ones: the refs of
+    /// the version the chain makes.
+    async fn chain_refs(&self, chain: &[Hash]) -> Result<RefMap, NodeError> {
+        let mut refs = RefMap::new();
+        for info in self.chain_headers(chain).await? {
+            refs.extend(info.refs);
+        }
+        Ok(refs)
     }
 
     /// Publishes what is new in the bare repository at `repo` since the version rooted at
@@ -78,16 +112,12 @@ impl ContentStore {
             Some(r) => self.bundle_chain(r).await?,
             None => Vec::new(),
         };
-        let prev_files = self.export_chain(&prev_chain, scratch.path()).await?;
+        let since = self.chain_refs(&prev_chain).await?;
         let next = scratch.path().join("next.bundle");
         let full = scratch.path().join("full.bundle");
         let compact = prev_chain.len() + 1 > MAX_CHAIN;
         let (repo2, next2, full2) = (repo.clone(), next.clone(), full.clone());
         let made = blocking(move || {
-            let mut since = RefMap::new();
-            for f in &prev_files {
-                since.extend(git::bundle_info(f).map_err(git_err)?.refs);
-            }
             let now = git::refs(&repo2).map_err(git_err)?;
             if now == since {
                 return Ok(None);
@@ -118,24 +148,38 @@ impl ContentStore {
     }
 
     /// Brings the bare mirror at `mirror` up to the version rooted at `root` (complete here):
-    /// every bundle verified, refs moved atomically, divergent refs refused and reported.
+    /// every bundle the mirror lacks verified, refs moved atomically, divergent refs refused and
+    /// reported. Only the bundles the mirror does not have yet are copied out of the store and
+    /// read (a new version of a chain it has applied costs its new bundles only).
     pub async fn apply_repo(&self, root: HashAndFormat, mirror: &Path) -> Result<ApplyOutcome, NodeError> {
         let chain = self.bundle_chain(root).await?;
+        let headers = self.chain_headers(&chain).await?;
         let scratch = tempfile::Builder::new()
             .prefix("causeway-apply-")
             .tempdir()
             .map_err(err)?;
-        let files = self.export_chain(&chain, scratch.path()).await?;
         let mirror = mirror.to_path_buf();
+        let store = self.clone();
+        let runtime = tokio::runtime::Handle::current();
         blocking(move || {
             if !git::is_bare_repo(&mirror) {
-                let format = match files.first() {
-                    Some(f) => git::bundle_info(f).map_err(git_err)?.object_format,
+                let format = match headers.first() {
+                    Some(h) => h.object_format,
                     None => return Err(NodeError::Invalid("empty bundle chain".into())),
                 };
                 git::init_bare_with(&mirror, format).map_err(git_err)?;
             }
-            git::apply_bundles(&mirror, &files).map_err(git_err)
+            // Called on this blocking thread, for the bundles the mirror lacks only.
+            let open = |i: usize| {
+                let path = scratch.path().join(format!("{i:04}.bundle"));
+                runtime
+                    .block_on(async { store.store().blobs().export(chain[i], &path).await })
+                    .map_err(|e| {
+                        git::GitError::Io(format!("exporting bundle {}", chain[i]), std::io::Error::other(e))
+                    })?;
+                Ok(path)
+            };
+            git::apply_chain(&mirror, &headers, git::ApplyMode::BestEffort, open).map_err(git_err)
         })
         .await
     }
@@ -157,14 +201,10 @@ impl ContentStore {
             Some(r) => self.bundle_chain(r).await?,
             None => Vec::new(),
         };
-        let files = self.export_chain(&chain, scratch.path()).await?;
+        let since = self.chain_refs(&chain).await?;
         let out = scratch.path().join("back.bundle");
         let (repo, out2) = (repo.to_path_buf(), out.clone());
         let made = blocking(move || {
-            let mut since = RefMap::new();
-            for f in &files {
-                since.extend(git::bundle_info(f).map_err(git_err)?.refs);
-            }
             let now = git::refs(&repo).map_err(git_err)?;
             if now == since {
                 return Ok(None);
