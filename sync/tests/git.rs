@@ -555,3 +555,180 @@ fn notify_hook_is_idempotent_chains_and_runs_on_push() {
         Err(GitError::InvalidArgument(_))
     ));
 }
+
+/// A chain of four versions of `w.origin`: a full bundle, then three incremental ones (a
+/// commit on main, a new branch and tag, two commits on feature). Returns the bundles and the
+/// refs after each.
+fn four_versions(w: &World) -> (Vec<PathBuf>, Vec<RefMap>) {
+    let mut since = RefMap::new();
+    let (mut bundles, mut versions) = (Vec::new(), Vec::new());
+    for i in 0..4 {
+        match i {
+            0 => {}
+            1 => w.advance("main", 1, "one"),
+            2 => {
+                run(&w.work, &["branch", "release", "main"]);
+                run(&w.work, &["tag", "light", "main~1"]);
+                run(&w.work, &["push", "-q", "origin", "release", "light"]);
+            }
+            _ => w.advance("feature", 2, "three"),
+        }
+        let at = git::refs(&w.origin).expect("refs");
+        let b = w.bundle(&format!("chain-{i}.bundle"));
+        git::create_bundle_at(&w.origin, &since, &at, &b)
+            .expect("create")
+            .expect("some");
+        bundles.push(b);
+        versions.push(at.clone());
+        since = at;
+    }
+    (bundles, versions)
+}
+
+fn infos(bundles: &[PathBuf]) -> Vec<git::BundleInfo> {
+    bundles.iter().map(|b| git::bundle_info(b).expect("info")).collect()
+}
+
+#[test]
+fn a_chain_applies_only_the_bundles_the_mirror_lacks() {
+    require_git!();
+    let w = World::new();
+    let (bundles, versions) = four_versions(&w);
+    let outcome = git::apply_bundles(&w.mirror, &bundles[..2]).expect("apply first two");
+    assert_eq!(outcome.bundles_read, 2);
+    assert_eq!(git::refs(&w.mirror).expect("refs"), versions[1]);
+
+    // The whole chain again: bundle 2 only names commits the mirror has (a new branch and a
+    // lightweight tag), so only bundle 3 is opened and read; bundle 2's refs still arrive.
+    let mut opened = Vec::new();
+    let outcome = git::apply_chain(&w.mirror, &infos(&bundles), ApplyMode::BestEffort, |i| {
+        opened.push(i);
+        Ok(bundles[i].clone())
+    })
+    .expect("apply chain");
+    assert_eq!(opened, vec![3]);
+    assert_eq!(outcome.bundles_read, 1);
+    assert_eq!(
+        outcome.updated.keys().cloned().collect::<Vec<_>>(),
+        vec!["refs/heads/feature", "refs/heads/release", "refs/tags/light"]
+    );
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+    assert_eq!(git::refs(&w.mirror).expect("refs"), versions[3]);
+    git::fsck(&w.mirror).expect("fsck");
+
+    // The same refs as a fresh mirror that reads all four.
+    let fresh = w.root.join("fresh.git");
+    git::init_bare(&fresh).expect("init");
+    let outcome = git::apply_bundles(&fresh, &bundles).expect("apply all");
+    assert_eq!(outcome.bundles_read, 4);
+    assert_eq!(git::refs(&fresh).expect("refs"), git::refs(&w.mirror).expect("refs"));
+    git::fsck(&fresh).expect("fsck");
+
+    // A mirror that has everything opens nothing and moves nothing.
+    let outcome = git::apply_chain(&w.mirror, &infos(&bundles), ApplyMode::BestEffort, |i| {
+        panic!("bundle {i} opened although the mirror has it")
+    })
+    .expect("apply again");
+    assert_eq!(outcome.bundles_read, 0);
+    assert!(outcome.updated.is_empty() && outcome.refused.is_empty());
+
+    // A skipped bundle's refs still count: a branch deleted on the mirror comes back.
+    run(&w.mirror, &["update-ref", "-d", "refs/heads/release"]);
+    let outcome = git::apply_bundles(&w.mirror, &bundles).expect("apply after a deletion");
+    assert_eq!(outcome.bundles_read, 0);
+    assert_eq!(outcome.updated.keys().collect::<Vec<_>>(), vec!["refs/heads/release"]);
+    assert_eq!(git::refs(&w.mirror).expect("refs"), versions[3]);
+}
+
+#[test]
+fn a_bundle_whose_prerequisites_are_missing_is_refused() {
+    require_git!();
+    let w = World::new();
+    let (bundles, versions) = four_versions(&w);
+    // Bundle 1 builds on bundle 0, which the mirror has not seen.
+    let err = git::apply_bundles(&w.mirror, &bundles[1..2]).expect_err("gap in the chain");
+    assert!(matches!(err, GitError::MissingPrerequisites(_)), "{err}");
+    assert!(git::refs(&w.mirror).expect("refs").is_empty());
+    git::fsck(&w.mirror).expect("fsck");
+    let outcome = git::apply_bundles(&w.mirror, &bundles[..2]).expect("with its base");
+    assert_eq!(outcome.bundles_read, 2);
+    assert_eq!(git::refs(&w.mirror).expect("refs"), versions[1]);
+}
+
+#[test]
+fn tips_present_without_their_history_are_not_taken_as_applied() {
+    require_git!();
+    let w = World::new();
+    let (bundles, versions) = four_versions(&w);
+    git::apply_bundles(&w.mirror, &bundles[..1]).expect("apply first");
+    // Bundle 1's commit reaches the mirror alone, without its tree (as a failed apply of a
+    // damaged bundle could leave it).
+    let tip = &versions[1]["refs/heads/main"];
+    let commit = run(&w.origin, &["cat-file", "commit", tip]);
+    let loose = w.root.join("commit.txt");
+    std::fs::write(&loose, format!("{commit}\n")).expect("write");
+    let written = run(
+        &w.mirror,
+        &[
+            "hash-object",
+            "-w",
+            "-t",
+            "commit",
+            "--literally",
+            loose.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(&written, tip);
+    let outcome = git::apply_bundles(&w.mirror, &bundles[..2]).expect("apply");
+    assert!(outcome.bundles_read >= 1, "bundle 1 was skipped");
+    assert_eq!(git::refs(&w.mirror).expect("refs"), versions[1]);
+    git::fsck(&w.mirror).expect("fsck");
+}
+
+#[test]
+fn a_ref_to_an_object_the_pack_lacks_is_refused() {
+    require_git!();
+    let w = World::new();
+    let full = w.bundle("full.bundle");
+    git::compact(&w.origin, &full).expect("compact");
+    let bytes = std::fs::read(&full).expect("read");
+    let end = bytes.windows(2).position(|p| p == b"\n\n").expect("header end") + 1;
+    let ghost = "0123456789abcdef0123456789abcdef01234567";
+    let mut forged = bytes[..end].to_vec();
+    forged.extend_from_slice(format!("{ghost} refs/heads/ghost\n").as_bytes());
+    forged.extend_from_slice(&bytes[end..]);
+    let bad = w.bundle("ghost.bundle");
+    std::fs::write(&bad, &forged).expect("write");
+    let err = git::apply_bundles(&w.mirror, &[bad]).expect_err("ghost ref");
+    assert!(matches!(err, GitError::InvalidBundle(_)), "{err}");
+    assert!(git::refs(&w.mirror).expect("refs").is_empty());
+}
+
+#[test]
+fn a_header_read_from_elsewhere_must_match_the_file() {
+    require_git!();
+    let w = World::new();
+    let (bundles, _) = four_versions(&w);
+    let bytes = std::fs::read(&bundles[1]).expect("read");
+    let total = bytes.len() as u64;
+    // Headers parse from a prefix; a short prefix asks for more.
+    assert_eq!(
+        git::bundle_info_from_prefix(&bytes[..10], false, total).expect("short"),
+        None
+    );
+    assert_eq!(
+        git::bundle_info_from_prefix(&bytes[..200.min(bytes.len())], false, total).expect("prefix"),
+        Some(git::bundle_info(&bundles[1]).expect("info"))
+    );
+    assert!(matches!(
+        git::bundle_info_from_prefix(b"# v2 git bundle\n", true, 16),
+        Err(GitError::InvalidBundle(_))
+    ));
+    // Bundle 0's file handed out for bundle 1's header is refused.
+    git::apply_bundles(&w.mirror, &bundles[..1]).expect("apply first");
+    let err = git::apply_chain(&w.mirror, &infos(&bundles[..2]), ApplyMode::BestEffort, |_| {
+        Ok(bundles[0].clone())
+    })
+    .expect_err("wrong file");
+    assert!(matches!(err, GitError::InvalidBundle(_)), "{err}");
+}

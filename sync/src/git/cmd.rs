@@ -345,3 +345,21 @@ pub(crate) fn command_error(args: String, status: ExitStatus, stderr: String) ->
 pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_is_run_by_absolute_path_when_found() {
+        // An absolute program is what lets std use posix_spawn with our own PATH.
+        let found = std::env::split_paths(search_path()).any(|d| is_executable(&d.join("git")));
+        if found {
+            assert!(git_program().is_absolute(), "{}", git_program().display());
+            let out = GitCmd::new(None).arg("--version").run().expect("git --version");
+            assert!(out.starts_with(b"git version"));
+        } else {
+            assert_eq!(git_program(), Path::new("git"));
+        }
+    }
+}
