@@ -236,3 +236,92 @@ impl ContentStore {
         blocking(move || git::apply_bundles(&repo, &[file]).map_err(git_err)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// Runs git for the test's own setup with a clean environment.
+    fn run(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.org")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.org")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn commit_and_push(work: &Path, n: usize) {
+        std::fs::write(work.join("f.txt"), format!("version {n}\n")).expect("write");
+        run(work, &["add", "f.txt"]);
+        run(work, &["commit", "-q", "-m", &format!("v{n}")]);
+        run(work, &["push", "-q", "origin", "main"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_version_applies_only_its_new_bundle() {
+        if !git::git_available() {
+            eprintln!("skipping: the git program is not available");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (origin, work, mirror) = (
+            tmp.path().join("origin.git"),
+            tmp.path().join("work"),
+            tmp.path().join("mirror.git"),
+        );
+        git::init_bare(&origin).expect("init");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        run(&work, &["init", "-q", "-b", "main"]);
+        run(&work, &["remote", "add", "origin", origin.to_str().expect("utf8")]);
+        commit_and_push(&work, 1);
+        let store = ContentStore::open(&tmp.path().join("blobs")).await.expect("store");
+
+        let v1 = store
+            .publish_repo(&origin, None, "res/r")
+            .await
+            .expect("publish")
+            .expect("v1");
+        let outcome = store.apply_repo(v1, &mirror).await.expect("apply v1");
+        assert_eq!(outcome.bundles_read, 1);
+        // Nothing new: no version.
+        assert_eq!(
+            store.publish_repo(&origin, Some(v1), "res/r").await.expect("publish"),
+            None
+        );
+
+        commit_and_push(&work, 2);
+        let v2 = store
+            .publish_repo(&origin, Some(v1), "res/r")
+            .await
+            .expect("publish")
+            .expect("v2");
+        assert_eq!(store.bundle_chain(v2).await.expect("chain").len(), 2);
+        let outcome = store.apply_repo(v2, &mirror).await.expect("apply v2");
+        assert_eq!(outcome.bundles_read, 1, "the first bundle was read again");
+        assert_eq!(git::refs(&mirror).expect("refs"), git::refs(&origin).expect("refs"));
+        git::fsck(&mirror).expect("fsck");
+
+        // A fresh mirror reads the whole chain and ends the same.
+        let fresh = tmp.path().join("fresh.git");
+        let outcome = store.apply_repo(v2, &fresh).await.expect("apply to fresh");
+        assert_eq!(outcome.bundles_read, 2);
+        assert_eq!(git::refs(&fresh).expect("refs"), git::refs(&origin).expect("refs"));
+        store.shutdown().await;
+    }
+}
