@@ -3,7 +3,7 @@
 //! one full bundle). Publishing appends a bundle; materializing a mirror verifies and applies
 //! the bundles, moving refs atomically and only by fast-forward.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use causeway_sync::git::{self, ApplyOutcome, RefMap};
 use iroh_blobs::{Hash, HashAndFormat, api::blobs::BlobStatus, hashseq::HashSeq};
@@ -149,14 +149,22 @@ impl ContentStore {
 
     /// Brings the bare mirror at `mirror` up to the version rooted at `root` (complete here):
     /// every bundle the mirror lacks verified, refs moved atomically, divergent refs refused and
-    /// reported. Only the bundles the mirror does not have yet are copied out of the store and
-    /// read (a new version of a chain it has applied costs its new bundles only).
+    /// reported. Only the bundles the mirror does not have yet are taken out of the store
+    /// (hard-linked when it can) and read: a new version of a chain it has applied costs its
+    /// new bundles only.
     pub async fn apply_repo(&self, root: HashAndFormat, mirror: &Path) -> Result<ApplyOutcome, NodeError> {
         let chain = self.bundle_chain(root).await?;
         let headers = self.chain_headers(&chain).await?;
+        // Next to the mirror, so on the store's file system as a rule: the bundles are then
+        // hard links to the store's files, not copies.
+        let parent = match mirror.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(err)?;
         let scratch = tempfile::Builder::new()
-            .prefix("causeway-apply-")
-            .tempdir()
+            .prefix(".causeway-apply-")
+            .tempdir_in(&parent)
             .map_err(err)?;
         let mirror = mirror.to_path_buf();
         let store = self.clone();
@@ -173,7 +181,7 @@ impl ContentStore {
             let open = |i: usize| {
                 let path = scratch.path().join(format!("{i:04}.bundle"));
                 runtime
-                    .block_on(async { store.store().blobs().export(chain[i], &path).await })
+                    .block_on(store.export_blob(HashAndFormat::raw(chain[i]), &path))
                     .map_err(|e| {
                         git::GitError::Io(format!("exporting bundle {}", chain[i]), std::io::Error::other(e))
                     })?;
