@@ -3,7 +3,8 @@
 //! A `forge/repo` resource points at a bare repository. Each new version is the previous one
 //! plus one bundle ([`create_bundle`]): the refs that were added or moved since the previous
 //! version's refs, and a pack of the objects new since then. A receiver verifies bundles
-//! ([`verify_bundle`]) and applies a chain of them to its bare mirror ([`apply_bundles`]), which
+//! ([`verify_bundle`]) and applies a chain of them to its bare mirror ([`apply_bundles`], or
+//! [`apply_chain`] from the headers alone, opening only the bundles the mirror lacks), which
 //! moves the mirror's refs in one atomic transaction, only by fast-forward, only after every
 //! object has arrived and been checked. [`compact`] makes one full bundle that can replace a
 //! long chain.
@@ -962,6 +963,9 @@ pub fn apply_chain(
             });
         }
         check_ref_map(&info.refs, format, "bundle")?;
+        if let Some(bad) = info.prerequisites.iter().find(|p| !is_hex_oid(p, format)) {
+            return Err(GitError::InvalidBundle(format!("bad prerequisite {bad:?}")));
+        }
     }
     let _lock = RepoLock::acquire(mirror)?;
     let listed = refs_under(
