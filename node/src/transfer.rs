@@ -41,6 +41,38 @@ pub fn mirror_path(data_dir: &std::path::Path, origin: &ClusterId, name: &str, k
     }
 }
 
+/// Removes what an interrupted materialization leaves next to mirrors (a crash mid-apply or
+/// mid-export): scratch directories of bundles and partial files or trees, which are only ever
+/// moved into place whole. Run at start, before any transfer.
+pub fn remove_mirror_leftovers(data_dir: &std::path::Path) {
+    let Ok(origins) = std::fs::read_dir(data_dir.join("mirrors")) else {
+        return;
+    };
+    for origin in origins.flatten() {
+        let Ok(entries) = std::fs::read_dir(origin.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(".causeway-apply-") || name.ends_with(".causeway-partial")) {
+                continue;
+            }
+            let path = e.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => tracing::info!(path = %path.display(), "removed an interrupted mirror write"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted mirror write")
+                }
+            }
+        }
+    }
+}
+
 type TransferKey = (String, String, &'static str);
 
 pub struct Mirroring {
@@ -74,6 +106,7 @@ impl Mirroring {
         data_dir: PathBuf,
         sync: SyncConfig,
     ) -> Arc<Self> {
+        remove_mirror_leftovers(&data_dir);
         Arc::new(Self {
             cluster,
             fed,
@@ -732,5 +765,29 @@ impl Mirroring {
             }
             Err(e) => FedResponse::Error(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_interrupted_mirror_writes_are_removed_and_mirrors_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origin = dir.path().join("mirrors").join("abc");
+        std::fs::create_dir_all(origin.join(".causeway-apply-x1/inner")).expect("mkdir");
+        std::fs::create_dir_all(origin.join("tree.causeway-partial/sub")).expect("mkdir");
+        std::fs::create_dir_all(origin.join("repo.git")).expect("mkdir");
+        std::fs::write(origin.join("file.causeway-partial"), b"half").expect("write");
+        std::fs::write(origin.join("file"), b"whole").expect("write");
+        remove_mirror_leftovers(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(&origin)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["file", "repo.git"]);
+        remove_mirror_leftovers(&dir.path().join("nothing-here"));
     }
 }

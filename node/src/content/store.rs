@@ -19,6 +19,14 @@ fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(format!("blob store: {e}"))
 }
 
+/// Where `target` is written before it is moved into place: beside it, named after all of
+/// its file name (two mirrors `x.bin` and `x.txt` must not share one).
+fn partial_path(target: &Path) -> std::path::PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".causeway-partial");
+    target.with_file_name(name)
+}
+
 /// Most files in a directory artifact.
 pub const MAX_DIR_FILES: usize = 100_000;
 
@@ -116,7 +124,7 @@ impl ContentStore {
     /// once every file is written. Entry names that could escape `target` are refused.
     pub async fn export_collection(&self, root: HashAndFormat, target: &Path) -> Result<(), NodeError> {
         let collection = Collection::load(root.hash, &*self.store).await.map_err(err)?;
-        let partial = target.with_extension("causeway-partial");
+        let partial = partial_path(target);
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).map_err(err)?;
         for (name, hash) in collection.iter() {
@@ -202,7 +210,7 @@ impl ContentStore {
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let tmp = target.with_extension("causeway-partial");
+        let tmp = partial_path(target);
         let _ = std::fs::remove_file(&tmp);
         self.place(root.hash, &tmp).await?;
         std::fs::rename(&tmp, target).map_err(err)?;
@@ -275,6 +283,7 @@ mod tests {
         assert_eq!(linked.ino(), stored.ino());
         assert!(linked.permissions().readonly());
 
+        assert_ne!(partial_path(&out.join("x.bin")), partial_path(&out.join("x.txt")));
         // Exporting again over a previous version replaces it without touching the store.
         store
             .export_blob(big_root, &out.join("big"))
