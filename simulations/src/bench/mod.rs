@@ -3,11 +3,13 @@
 //! figures say what Raft costs on top of the fsync rather than how fast this machine's disk is.
 //! The other benchmarks follow the same rule, each against its own baseline in the same run:
 //! the catalog at scale against raw redb ([`catalog`]), artifact sync against a plain iroh-blobs
-//! fetch ([`sync`]), and a repository's first sync against `git clone --mirror` ([`git`]).
+//! fetch ([`sync`]), a repository's first sync against `git clone --mirror` ([`git`]), and a
+//! new version's notification to many linked peers against one linked peer ([`fanout`]).
 
 mod catalog;
 mod cluster;
 mod common;
+mod fanout;
 mod git;
 mod measure;
 mod pair;
@@ -25,6 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use catalog::CatalogPlan;
+use fanout::FanoutPlan;
 use cluster::LocalCluster;
 use git::GitPlan;
 use measure::{Budget, Measured, Names};
@@ -45,10 +48,18 @@ pub enum Section {
     Sync,
     /// A repository's first sync vs `git clone --mirror` over `git daemon`.
     Git,
+    /// A new version at one cluster reaching many linked peers' views vs one linked peer.
+    Fanout,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [Section::Raft, Section::Catalog, Section::Sync, Section::Git];
+    pub const ALL: [Section; 5] = [
+        Section::Raft,
+        Section::Catalog,
+        Section::Sync,
+        Section::Git,
+        Section::Fanout,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +67,7 @@ impl Section {
             Section::Catalog => "catalog",
             Section::Sync => "sync",
             Section::Git => "git",
+            Section::Fanout => "fanout",
         }
     }
 }
@@ -90,6 +102,7 @@ pub struct Plan {
     pub catalog: CatalogPlan,
     pub sync: SyncPlan,
     pub git: GitPlan,
+    pub fanout: FanoutPlan,
 }
 
 impl Plan {
@@ -107,6 +120,7 @@ impl Plan {
             catalog: CatalogPlan::full(),
             sync: SyncPlan::full(),
             git: GitPlan::full(),
+            fanout: FanoutPlan::full(),
         }
     }
 
@@ -124,6 +138,7 @@ impl Plan {
             catalog: CatalogPlan::quick(),
             sync: SyncPlan::quick(),
             git: GitPlan::quick(),
+            fanout: FanoutPlan::quick(),
         }
     }
 }
@@ -228,6 +243,13 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
                     summary.fail(section, &e);
                 }
             }
+        }
+    }
+    if sections.contains(&Section::Fanout) {
+        common::settle().await;
+        match fanout::measure(&plan.fanout, root).await {
+            Ok(r) => summary.fanout = Some(r),
+            Err(e) => summary.fail(Section::Fanout, &e),
         }
     }
     summary.finish()

@@ -96,7 +96,7 @@ impl Pair {
 /// Forms a single-node cluster named `name`. `init` can return while its Raft store still holds
 /// the database (its flush thread lets go a moment later), and starting the node then fails to
 /// lock the file; that attempt's data dir cannot be reused, so a new one is formed.
-async fn start_cluster(root: &Path, name: &str) -> Result<LocalCluster> {
+pub(super) async fn start_cluster(root: &Path, name: &str) -> Result<LocalCluster> {
     let mut attempt = 1;
     loop {
         let label = if attempt == 1 {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::Section;
 use super::catalog::CatalogReport;
 use super::common;
+use super::fanout::FanoutReport;
 use super::git::GitReport;
 use super::report::Report;
 use super::sync::SyncReport;
@@ -21,6 +22,7 @@ pub struct Summary {
     pub catalog: Option<CatalogReport>,
     pub sync: Option<SyncReport>,
     pub git: Option<GitReport>,
+    pub fanout: Option<FanoutReport>,
     pub goals_met: usize,
     pub goals_total: usize,
     pub failures: Vec<Failure>,
@@ -44,6 +46,7 @@ impl Summary {
             catalog: None,
             sync: None,
             git: None,
+            fanout: None,
             goals_met: 0,
             goals_total: 0,
             failures: Vec::new(),
@@ -66,7 +69,8 @@ impl Summary {
                 .iter()
                 .flat_map(|c| c.goals())
                 .chain(self.sync.iter().flat_map(|s| s.goals()))
-                .chain(self.git.iter().flat_map(|g| g.goals())),
+                .chain(self.git.iter().flat_map(|g| g.goals()))
+                .chain(self.fanout.iter().flat_map(|f| f.goals())),
         );
         met += m;
         total += t;
@@ -88,6 +92,9 @@ impl Summary {
         }
         if let Some(g) = &self.git {
             parts.push(g.table(&self.mode, &self.dir));
+        }
+        if let Some(f) = &self.fanout {
+            parts.push(f.table(&self.mode, &self.dir));
         }
         let mut out = parts.join("\n");
         if !out.is_empty() {
