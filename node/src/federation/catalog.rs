@@ -1,15 +1,11 @@
 //! The federation catalog: answering "what do you share with me?" through the policy decision
 //! (a peer never learns of a resource it may not see), asking a peer the same, notifying linked
-//! peers of changes to what they may see, recording what peers notify us, and resyncing.
+//! peers of changes to what they may see (the deltas; [`super::notify`] delivers them),
+//! recording what peers notify us, and resyncing.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use causeway_catalog::{
-    Command, CommandResult,
-    links::LinkRecord,
-    peer_views::PeerEntry,
-    resources::{Change, changes_after, last_change_seq},
-};
+use causeway_catalog::{Command, CommandResult, links::LinkRecord, peer_views::PeerEntry, resources::Change};
 use causeway_policy::{PeerRelation, ShareMode, visible_mode};
 use causeway_proto::{
     ClusterId,
@@ -24,8 +20,6 @@ use crate::error::{NodeError, storage};
 /// Resources scanned per catalog page at most before the page is returned short. The cursor a
 /// peer gets back is always a name it may see, so the scan bound reveals nothing.
 const MAX_SCAN_PER_PAGE: usize = 1_000_000;
-/// Changes processed per notifier round.
-const NOTIFY_BATCH: usize = 1000;
 
 fn entry(
     name: &str,
@@ -251,82 +245,6 @@ impl Federation {
             )),
             (Some(_), None) => Some((c.name.clone(), None)),
         }
-    }
-
-    /// On the leader: sends each linked peer the changes it may see since `from`; returns the
-    /// sequence number processed up to.
-    pub(crate) async fn notify_changes(self: &Arc<Self>, from: u64) -> u64 {
-        let Ok((changes, _)) = self.read(|t| changes_after(t, from, NOTIFY_BATCH)) else {
-            return from;
-        };
-        let Some(last) = changes.last().map(|c| c.seq) else {
-            return from;
-        };
-        let links = self.links().unwrap_or_default();
-        for link in links.iter().filter(|l| !l.is_removed()) {
-            let Some(cluster) = link.pinned else { continue };
-            let relation = PeerRelation::Linked(cluster);
-            // Later changes to a name supersede earlier ones within the batch.
-            let mut deltas: BTreeMap<String, Option<CatalogEntry>> = BTreeMap::new();
-            let mut offers: BTreeMap<String, u64> = BTreeMap::new();
-            for c in &changes {
-                if let Some((name, e)) = Self::delta_for(&relation, c) {
-                    deltas.insert(name, e);
-                }
-                // A new version under a push share is offered to the peer as well.
-                if let Some(after) = &c.after
-                    && after.content.is_some()
-                    && causeway_policy::decide(&relation, Some(&after.shares), causeway_policy::Action::PushTo)
-                        .is_granted()
-                    && matches!(
-                        c.kind,
-                        causeway_catalog::resources::ChangeKind::Published
-                            | causeway_catalog::resources::ChangeKind::SharesChanged
-                    )
-                {
-                    offers.insert(c.name.clone(), after.version);
-                }
-            }
-            if deltas.is_empty() && offers.is_empty() {
-                continue;
-            }
-            let fed = self.clone();
-            let link = link.clone();
-            tokio::spawn(async move {
-                let Ok(conn) = fed.session(&link).await else { return };
-                let deltas: Vec<_> = deltas.into_iter().collect();
-                for chunk in deltas.chunks(MAX_CATALOG_PAGE) {
-                    let req = FedRequest::CatalogChanged {
-                        changes: chunk.to_vec(),
-                    };
-                    if let Err(e) = session::request(&conn, &req).await {
-                        tracing::debug!(link = %link.name, error = %e, "change notification failed; resync will repair");
-                        return;
-                    }
-                }
-                for (name, version) in offers {
-                    let offer = FedRequest::PushOffer {
-                        name: name.clone(),
-                        version,
-                    };
-                    match session::request(&conn, &offer).await {
-                        Ok(FedResponse::Ok) => {
-                            tracing::info!(link = %link.name, resource = %name, version, "push offer accepted")
-                        }
-                        Ok(other) => {
-                            tracing::info!(link = %link.name, resource = %name, answer = ?other, "push offer refused")
-                        }
-                        Err(e) => tracing::debug!(link = %link.name, error = %e, "push offer failed"),
-                    }
-                }
-            });
-        }
-        last
-    }
-
-    /// The newest change sequence number, where a new leader starts notifying from.
-    pub(crate) fn current_change_seq(&self) -> u64 {
-        self.read(last_change_seq).unwrap_or(0)
     }
 
     /// On the leader: replaces our replicated view of each linked peer's catalog with a fresh

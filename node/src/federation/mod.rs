@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod health;
 mod lookup;
+pub mod notify;
 pub mod server;
 pub mod session;
 pub mod supervisor;
@@ -76,6 +77,9 @@ pub struct Federation {
     local: EndpointKey,
     cfg: HealthConfig,
     live: Mutex<LiveState>,
+    notifier: notify::Notifier,
+    /// One dial at a time per link, so the heartbeat and the notifier share one new session.
+    dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Federation {
@@ -103,6 +107,8 @@ impl Federation {
             local,
             cfg,
             live: Mutex::new(LiveState::default()),
+            notifier: notify::Notifier::default(),
+            dialing: Mutex::new(HashMap::new()),
         })
     }
 

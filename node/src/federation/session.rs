@@ -1,5 +1,6 @@
 //! Both halves of the `causeway/fed/1` handshake over an iroh connection, and one-request
-//! streams after it. The checks themselves are the pure ones in `causeway_proto::fed`.
+//! streams after it, control requests ahead of bulk ones. The checks themselves are the pure
+//! ones in `causeway_proto::fed`.
 
 use std::time::Duration;
 
@@ -15,6 +16,25 @@ use iroh::endpoint::Connection;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request (heartbeat, card update) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stream priority of control requests (heartbeats, card updates, change notifications, push
+/// offers, goodbyes): QUIC sends a stream's buffered bytes before those of lower-priority
+/// streams on the same connection, so control never queues behind bulk work. (Content itself
+/// moves over iroh-blobs connections of its own.)
+pub const CONTROL_PRIORITY: i32 = 1;
+/// Stream priority of requests that start bulk work: catalog pages, a write-back's bundle.
+pub const BULK_PRIORITY: i32 = 0;
+
+/// The stream priority a request gets (the answering side can give its answer the same).
+pub fn priority(req: &FedRequest) -> i32 {
+    match req {
+        FedRequest::CatalogQuery { .. } | FedRequest::WriteBack { .. } => BULK_PRIORITY,
+        FedRequest::Heartbeat { .. }
+        | FedRequest::CardUpdate(_)
+        | FedRequest::CatalogChanged { .. }
+        | FedRequest::PushOffer { .. }
+        | FedRequest::Goodbye { .. } => CONTROL_PRIORITY,
+    }
+}
 
 /// This cluster's credentials for a handshake.
 pub struct OwnSide {
@@ -60,10 +80,12 @@ pub async fn dial_handshake(conn: &Connection, own: &OwnSide, expect: &Expectati
     }
 }
 
-/// One request on its own stream, answered by one response.
+/// One request on its own stream (at the request's [`priority`]), answered by one response.
 pub async fn request(conn: &Connection, req: &FedRequest) -> Result<FedResponse, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(s)?;
+        // Fails only on a stream already closed, which the write below reports.
+        let _ = send.set_priority(priority(req));
         wire::write_frame(&mut send, req, MAX_FED_FRAME).await.map_err(s)?;
         send.finish().map_err(s)?;
         wire::read_frame::<FedResponse>(&mut recv, MAX_FED_FRAME)
@@ -73,4 +95,20 @@ pub async fn request(conn: &Connection, req: &FedRequest) -> Result<FedResponse,
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| "request timed out".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests_go_ahead_of_bulk_ones() {
+        let control = FedRequest::CatalogChanged { changes: Vec::new() };
+        let bulk = FedRequest::CatalogQuery { after: None, limit: 1 };
+        assert!(priority(&control) > priority(&bulk));
+        assert_eq!(
+            priority(&FedRequest::Heartbeat { seq: 1, card_epoch: 1 }),
+            CONTROL_PRIORITY
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The leader's outbound link work, done once per cluster: keep this cluster's card current
 //! (a new epoch whenever members or addresses change) and tell linked peers; heartbeat every
 //! link, dialling and handshaking as needed; pin a peer at its first handshake; say goodbye to
-//! removed links. When leadership moves, the new leader takes over from a clean slate.
+//! removed links. When leadership moves, the new leader takes over from a clean slate. The
+//! change notifier runs beside it ([`super::notify`]), woken by commits rather than this tick.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,11 +25,16 @@ const MIN_TICK: Duration = Duration::from_millis(50);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Federation {
-    /// Runs until the federation is dropped.
+    /// Runs until the federation is dropped: the heartbeat loop on its tick, and the change
+    /// notifier woken by applied entries (see [`super::notify`]).
     pub async fn supervise(self: Arc<Self>) {
+        tokio::join!(self.clone().link_loop(), self.notify_loop());
+    }
+
+    /// Cards, heartbeats, goodbyes and the periodic resync, on a fixed tick.
+    async fn link_loop(self: Arc<Self>) {
         let tick = Duration::from_millis(self.cfg.heartbeat_ms / 4).max(MIN_TICK);
         let mut was_leader = false;
-        let mut notified: u64 = 0;
         let resync_every = Duration::from_millis(self.cfg.catalog_resync_ms.max(1000));
         let mut next_resync = tokio::time::Instant::now();
         loop {
@@ -42,8 +48,6 @@ impl Federation {
                 continue;
             }
             if !was_leader {
-                // A new leader notifies from now on; the resync covers anything in between.
-                notified = self.current_change_seq();
                 next_resync = tokio::time::Instant::now();
             }
             was_leader = true;
@@ -59,7 +63,6 @@ impl Federation {
             };
             self.heartbeat_due(&links);
             self.farewell_removed(&links);
-            notified = self.notify_changes(notified).await;
             if tokio::time::Instant::now() >= next_resync {
                 next_resync = tokio::time::Instant::now() + resync_every;
                 let fed = self.clone();
@@ -209,23 +212,40 @@ impl Federation {
         }
     }
 
-    fn drop_session(&self, name: &str) {
+    pub(super) fn drop_session(&self, name: &str) {
         if let Some(c) = self.live().sessions.remove(name) {
             c.close(0u32.into(), b"reconnecting");
         }
     }
 
-    /// An open, handshaken connection to the link's peer, dialling its endpoints in turn.
+    /// An open, handshaken connection to the link's peer: the live session if there is one,
+    /// else a new one, dialling its endpoints in turn (one dial per link at a time).
     pub(crate) async fn session(&self, link: &LinkRecord) -> Result<Connection, String> {
-        if let Some(c) = self.live().sessions.get(&link.name)
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.live_session(&link.name) {
+            return Ok(c);
+        }
+        let gate = self.dialing().entry(link.name.clone()).or_default().clone();
+        let _dialing = gate.lock().await;
+        // Whoever held the gate may have just opened it.
+        if let Some(c) = self.live_session(&link.name) {
+            return Ok(c);
         }
         let (conn, dialed) = self.dial_link(link).await?;
         self.after_handshake(link, &dialed).await;
         self.live().sessions.insert(link.name.clone(), conn.clone());
         Ok(conn)
+    }
+
+    fn live_session(&self, name: &str) -> Option<Connection> {
+        self.live()
+            .sessions
+            .get(name)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn dialing(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.dialing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Dials the link's peer endpoints in turn and handshakes with the first that answers.
@@ -310,6 +330,7 @@ impl Federation {
     /// Tells peers of removed links goodbye and closes their connections.
     fn farewell_removed(&self, links: &[LinkRecord]) {
         for link in links.iter().filter(|l| l.is_removed()) {
+            self.dialing().remove(&link.name);
             let conn = {
                 let mut live = self.live();
                 live.health.remove(&link.name);
