@@ -197,10 +197,7 @@ async fn form_clusters(dir: &Path, count: usize, out: &mut Vec<LocalCluster>) ->
 }
 
 async fn run_rounds(plan: &FanoutPlan, sizes: &[usize], clusters: &[LocalCluster]) -> Result<FanoutReport> {
-    let nodes: Vec<Node> = clusters
-        .iter()
-        .map(|c| c.leader().cloned())
-        .collect::<Result<_>>()?;
+    let nodes: Vec<Node> = clusters.iter().map(|c| c.leader().cloned()).collect::<Result<_>>()?;
     let (origin, peers) = nodes.split_first().ok_or_else(|| anyhow!("no origin"))?;
     origin
         .register_resource(RegisterResource {
@@ -268,10 +265,15 @@ async fn link(origin: &Node, peers: &[Node], first_index: usize) -> Result<()> {
     })
     .await?;
     for peer in peers {
-        poll_until("a peer's link to the origin to become active", POLL, LINK_DEADLINE, || async move {
-            let links = peer.link_list().await.ok()?;
-            links.iter().any(|l| is_active(l, TO_ORIGIN)).then_some(())
-        })
+        poll_until(
+            "a peer's link to the origin to become active",
+            POLL,
+            LINK_DEADLINE,
+            || async move {
+                let links = peer.link_list().await.ok()?;
+                links.iter().any(|l| is_active(l, TO_ORIGIN)).then_some(())
+            },
+        )
         .await?;
     }
     Ok(())
@@ -398,6 +400,9 @@ mod tests {
         assert!(table.contains("linked peers") && table.contains("goals met"), "{table}");
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["baseline"]["p50_ms"].is_number());
-        assert!(!dir.path().join("fanout").exists(), "the nodes' data dirs are left behind");
+        assert!(
+            !dir.path().join("fanout").exists(),
+            "the nodes' data dirs are left behind"
+        );
     }
 }

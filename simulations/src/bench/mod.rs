@@ -27,8 +27,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use catalog::CatalogPlan;
-use fanout::FanoutPlan;
 use cluster::LocalCluster;
+use fanout::FanoutPlan;
 use git::GitPlan;
 use measure::{Budget, Measured, Names};
 use pair::Pair;
