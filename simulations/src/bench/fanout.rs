@@ -155,9 +155,12 @@ pub async fn measure(plan: &FanoutPlan, root: &Path) -> Result<FanoutReport> {
         Err(e) => Err(e),
     };
     eprintln!("fanout: stopping {} clusters", clusters.len());
+    // All at once: closing an endpoint can wait up to 3 s for its peers to acknowledge.
+    let mut stopping = JoinSet::new();
     for mut c in clusters {
-        c.shutdown().await;
+        stopping.spawn(async move { c.shutdown().await });
     }
+    while stopping.join_next().await.is_some() {}
     // A hundred nodes' stores are worth freeing before the next benchmark.
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!("fanout: could not remove {}: {e}", dir.display());
