@@ -32,6 +32,7 @@ pub fn priority(req: &FedRequest) -> i32 {
         | FedRequest::CardUpdate(_)
         | FedRequest::CatalogChanged { .. }
         | FedRequest::PushOffer { .. }
+        | FedRequest::CatalogLookup { .. }
         | FedRequest::Goodbye { .. } => CONTROL_PRIORITY,
     }
 }

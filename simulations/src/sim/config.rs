@@ -22,12 +22,11 @@ pub enum Quirk {
     /// (`Mirroring::new_row`): a new row starts from the mirror version the replicated state
     /// records.
     FreshRows,
-    /// The node's old notifier kept a push offer from an earlier change of a round even when a
-    /// later change in the same round revoked the push share (`notify_changes` inserted offers
-    /// and never removed them), telling a peer of a resource it may no longer see. The node is
-    /// fixed (`federation::notify`: a later change without push withdraws the offer, and each
-    /// offer is decided again against the committed shares when it is sent); this quirk models
-    /// the old bug, so the checker's regression test can show it still catches it.
+    /// The notifier kept a push offer from an earlier change of a round even when a later
+    /// change in the same round revoked the push share (`notify_changes` inserted offers and
+    /// never removed them), telling a peer of a resource it may no longer see. Fixed in the
+    /// node (`federation::notify`): a later change without push withdraws the offer, and each
+    /// offer is decided again against the committed shares when it is sent.
     StaleOffers,
     /// The node assumed a resource's versions only grow, but removing a resource and
     /// registering the name again starts them from 0: reconcile pulled only a higher version,
