@@ -207,6 +207,12 @@ impl Federation {
         }
     }
 
+    /// Drops what is still to be told to a removed link's peer (its worker stops after the
+    /// delivery under way, if any).
+    pub(super) fn forget_outbox(&self, link: &str) {
+        self.notifier.outboxes().remove(link);
+    }
+
     /// Delivers one peer's outbox until it is empty, then removes it.
     async fn drain_outbox(self: Arc<Self>, name: String) {
         loop {

@@ -331,6 +331,7 @@ impl Federation {
     fn farewell_removed(&self, links: &[LinkRecord]) {
         for link in links.iter().filter(|l| l.is_removed()) {
             self.dialing().remove(&link.name);
+            self.forget_outbox(&link.name);
             let conn = {
                 let mut live = self.live();
                 live.health.remove(&link.name);
