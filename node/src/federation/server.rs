@@ -278,7 +278,11 @@ impl ProtocolHandler for FedService {
             let conn = conn.clone();
             tokio::spawn(async move {
                 let resp = match wire::read_frame::<FedRequest>(&mut recv, MAX_FED_FRAME).await {
-                    Ok(req) => fed.serve_request(&peer, &remote, req, &conn).await,
+                    Ok(req) => {
+                        // Answers to control requests must not queue behind catalog pages.
+                        let _ = send.set_priority(super::session::priority(&req));
+                        fed.serve_request(&peer, &remote, req, &conn).await
+                    }
                     Err(e) => {
                         tracing::warn!(peer = %remote, error = %e, "bad federation request");
                         FedResponse::Error(format!("bad request: {e}"))
