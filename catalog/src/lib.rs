@@ -6,6 +6,7 @@ pub mod command;
 pub mod links;
 pub mod peer_views;
 pub mod resources;
+pub mod share_index;
 pub mod state;
 pub mod validate;
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection, Resource};
 use crate::state::{CHANGES, CLUSTER, CatalogError, RESOURCES, decode, encode};
-use crate::validate;
+use crate::{share_index, validate};
 use causeway_policy::ShareRule;
 
 /// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
@@ -105,10 +105,12 @@ fn load(txn: &WriteTransaction, name: &str) -> Result<Option<Resource>, CatalogE
     t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
 }
 
-fn store(txn: &WriteTransaction, r: &Resource) -> Result<(), CatalogError> {
+/// Writes `r`, which was `before` (`None`: new), keeping the share index in step.
+fn store(txn: &WriteTransaction, before: Option<&Resource>, r: &Resource) -> Result<(), CatalogError> {
     txn.open_table(RESOURCES)?
         .insert(r.name.as_bytes(), encode(r)?.as_slice())?;
-    Ok(())
+    let old_shares = before.map(|b| b.shares.as_slice()).unwrap_or_default();
+    share_index::update(txn, &r.name, old_shares, &r.shares)
 }
 
 pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
@@ -147,7 +149,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 updated_at_ms: *registered_at_ms,
                 mirror_of: None,
             };
-            store(txn, &resource)?;
+            store(txn, None, &resource)?;
             record_change(
                 txn,
                 name,
@@ -178,7 +180,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             }
             r.metadata = next;
             r.updated_at_ms = *now_ms;
-            store(txn, &r)?;
+            store(txn, Some(&before), &r)?;
             record_change(txn, name, ChangeKind::MetadataUpdated, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
@@ -202,7 +204,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             r.version = next;
             r.content = content.clone();
             r.updated_at_ms = *now_ms;
-            store(txn, &r)?;
+            store(txn, Some(&before), &r)?;
             record_change(txn, name, ChangeKind::Published, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
@@ -211,6 +213,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
             txn.open_table(RESOURCES)?.remove(name.as_bytes())?;
+            share_index::update(txn, name, &r.shares, &[])?;
             record_change(txn, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
             Ok(CommandResult::ResourceRemoved(name.clone()))
         }
@@ -231,7 +234,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 None => r.shares.push(*rule),
             }
             r.updated_at_ms = *now_ms;
-            store(txn, &r)?;
+            store(txn, Some(&before), &r)?;
             record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
@@ -245,7 +248,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 return reject(Rejection::NoSuchShare(name.clone()));
             }
             r.updated_at_ms = *now_ms;
-            store(txn, &r)?;
+            store(txn, Some(&before), &r)?;
             record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
@@ -297,7 +300,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             r.kind = kind.clone();
             r.owner = owner.clone();
             r.updated_at_ms = *now_ms;
-            store(txn, &r)?;
+            store(txn, before.as_ref(), &r)?;
             let kind = if before.is_some() {
                 ChangeKind::Published
             } else {

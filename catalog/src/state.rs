@@ -99,12 +99,13 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
     causeway_proto::encode(value, MAX_RECORD).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
-/// Creates the catalog tables so later read transactions find them.
+/// Creates the catalog tables so later read transactions find them, and builds the derived
+/// share index once if the database predates it.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
     for t in ALL_TABLES {
         txn.open_table(t)?;
     }
-    Ok(())
+    crate::share_index::ensure(txn)
 }
 
 /// Applies one committed command. Storage errors are returned (the caller must stop, as the
@@ -302,7 +303,8 @@ pub fn export(txn: &ReadTransaction) -> Result<CatalogSnapshot, CatalogError> {
     Ok(snap)
 }
 
-/// Replaces the whole catalog with a snapshot's rows.
+/// Replaces the whole catalog with a snapshot's rows. The share index is not in a snapshot: it
+/// is rebuilt from the imported resources.
 pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), CatalogError> {
     if snap.tables.len() > ALL_TABLES.len() {
         return Err(CatalogError::Corrupt(format!(
@@ -320,7 +322,7 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
             }
         }
     }
-    Ok(())
+    crate::share_index::rebuild(txn)
 }
 
 #[cfg(test)]
