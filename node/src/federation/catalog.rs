@@ -5,7 +5,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use causeway_catalog::{Command, CommandResult, links::LinkRecord, peer_views::PeerEntry, resources::Change};
+use causeway_catalog::{
+    Command, CommandResult, links::LinkRecord, peer_views::PeerEntry, resources::Change, share_index::visible_page,
+};
 use causeway_policy::{PeerRelation, ShareMode, visible_mode};
 use causeway_proto::{
     ClusterId,
@@ -16,10 +18,6 @@ use iroh::endpoint::Connection;
 use super::Federation;
 use super::session;
 use crate::error::{NodeError, storage};
-
-/// Resources scanned per catalog page at most before the page is returned short. The cursor a
-/// peer gets back is always a name it may see, so the scan bound reveals nothing.
-const MAX_SCAN_PER_PAGE: usize = 1_000_000;
 
 fn entry(
     name: &str,
@@ -79,30 +77,16 @@ impl Federation {
         let limit = limit.clamp(1, MAX_CATALOG_PAGE);
         let db = self.cluster.database();
         let txn = redb::ReadableDatabase::begin_read(&*db).map_err(storage)?;
-        let mut out = Vec::with_capacity(limit.min(64));
-        let mut cursor = after.map(String::from);
-        let mut scanned = 0usize;
-        loop {
-            let rows =
-                causeway_catalog::state::list_resources(&txn, cursor.as_deref(), causeway_catalog::state::MAX_PAGE)
-                    .map_err(storage)?;
-            let exhausted = rows.len() < causeway_catalog::state::MAX_PAGE;
-            for r in rows {
-                scanned += 1;
-                cursor = Some(r.name.clone());
-                if let Some((mode, read_only)) = visible_mode(peer, &r.shares) {
-                    if out.len() == limit {
-                        return Ok((out, true));
-                    }
-                    out.push(entry(
-                        &r.name, &r.kind, &r.owner, r.version, &r.content, mode, read_only,
-                    ));
-                }
-            }
-            if exhausted || scanned >= MAX_SCAN_PER_PAGE {
-                return Ok((out, false));
-            }
-        }
+        let page = visible_page(&txn, peer, after, limit).map_err(storage)?;
+        let entries = page
+            .entries
+            .iter()
+            .map(|e| {
+                let r = &e.resource;
+                entry(&r.name, &r.kind, &r.owner, r.version, &r.content, e.mode, e.read_only)
+            })
+            .collect();
+        Ok((entries, page.more))
     }
 
     /// Opens a fresh, handshaken connection to a linked peer (used by any member for queries).
