@@ -87,10 +87,13 @@ pub(crate) fn rebuild(txn: &WriteTransaction) -> Result<(), CatalogError> {
     let mut index = txn.open_table(SHARE_INDEX)?;
     let resources = txn.open_table(RESOURCES)?;
     for row in resources.range::<&[u8]>(..)? {
-        let (_, v) = row?;
+        let (k, v) = row?;
         let r: Resource = decode(v.value())?;
+        // Keyed by the row's key, which is what a page looks the resource up by.
         for rule in &r.shares {
-            index.insert(key(&rule.audience, &r.name).as_slice(), ())?;
+            let mut index_key = prefix(&rule.audience);
+            index_key.extend_from_slice(k.value());
+            index.insert(index_key.as_slice(), ())?;
         }
     }
     Ok(())
