@@ -183,31 +183,33 @@ pub fn visible_page(
     }
     let mut inconsistent = 0usize;
     while let Some(next) = streams.iter().filter_map(|s| s.head.as_ref()).min().cloned() {
+        // The index says the peer may see it; the resource's own rules decide, so a stale row
+        // can never show a resource (it is skipped and reported here, never to the peer).
+        let shown = match resources.get(next.as_slice())? {
+            Some(value) => {
+                let resource: Resource = decode(value.value())?;
+                visible_mode(peer, &resource.shares).map(|(mode, read_only)| VisibleEntry {
+                    resource,
+                    mode,
+                    read_only,
+                })
+            }
+            None => None,
+        };
+        match shown {
+            // One visible name past a full page is all `more` needs; nothing further is read.
+            Some(_) if page.entries.len() == limit => {
+                page.more = true;
+                break;
+            }
+            Some(entry) => page.entries.push(entry),
+            None => inconsistent += 1,
+        }
         for s in &mut streams {
             if s.head.as_ref() == Some(&next) {
                 s.advance(&mut page.rows_read)?;
             }
         }
-        // The index says the peer may see it; the resource's own rules decide, so a stale row
-        // can never show a resource (it is skipped and reported here, never to the peer).
-        let Some(value) = resources.get(next.as_slice())? else {
-            inconsistent += 1;
-            continue;
-        };
-        let resource: Resource = decode(value.value())?;
-        let Some((mode, read_only)) = visible_mode(peer, &resource.shares) else {
-            inconsistent += 1;
-            continue;
-        };
-        if page.entries.len() == limit {
-            page.more = true;
-            break;
-        }
-        page.entries.push(VisibleEntry {
-            resource,
-            mode,
-            read_only,
-        });
     }
     if inconsistent > 0 {
         tracing::warn!(rows = inconsistent, "share index rows disagree with the resources");
