@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod links;
+pub mod mirror_index;
 pub mod peer_views;
 pub mod resources;
 pub mod share_index;

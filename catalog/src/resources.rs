@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection, Resource};
 use crate::state::{CHANGES, CLUSTER, CatalogError, RESOURCES, decode, encode};
-use crate::{share_index, validate};
+use crate::{mirror_index, share_index, validate};
 use causeway_policy::ShareRule;
 
 /// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
@@ -110,7 +110,8 @@ fn store(txn: &WriteTransaction, before: Option<&Resource>, r: &Resource) -> Res
     txn.open_table(RESOURCES)?
         .insert(r.name.as_bytes(), encode(r)?.as_slice())?;
     let old_shares = before.map(|b| b.shares.as_slice()).unwrap_or_default();
-    share_index::update(txn, &r.name, old_shares, &r.shares)
+    share_index::update(txn, &r.name, old_shares, &r.shares)?;
+    mirror_index::update(txn, &r.name, before, Some(r))
 }
 
 pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
@@ -214,6 +215,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             };
             txn.open_table(RESOURCES)?.remove(name.as_bytes())?;
             share_index::update(txn, name, &r.shares, &[])?;
+            mirror_index::update(txn, name, Some(&r), None)?;
             record_change(txn, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
             Ok(CommandResult::ResourceRemoved(name.clone()))
         }

@@ -105,7 +105,8 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
     for t in ALL_TABLES {
         txn.open_table(t)?;
     }
-    crate::share_index::ensure(txn)
+    crate::share_index::ensure(txn)?;
+    crate::mirror_index::ensure(txn)
 }
 
 /// Applies one committed command. Storage errors are returned (the caller must stop, as the
@@ -322,7 +323,8 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
             }
         }
     }
-    crate::share_index::rebuild(txn)
+    crate::share_index::rebuild(txn)?;
+    crate::mirror_index::rebuild(txn)
 }
 
 #[cfg(test)]

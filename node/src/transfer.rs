@@ -88,6 +88,8 @@ pub struct Mirroring {
     in_flight: Mutex<std::collections::BTreeSet<String>>,
     /// Write-back bundles offered to origins: (root, origin cluster).
     offers: Mutex<Vec<(HashAndFormat, ClusterId)>>,
+    /// Where member replication resumes its walk of the catalog.
+    replicate_cursor: Mutex<Option<String>>,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -121,6 +123,7 @@ impl Mirroring {
             running: tokio::sync::Semaphore::new(MAX_CONCURRENT_PULLS),
             in_flight: Mutex::new(Default::default()),
             offers: Mutex::new(Vec::new()),
+            replicate_cursor: Mutex::new(None),
         })
     }
 
@@ -418,12 +421,23 @@ impl Mirroring {
 
     /// On the leader: pulls every mirror whose origin's view shows another version.
     pub async fn reconcile(self: &Arc<Self>) {
-        let Ok(mirrors) = self
-            .fed
-            .read(|t| causeway_catalog::state::list_resources(t, None, causeway_catalog::state::MAX_PAGE))
-        else {
-            return;
-        };
+        let mut after: Option<String> = None;
+        loop {
+            let Ok(page) = self.fed.read(|t| {
+                causeway_catalog::mirror_index::list_mirrors(t, after.as_deref(), causeway_catalog::state::MAX_PAGE)
+            }) else {
+                return;
+            };
+            let done = page.len() < causeway_catalog::state::MAX_PAGE;
+            after = page.last().map(|m| m.name.clone());
+            self.reconcile_page(page);
+            if done {
+                return;
+            }
+        }
+    }
+
+    fn reconcile_page(self: &Arc<Self>, mirrors: Vec<Resource>) {
         for m in mirrors {
             let Some(origin) = m.mirror_of else { continue };
             let Ok(view) = self
@@ -460,12 +474,21 @@ impl Mirroring {
     /// On every member: fetches content of catalog versions that is not complete here from
     /// the other members, so losing one node loses no data.
     pub async fn replicate_from_members(&self) {
+        // One page per round, resuming where the last round stopped, so a large catalog is
+        // covered over several rounds at a bounded cost each.
+        let cursor = self.replicate_cursor.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Ok(rows) = self
             .fed
-            .read(|t| causeway_catalog::state::list_resources(t, None, causeway_catalog::state::MAX_PAGE))
+            .read(|t| causeway_catalog::state::list_resources(t, cursor.as_deref(), causeway_catalog::state::MAX_PAGE))
         else {
             return;
         };
+        *self.replicate_cursor.lock().unwrap_or_else(|e| e.into_inner()) =
+            if rows.len() < causeway_catalog::state::MAX_PAGE {
+                None
+            } else {
+                rows.last().map(|r| r.name.clone())
+            };
         let me = self.cluster.id();
         let members: Vec<(EndpointKey, Vec<std::net::SocketAddr>)> = {
             let m = self.cluster.raft().metrics().borrow_watched().clone();

@@ -130,24 +130,31 @@ impl CatalogAccess {
         {
             return true;
         }
+        // Only resources the peer may see can grant it a pull: walk the share index's pages
+        // for this peer, not the whole catalog.
         let wanted = root.to_string();
         let mut after: Option<String> = None;
         loop {
             let Ok(page) = self.fed.read(|t| {
-                causeway_catalog::state::list_resources(t, after.as_deref(), causeway_catalog::state::MAX_PAGE)
+                causeway_catalog::share_index::visible_page(
+                    t,
+                    &relation,
+                    after.as_deref(),
+                    causeway_catalog::state::MAX_PAGE,
+                )
             }) else {
                 return false;
             };
-            let done = page.len() < causeway_catalog::state::MAX_PAGE;
-            for r in &page {
+            for e in &page.entries {
+                let r = &e.resource;
                 if r.content.as_deref() == Some(wanted.as_str())
                     && causeway_policy::decide(&relation, Some(&r.shares), causeway_policy::Action::Pull).is_granted()
                 {
                     return true;
                 }
             }
-            after = page.last().map(|r| r.name.clone());
-            if done || after.is_none() {
+            after = page.entries.last().map(|e| e.resource.name.clone());
+            if !page.more || after.is_none() {
                 return false;
             }
         }
