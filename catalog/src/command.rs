@@ -37,6 +37,10 @@ pub enum Command {
     PublishResource {
         name: String,
         content: Option<String>,
+        /// The version this publish was made from: refused once the resource has moved past
+        /// it, so a publish retried after a lost answer (or raced by another) never makes a
+        /// second version. `None`: from whatever is current.
+        base_version: Option<u64>,
         now_ms: u64,
     },
     RemoveResource {
@@ -191,6 +195,8 @@ pub enum Rejection {
     NoSuchShare(String),
     #[error("{0:?} is a local resource or a mirror of another cluster; a mirror cannot replace it")]
     MirrorNameTaken(String),
+    #[error("{name:?} is at version {have} now, not {base}; publish again")]
+    VersionMoved { name: String, base: u64, have: u64 },
     #[error("mirror {name:?} already records version {version} with this content")]
     MirrorUnchanged { name: String, version: u64 },
     #[error("stale card: epoch {presented} is not newer than {known}")]

@@ -185,10 +185,24 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             record_change(txn, name, ChangeKind::MetadataUpdated, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
-        Command::PublishResource { name, content, now_ms } => {
+        Command::PublishResource {
+            name,
+            content,
+            base_version,
+            now_ms,
+        } => {
             let Some(mut r) = load(txn, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
+            if let Some(base) = *base_version
+                && base != r.version
+            {
+                return reject(Rejection::VersionMoved {
+                    name: name.clone(),
+                    base,
+                    have: r.version,
+                });
+            }
             if content
                 .as_ref()
                 .is_some_and(|c| c.is_empty() || c.len() > validate::MAX_CONTENT_LEN)
@@ -369,6 +383,36 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_from_a_base_version_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        let reg = Command::RegisterResource {
+            name: "dash".into(),
+            kind: "artifact".into(),
+            owner: "o".into(),
+            path: None,
+            metadata: BTreeMap::new(),
+            registered_at_ms: 1,
+        };
+        assert!(matches!(run(&db, reg), CommandResult::ResourceRegistered(_)));
+        // Made from version 0, it applies once; the same command again (a retry after a lost
+        // answer) finds the version moved and changes nothing.
+        let from_0 = Command::PublishResource {
+            name: "dash".into(),
+            content: Some("h1".into()),
+            base_version: Some(0),
+            now_ms: 2,
+        };
+        assert!(matches!(run(&db, from_0.clone()), CommandResult::Resource(r) if r.version == 1));
+        assert!(matches!(
+            run(&db, from_0),
+            CommandResult::Rejected(Rejection::VersionMoved { base: 0, have: 1, .. })
+        ));
+        let r = db.begin_read().unwrap();
+        assert_eq!(last_change_seq(&r).unwrap(), 2);
+    }
+
+    #[test]
     fn versions_metadata_shares_and_the_change_feed() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("r.redb")).unwrap();
@@ -384,6 +428,7 @@ mod tests {
         let publish = |c: &str| Command::PublishResource {
             name: "dash".into(),
             content: Some(c.into()),
+            base_version: None,
             now_ms: 2,
         };
         assert!(matches!(run(&db, publish("h1")), CommandResult::Resource(r) if r.version == 1));

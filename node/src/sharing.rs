@@ -98,10 +98,30 @@ impl Node {
         };
         let cmd = Command::PublishResource {
             name: name.into(),
-            content,
+            content: content.clone(),
+            base_version: Some(current.version),
             now_ms: now_ms(),
         };
-        resource_result(self.cluster().write(cmd).await?)
+        match self.cluster().write(cmd).await? {
+            // A forwarded write whose answer was lost is retried; if the first attempt
+            // committed, the retry finds the version moved, and that version is ours.
+            CommandResult::Rejected(Rejection::VersionMoved { .. }) => {
+                self.cluster().read_barrier().await?;
+                let now = self
+                    .federation()
+                    .read(|t| causeway_catalog::state::get_resource(t, name))?
+                    .ok_or_else(|| NodeError::NotFound(format!("no resource named {name:?}")))?;
+                if now.version == current.version + 1 && now.content == content {
+                    Ok(now.into())
+                } else {
+                    Err(NodeError::Conflict(format!(
+                        "{name:?} changed while it was being published (now version {}); publish again",
+                        now.version
+                    )))
+                }
+            }
+            other => resource_result(other),
+        }
     }
 
     pub async fn remove_resource(&self, name: &str) -> Result<(), NodeError> {

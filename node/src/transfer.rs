@@ -775,6 +775,7 @@ impl Mirroring {
                         let cmd = Command::PublishResource {
                             name: name.to_string(),
                             content: Some(new_root.to_string()),
+                            base_version: Some(resource.version),
                             now_ms: now_ms(),
                         };
                         match self.cluster.write(cmd).await {

@@ -82,6 +82,7 @@ pub fn seed_commands() -> Vec<Command> {
         Command::PublishResource {
             name: "team/tools".into(),
             content: Some("b3deadbeef".into()),
+            base_version: None,
             now_ms: 2,
         },
         Command::SetShare {
@@ -312,6 +313,7 @@ fn installed(db: &Database, snap: &CatalogSnapshot) {
         probes.push(Command::PublishResource {
             name: n.clone(),
             content: Some("b3".into()),
+            base_version: None,
             now_ms: 9,
         });
         probes.push(Command::UpdateMetadata {

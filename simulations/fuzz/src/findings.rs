@@ -29,6 +29,7 @@ pub fn all() -> Vec<Finding> {
     mirror_then_publish.extend(pc(&Command::PublishResource {
         name: "mirror".into(),
         content: None,
+        base_version: None,
         now_ms: 0,
     }));
 

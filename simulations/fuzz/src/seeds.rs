@@ -178,6 +178,7 @@ fn raft_requests() -> Vec<(&'static str, u8, RaftRequest)> {
         payload: EntryPayload::Normal(Command::PublishResource {
             name: "team/tools".into(),
             content: Some("b3".into()),
+            base_version: None,
             now_ms: 11,
         }),
     };
