@@ -129,7 +129,8 @@ impl NodeProc {
             {
                 panic!("{name} exited early with {status}: {}", self.log());
             }
-            self.try_json(&["id"]).map(|_| ())
+            // `id` answers offline too; `cluster status` needs the daemon.
+            self.try_json(&["cluster", "status"]).map(|_| ())
         });
     }
 
