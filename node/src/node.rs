@@ -57,9 +57,6 @@ struct Inner {
     federation: Arc<Federation>,
     content: ContentStore,
     mirroring: Arc<Mirroring>,
-    /// Publishes run one at a time, so a hook and an admin publishing together make one
-    /// version, not two with the same commits.
-    publishing: tokio::sync::Mutex<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -132,7 +129,6 @@ impl Node {
             federation,
             content,
             mirroring,
-            publishing: tokio::sync::Mutex::new(()),
             tasks,
         })))
     }
@@ -382,7 +378,7 @@ impl Node {
     }
 
     pub(crate) async fn publish_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0.publishing.lock().await
+        self.0.mirroring.publishing.lock().await
     }
 
     pub fn mirroring(&self) -> &Arc<Mirroring> {

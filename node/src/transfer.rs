@@ -90,6 +90,9 @@ pub struct Mirroring {
     offers: Mutex<Vec<(HashAndFormat, ClusterId)>>,
     /// Where member replication resumes its walk of the catalog.
     replicate_cursor: Mutex<Option<String>>,
+    /// Publishes on this node run one at a time (an admin's, a hook's, a write-back's), so two
+    /// of them together make one version, not two with the same commits.
+    pub(crate) publishing: tokio::sync::Mutex<()>,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -124,6 +127,7 @@ impl Mirroring {
             in_flight: Mutex::new(Default::default()),
             offers: Mutex::new(Vec::new()),
             replicate_cursor: Mutex::new(None),
+            publishing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -758,13 +762,19 @@ impl Mirroring {
         if let Err(e) = fetched {
             return FedResponse::Error(format!("bundle transfer failed: {e}"));
         }
+        let _one_at_a_time = self.publishing.lock().await;
         match self.content.apply_bundle_blob(root, std::path::Path::new(&path)).await {
             Ok(outcome) if !outcome.refused.is_empty() => {
                 let names: Vec<String> = outcome.refused.iter().map(|r| r.name.clone()).collect();
                 FedResponse::Denied(format!("divergent refs refused, not overwritten: {}", names.join(", ")))
             }
             Ok(_) => {
-                // Publish the new commits as a version, so every peer (the writer too) follows.
+                // Publish the new commits as a version, so every peer (the writer too) follows;
+                // from the version current now (another publish may have run meanwhile).
+                let resource = match self.local_resource(name) {
+                    Ok(Some(r)) => r,
+                    _ => return FedResponse::Error("resource vanished during the write-back".into()),
+                };
                 let previous = resource.content.as_deref().and_then(|c| parse_root(c).ok());
                 match self
                     .content
