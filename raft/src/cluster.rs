@@ -61,6 +61,10 @@ impl Default for RaftSettings {
 pub const ROUTE_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between routing attempts when there is no leader yet.
 const ROUTE_RETRY: Duration = Duration::from_millis(100);
+/// How long shutdown waits for the Raft tasks to release the database.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often shutdown checks whether they did.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(2);
 /// How often the leader looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 
@@ -90,6 +94,7 @@ struct Inner {
     raft: Raft,
     endpoint: Endpoint,
     db: Arc<Database>,
+    flusher: store::Flusher,
     settings: RaftSettings,
     /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
     bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
@@ -113,6 +118,7 @@ impl ClusterNode {
     ) -> Result<Self, ClusterError> {
         let (log, sm) = store::open(db_path)?;
         let db = sm.database();
+        let flusher = log.flusher();
         let config = Config {
             cluster_name: "causeway".into(),
             heartbeat_interval: settings.heartbeat_ms,
@@ -121,6 +127,9 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
             max_in_snapshot_log_to_keep: settings.keep_logs,
             install_snapshot_timeout: 60_000,
+            // Followers get an entry as soon as the leader's append returned (it is in memory
+            // then), so replication overlaps the leader's own fsync instead of following it.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()
@@ -137,6 +146,7 @@ impl ClusterNode {
             raft,
             endpoint,
             db,
+            flusher,
             settings,
             bootstrap_peers: Mutex::new(bootstrap_peers),
             leader_client: tokio::sync::Mutex::new(None),
@@ -460,7 +470,9 @@ impl ClusterNode {
         }
     }
 
-    /// Stops background tasks and the Raft node. Storage is closed when the last handle drops.
+    /// Stops background tasks, the Raft node and the log flusher, and waits until nothing but
+    /// this handle holds the database: once the last `ClusterNode` handle is dropped the redb
+    /// file is closed, so the same data dir can be opened again at once.
     pub async fn shutdown(&self) {
         let tasks: Vec<_> = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
@@ -468,6 +480,23 @@ impl ClusterNode {
         }
         if let Err(e) = self.0.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+        let flusher = self.0.flusher.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || flusher.stop()).await {
+            tracing::warn!(error = %e, "stopping the raft log flusher");
+        }
+        // The state machine worker, replication tasks and blocking storage calls that the Raft
+        // core started end on their own shortly after it; each holds the database until then.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+        while Arc::strong_count(&self.0.db) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    holders = Arc::strong_count(&self.0.db) - 1,
+                    "raft storage still in use after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL).await;
         }
     }
 }

@@ -6,10 +6,11 @@
 //! before returning. Entries are applied only when openraft hands them over as committed.
 
 use std::{
+    collections::BTreeMap,
     io,
     ops::{Bound, RangeBounds},
     path::Path,
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, mpsc},
 };
 
 use causeway_catalog::{CatalogSnapshot, CommandResult};
@@ -96,91 +97,250 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
-    let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-    let flusher_db = db.clone();
-    let committed = Arc::new(std::sync::Mutex::new(None));
-    let flusher_committed = committed.clone();
-    std::thread::Builder::new()
+    let (tx, rx) = mpsc::channel::<FlushMsg>();
+    let log = Arc::new(LogShared {
+        db: db.clone(),
+        unflushed: Mutex::new(Unflushed::default()),
+        committed: Mutex::new(None),
+    });
+    let flusher_log = log.clone();
+    let thread = std::thread::Builder::new()
         .name("raft-log-flush".into())
-        .spawn(move || run_flusher(flusher_db, rx, flusher_committed))?;
+        .spawn(move || run_flusher(&flusher_log, rx))?;
+    let flusher = Flusher {
+        tx: tx.clone(),
+        thread: Arc::new(Mutex::new(Some(thread))),
+    };
     Ok((
         LogStore {
-            db: db.clone(),
+            log,
             flush: tx,
-            committed,
+            flusher,
         },
         StateMachineStore { db },
     ))
 }
 
-/// Makes every append queued so far durable with one fsync, then acknowledges them all.
-fn run_flusher(db: Arc<Database>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>, committed: PendingCommitted) {
-    let mut seq: u64 = 0;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_FLUSH_BATCH {
-            match rx.try_recv() {
-                Ok(cb) => batch.push(cb),
-                Err(_) => break,
-            }
+/// What the flusher thread is asked to do.
+enum FlushMsg {
+    /// Make everything appended up to this append sequence number durable, then report.
+    Flush(u64, IOFlushed<TypeConfig>),
+    /// Finish the flushes queued before this message and exit, releasing the database.
+    Stop,
+}
+
+/// Log entries appended but not yet written to redb, and the sequence number of the newest
+/// append. Readers look here first: an entry lives here until the flusher's transaction that
+/// wrote it is committed, so every appended entry is always readable from one place or the other.
+#[derive(Default)]
+struct Unflushed {
+    entries: BTreeMap<u64, Arc<Entry>>,
+    appended_seq: u64,
+}
+
+/// The log's state shared by the log store, its readers and the flusher thread.
+struct LogShared {
+    db: Arc<Database>,
+    unflushed: Mutex<Unflushed>,
+    /// The newest committed log id not yet written, encoded; the flusher persists it.
+    committed: Mutex<Option<Vec<u8>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LogShared {
+    /// Unflushed entries in `range` plus a redb read transaction, taken together under the lock
+    /// so that an entry the flusher moves from memory to redb is seen in one or the other.
+    fn snapshot(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<(Vec<Arc<Entry>>, redb::ReadTransaction)> {
+        let unflushed = lock(&self.unflushed);
+        let entries = unflushed.entries.range(range).map(|(_, e)| e.clone()).collect();
+        let txn = self.db.begin_read().map_err(io_err)?;
+        Ok((entries, txn))
+    }
+
+    /// The entries of `range` if all of them are still in memory (the usual case when a
+    /// follower is replicated to while it keeps up), without touching redb.
+    fn unflushed_only(&self, range: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let start = match range.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.checked_add(1)?,
+            Bound::Unbounded => return None,
+        };
+        let unflushed = lock(&self.unflushed);
+        let first = *unflushed.entries.keys().next()?;
+        if start < first {
+            return None;
         }
-        seq += 1;
-        let result = (|| -> io::Result<()> {
-            let txn = write_txn(&db, Durability::Immediate)?;
-            {
-                let mut meta = txn.open_table(META).map_err(io_err)?;
-                meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
-                // The committed index rides along with the next fsync instead of costing a
-                // commit of its own on every write.
-                let pending = committed.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(bytes) = pending {
-                    meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
+        Some(unflushed.entries.range(range).map(|(_, e)| Entry::clone(e)).collect())
+    }
+
+    fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = self.unflushed_only(range) {
+            return Ok(entries);
+        }
+        let (memory, txn) = self.snapshot(range)?;
+        let first_in_memory = memory.first().map(|e| e.index()).unwrap_or(u64::MAX);
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        let mut out = Vec::new();
+        for row in t.range(range).map_err(io_err)? {
+            let (k, v) = row.map_err(io_err)?;
+            // From the first in-memory index on, memory is newer (redb may hold the same
+            // entries once the flusher committed them).
+            if k.value() >= first_in_memory {
+                break;
+            }
+            out.push(dec(v.value(), MAX_RECORD)?);
+        }
+        out.extend(memory.iter().map(|e| Entry::clone(e)));
+        Ok(out)
+    }
+
+    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        let (newest_in_memory, txn) = {
+            let unflushed = lock(&self.unflushed);
+            let newest = unflushed.entries.values().next_back().map(|e| e.log_id());
+            (newest, self.db.begin_read().map_err(io_err)?)
+        };
+        if newest_in_memory.is_some() {
+            return Ok(newest_in_memory);
+        }
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        match t.last().map_err(io_err)? {
+            Some((_, v)) => Ok(Some(dec::<Entry>(v.value(), MAX_RECORD)?.log_id())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Makes every append queued so far durable with one fsync, then acknowledges them all. The
+/// entries themselves are written by the same transaction that is fsynced, so an append costs
+/// no redb commit of its own.
+fn run_flusher(log: &LogShared, rx: mpsc::Receiver<FlushMsg>) {
+    let mut seq: u64 = 0;
+    // Appends up to this sequence number are durable.
+    let mut durable_seq: u64 = 0;
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = Vec::new();
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            match m {
+                FlushMsg::Flush(s, cb) => batch.push((s, cb)),
+                FlushMsg::Stop => {
+                    stop = true;
+                    break;
                 }
             }
-            txn.commit().map_err(io_err)
-        })();
-        tracing::debug!(entries = batch.len(), ok = result.is_ok(), "raft log flushed");
-        for cb in batch {
+            if batch.len() < MAX_FLUSH_BATCH {
+                msg = rx.try_recv().ok();
+            }
+        }
+        // Appends an earlier flush already wrote (it takes every entry in memory, not only those
+        // of its own batch) need no fsync of their own.
+        let needed = batch.iter().any(|(s, _)| *s > durable_seq);
+        let result = if needed {
+            seq += 1;
+            flush_once(log, seq).map(|written_seq| durable_seq = durable_seq.max(written_seq))
+        } else {
+            Ok(())
+        };
+        tracing::debug!(
+            appends = batch.len(),
+            fsync = needed,
+            ok = result.is_ok(),
+            "raft log flushed"
+        );
+        for (_, cb) in batch {
             cb.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
+        }
+    }
+}
+
+/// One durable transaction writing every unflushed entry and the pending committed index;
+/// returns the append sequence number it covers.
+fn flush_once(log: &LogShared, seq: u64) -> io::Result<u64> {
+    // The write lock is taken before the entries are picked: a truncation that removes entries
+    // from memory after this point waits for this commit and then deletes them from redb too.
+    let txn = write_txn(&log.db, Durability::Immediate)?;
+    let (entries, written_seq) = {
+        let unflushed = lock(&log.unflushed);
+        let entries: Vec<Arc<Entry>> = unflushed.entries.values().cloned().collect();
+        (entries, unflushed.appended_seq)
+    };
+    {
+        let mut t = txn.open_table(LOG).map_err(io_err)?;
+        for e in &entries {
+            t.insert(e.index(), enc(&**e)?.as_slice()).map_err(io_err)?;
+        }
+        let mut meta = txn.open_table(META).map_err(io_err)?;
+        meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
+        // The committed index rides along with the next fsync instead of costing a commit of its
+        // own on every write.
+        let pending = lock(&log.committed).take();
+        if let Some(bytes) = pending {
+            meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
+        }
+    }
+    txn.commit().map_err(io_err)?;
+    let mut unflushed = lock(&log.unflushed);
+    for e in entries {
+        // Only the very entry written: a truncation may have replaced it since.
+        if unflushed.entries.get(&e.index()).is_some_and(|m| Arc::ptr_eq(m, &e)) {
+            unflushed.entries.remove(&e.index());
+        }
+    }
+    Ok(written_seq)
+}
+
+/// Stops the flusher thread and waits for it, so that it no longer holds the database.
+#[derive(Clone)]
+pub struct Flusher {
+    tx: mpsc::Sender<FlushMsg>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Flusher {
+    /// Lets the flusher finish what is queued, then waits for its thread to exit. Blocking.
+    pub fn stop(&self) {
+        // A send error means the thread already exited.
+        let _ = self.tx.send(FlushMsg::Stop);
+        if let Some(thread) = lock(&self.thread).take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("raft log flusher panicked");
         }
     }
 }
 
 /// The Raft log and vote.
 pub struct LogStore {
-    db: Arc<Database>,
-    flush: mpsc::Sender<IOFlushed<TypeConfig>>,
-    committed: PendingCommitted,
+    log: Arc<LogShared>,
+    flush: mpsc::Sender<FlushMsg>,
+    flusher: Flusher,
 }
-
-/// The newest committed log id not yet written, encoded; the flusher persists it.
-type PendingCommitted = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 
 impl LogStore {
     pub fn database(&self) -> Arc<Database> {
-        self.db.clone()
+        self.log.db.clone()
+    }
+
+    /// The handle that stops this store's flusher thread.
+    pub fn flusher(&self) -> Flusher {
+        self.flusher.clone()
     }
 }
 
 /// Reads log entries for replication.
 #[derive(Clone)]
 pub struct LogReader {
-    db: Arc<Database>,
+    log: Arc<LogShared>,
 }
 
 fn range_bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
-}
-
-fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
-    let txn = db.begin_read().map_err(io_err)?;
-    let t = txn.open_table(LOG).map_err(io_err)?;
-    let mut out = Vec::new();
-    for row in t.range(range).map_err(io_err)? {
-        let (_, v) = row.map_err(io_err)?;
-        out.push(dec(v.value(), MAX_RECORD)?);
-    }
-    Ok(out)
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -188,13 +348,17 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let db = self.db.clone();
         let bounds = range_bounds(&range);
-        blocking(move || read_entries(&db, bounds)).await
+        // Entries still in memory are served without a trip to the blocking pool.
+        if let Some(entries) = self.log.unflushed_only(bounds) {
+            return Ok(entries);
+        }
+        let log = self.log.clone();
+        blocking(move || log.read_entries(bounds)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        read_key(&self.db, META, KEY_VOTE)
+        read_key(&self.log.db, META, KEY_VOTE)
     }
 }
 
@@ -203,11 +367,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        LogReader { db: self.db.clone() }.try_get_log_entries(range).await
+        LogReader { log: self.log.clone() }.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        LogReader { db: self.db.clone() }.read_vote().await
+        LogReader { log: self.log.clone() }.read_vote().await
     }
 }
 
@@ -215,15 +379,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let db = self.db.clone();
+        let log = self.log.clone();
         blocking(move || {
-            let last_purged: Option<LogId> = read_key(&db, META, KEY_PURGED)?;
-            let txn = db.begin_read().map_err(io_err)?;
-            let t = txn.open_table(LOG).map_err(io_err)?;
-            let last = match t.last().map_err(io_err)? {
-                Some((_, v)) => Some(dec::<Entry>(v.value(), MAX_RECORD)?.log_id()),
-                None => last_purged,
-            };
+            let last_purged: Option<LogId> = read_key(&log.db, META, KEY_PURGED)?;
+            let last = log.last_log_id()?.or(last_purged);
             Ok(LogState {
                 last_purged_log_id: last_purged,
                 last_log_id: last,
@@ -233,11 +392,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader { db: self.db.clone() }
+        LogReader { log: self.log.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let db = self.db.clone();
+        let db = self.log.db.clone();
         let bytes = enc(vote)?;
         blocking(move || {
             let txn = write_txn(&db, Durability::Immediate)?;
@@ -254,16 +413,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written by the next flush. Losing the newest value in a crash only means re-applying
         // from an older committed index once the leader confirms it again.
         let bytes = enc(&committed)?;
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        *lock(&self.log.committed) = Some(bytes);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let pending = self.committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pending = lock(&self.log.committed).clone();
         if let Some(bytes) = pending {
             return dec(&bytes, MAX_RECORD);
         }
-        Ok(read_key::<Option<LogId>>(&self.db, META, KEY_COMMITTED)?.flatten())
+        Ok(read_key::<Option<LogId>>(&self.log.db, META, KEY_COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -271,32 +430,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows = entries
-            .into_iter()
-            .map(|e| Ok((e.index(), enc(&e)?)))
-            .collect::<io::Result<Vec<_>>>()?;
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = write_txn(&db, Durability::None)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(io_err)?;
-                for (index, bytes) in &rows {
-                    t.insert(index, bytes.as_slice()).map_err(io_err)?;
-                }
+        // Kept in memory (readable at once) until the flusher writes and fsyncs them together
+        // with every other append queued meanwhile: an append costs no redb commit of its own.
+        let seq = {
+            let mut unflushed = lock(&self.log.unflushed);
+            for e in entries {
+                unflushed.entries.insert(e.index(), Arc::new(e));
             }
-            txn.commit().map_err(io_err)
-        })
-        .await?;
+            unflushed.appended_seq += 1;
+            unflushed.appended_seq
+        };
         self.flush
-            .send(callback)
+            .send(FlushMsg::Flush(seq, callback))
             .map_err(|_| io_err("raft log flusher stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let db = self.db.clone();
+        let log = self.log.clone();
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        // Out of memory first, then out of redb: a flush that picked these entries before they
+        // left memory holds the write lock, so the deletion below runs after its commit.
+        lock(&log.unflushed).entries.retain(|&i, _| i < from);
         blocking(move || {
-            let txn = write_txn(&db, Durability::Immediate)?;
+            let txn = write_txn(&log.db, Durability::Immediate)?;
             txn.open_table(LOG)
                 .map_err(io_err)?
                 .retain_in(from.., |_, _| false)
@@ -307,11 +463,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let db = self.db.clone();
+        let log = self.log.clone();
         let bytes = enc(&log_id)?;
         let upto = log_id.index();
+        lock(&log.unflushed).entries.retain(|&i, _| i > upto);
         blocking(move || {
-            let txn = write_txn(&db, Durability::None)?;
+            let txn = write_txn(&log.db, Durability::None)?;
             {
                 txn.open_table(META)
                     .map_err(io_err)?

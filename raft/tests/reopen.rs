@@ -1,0 +1,74 @@
+//! Shutting a cluster node down and opening the same data dir again at once, in one process (as
+//! `causeway init` followed by a start does): shutdown must leave nothing holding the database.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use causeway_catalog::{Command, CommandResult};
+use causeway_proto::EndpointKey;
+use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
+use iroh::{Endpoint, SecretKey, endpoint::presets};
+use openraft::ServerState;
+
+/// Shutdown-and-reopen rounds: the race this guards against lost about one round in four.
+const ROUNDS: usize = 12;
+const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
+
+async fn endpoint(secret: SecretKey) -> Endpoint {
+    Endpoint::builder(presets::Minimal)
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind addr")
+        .secret_key(secret)
+        .bind()
+        .await
+        .expect("bind endpoint")
+}
+
+fn register(name: String) -> Command {
+    Command::RegisterResource {
+        name,
+        kind: "artifact".into(),
+        owner: "test".into(),
+        path: None,
+        metadata: Default::default(),
+        registered_at_ms: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_then_immediate_reopen_of_the_same_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raft.redb");
+    let secret = SecretKey::generate();
+    let id = EndpointKey(*secret.public().as_bytes());
+    for round in 0..ROUNDS {
+        let ep = endpoint(secret.clone()).await;
+        let cluster = ClusterNode::start(id, ep.clone(), &path, RaftSettings::default(), BTreeSet::new())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        if round == 0 {
+            let addrs = ep.bound_sockets();
+            cluster
+                .initialize_single(MemberNode { addrs })
+                .await
+                .expect("initialize");
+        }
+        cluster
+            .raft()
+            .wait(Some(ELECTION_DEADLINE))
+            .state(ServerState::Leader, "leads")
+            .await
+            .expect("elected");
+        // A write per round keeps the flusher busy right up to the shutdown.
+        let result = cluster.write(register(format!("r{round}"))).await.expect("write");
+        assert!(matches!(result, CommandResult::ResourceRegistered(_)), "{result:?}");
+        // Every earlier round's write survived its shutdown: registering it again is a duplicate.
+        if round > 0 {
+            let again = cluster.write(register(format!("r{}", round - 1))).await.expect("write");
+            assert!(!matches!(again, CommandResult::ResourceRegistered(_)), "{again:?}");
+        }
+        cluster.shutdown().await;
+        drop(cluster);
+        ep.close().await;
+    }
+}
