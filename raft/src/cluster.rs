@@ -127,9 +127,6 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
             max_in_snapshot_log_to_keep: settings.keep_logs,
             install_snapshot_timeout: 60_000,
-            // Followers get an entry as soon as the leader's append returned (it is in memory
-            // then), so replication overlaps the leader's own fsync instead of following it.
-            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()
@@ -324,7 +321,10 @@ impl ClusterNode {
     }
 
     fn known_leader(&self) -> Option<(EndpointKey, MemberNode)> {
-        let m = self.0.raft.metrics().borrow_watched().clone();
+        // Read under the borrow: every routed write asks, and cloning the whole metrics (maps of
+        // replication progress and heartbeats) would cost more than the answer.
+        let metrics = self.0.raft.metrics();
+        let m = metrics.borrow_watched();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader).cloned()?;
         Some((leader, node))

@@ -95,10 +95,9 @@ impl PeerClient {
                 .open_bi()
                 .await
                 .map_err(|e| CallError::Network(target, e.to_string()))?;
-            send.write_all(&[kind as u8])
+            wire::write_frame_after(&mut send, &[kind as u8], req, kind.limit())
                 .await
-                .map_err(|e| CallError::Network(target, e.to_string()))?;
-            wire::write_frame(&mut send, req, kind.limit()).await.map_err(net)?;
+                .map_err(net)?;
             send.finish().map_err(|e| CallError::Network(target, e.to_string()))?;
             let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME).await.map_err(net)?;
             Ok(resp)

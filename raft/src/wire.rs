@@ -108,9 +108,28 @@ fn stream_err(e: impl std::fmt::Display) -> WireError {
 
 /// Writes one frame (length prefix + body) without finishing the stream.
 pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T, limit: usize) -> Result<(), WireError> {
-    let body = frame::encode(value, limit)?;
-    send.write_all(&frame::prefix(body.len())).await.map_err(stream_err)?;
-    send.write_all(&body).await.map_err(stream_err)?;
+    write_frame_after(send, &[], value, limit).await
+}
+
+/// Writes `lead` and then one frame as a single write, so a request or response leaves in as
+/// few packets (and connection-driver wake-ups) as possible.
+pub async fn write_frame_after<T: Serialize>(
+    send: &mut SendStream,
+    lead: &[u8],
+    value: &T,
+    limit: usize,
+) -> Result<(), WireError> {
+    let header = lead.len() + frame::PREFIX_LEN;
+    let mut buf = Vec::with_capacity(header + 64);
+    buf.extend_from_slice(lead);
+    buf.extend_from_slice(&[0; frame::PREFIX_LEN]);
+    let mut buf = postcard::to_extend(value, buf).map_err(FrameError::from)?;
+    let len = buf.len() - header;
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit }.into());
+    }
+    buf[lead.len()..header].copy_from_slice(&frame::prefix(len));
+    send.write_all(&buf).await.map_err(stream_err)?;
     Ok(())
 }
 
