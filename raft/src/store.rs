@@ -102,6 +102,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         db: db.clone(),
         unflushed: Mutex::new(Unflushed::default()),
         committed: Mutex::new(None),
+        flushing: tokio::sync::watch::channel(false).0,
     });
     let flusher_log = log.clone();
     let thread = std::thread::Builder::new()
@@ -144,6 +145,8 @@ struct LogShared {
     unflushed: Mutex<Unflushed>,
     /// The newest committed log id not yet written, encoded; the flusher persists it.
     committed: Mutex<Option<Vec<u8>>>,
+    /// Whether the flusher is inside a flush (an fsync), for appends to wait it out.
+    flushing: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -243,7 +246,10 @@ fn run_flusher(log: &LogShared, rx: mpsc::Receiver<FlushMsg>) {
         let needed = batch.iter().any(|(s, _)| *s > durable_seq);
         let result = if needed {
             seq += 1;
-            flush_once(log, seq).map(|written_seq| durable_seq = durable_seq.max(written_seq))
+            log.flushing.send_replace(true);
+            let result = flush_once(log, seq).map(|written_seq| durable_seq = durable_seq.max(written_seq));
+            log.flushing.send_replace(false);
+            result
         } else {
             Ok(())
         };
@@ -430,6 +436,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // While an fsync is under way the Raft core waits here, as it would for redb's write
+        // lock: client writes pile up meanwhile and come as one large append (one apply, one
+        // state-machine commit) after it, instead of many small ones that each cost a commit.
+        let mut flushing = self.log.flushing.subscribe();
+        if *flushing.borrow() {
+            // An error means the flusher is gone; the send below reports that.
+            let _ = flushing.wait_for(|busy| !*busy).await;
+        }
         // Kept in memory (readable at once) until the flusher writes and fsyncs them together
         // with every other append queued meanwhile: an append costs no redb commit of its own.
         let seq = {
