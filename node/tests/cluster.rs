@@ -117,7 +117,9 @@ fn daemon_starts_from_config_file_or_environment() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let id = wait_for("daemon to answer", || a.try_json(&["id"]));
+        // `id` also answers offline; `cluster status` only from the daemon.
+        wait_for("daemon to answer", || a.try_json(&["cluster", "status"]));
+        let id = a.json(&["id"]);
         assert_eq!(id["cluster_name"], "a", "started via {how}");
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
