@@ -14,7 +14,7 @@ use causeway_proto::{
     EndpointKey, InviteTicket, alpn,
     ticket::{MAX_TICKET_MEMBERS, TicketMember},
 };
-use causeway_raft::{ClusterNode, RaftService, Role};
+use causeway_raft::{ClusterNode, MemberNode, RaftService, Role};
 use iroh::{Endpoint, protocol::Router};
 
 use crate::api::{ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView};
@@ -116,6 +116,10 @@ impl Node {
                 cluster.clone(),
                 mirroring.clone(),
                 config.sync,
+            )),
+            tokio::spawn(record_own_addrs(
+                cluster.clone(),
+                crate::endpoint::advertised_addrs(&endpoint),
             )),
         ];
         tracing::info!(endpoint = %id, cluster = %state.cluster_id, bind = %config.bind, "node started");
@@ -433,5 +437,27 @@ impl Node {
         self.0.cluster.shutdown().await;
         self.0.endpoint.close().await;
         tracing::info!("node stopped");
+    }
+}
+
+/// How often a member retries recording its addresses until the cluster accepts them.
+const ADDRS_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A member that restarted bound to other addresses than the membership records tells the
+/// leader, so the others (and joiners' tickets) dial it where it is now. Retries until done.
+async fn record_own_addrs(cluster: ClusterNode, addrs: Vec<std::net::SocketAddr>) {
+    if addrs.is_empty() {
+        return;
+    }
+    loop {
+        match cluster.update_own_addrs(MemberNode { addrs: addrs.clone() }).await {
+            Ok(true) => {
+                tracing::info!(?addrs, "recorded this member's new addresses");
+                return;
+            }
+            Ok(false) => return,
+            Err(e) => tracing::debug!(error = %e, "recording this member's addresses; will retry"),
+        }
+        tokio::time::sleep(ADDRS_RETRY).await;
     }
 }

@@ -212,3 +212,42 @@ fn demo_shows_the_whole_federation_and_keeps_its_data_dirs() {
     assert!(dir.join("alpha").join("node.json").exists());
     assert!(dir.join("beta").join("mirrors").exists());
 }
+
+#[test]
+fn a_member_restarted_on_another_port_is_recorded_there_and_keeps_replicating() {
+    let h = Harness::new();
+    let mut nodes = h.three_node_cluster(|_| {});
+    // A follower moves: stopped, rebound to a new port, started again.
+    let leader = leader_of(&nodes[0]).expect("leader");
+    let k = nodes
+        .iter()
+        .position(|n| n.endpoint_id() != leader)
+        .expect("a follower");
+    let moved_id = nodes[k].endpoint_id();
+    assert!(nodes[k].stop());
+    let port = free_port();
+    nodes[k].port = port;
+    nodes[k].edit_config(|c| c.bind = format!("127.0.0.1:{port}").parse().expect("addr"));
+    nodes[k].start();
+
+    let other = (k + 1) % 3;
+    let want = format!("127.0.0.1:{port}");
+    wait_for("the cluster to record the member's new address", || {
+        let status = nodes[other].try_json(&["cluster", "status"])?;
+        let recorded = status["members"].as_array()?.iter().any(|m| {
+            m["endpoint_id"] == moved_id.as_str()
+                && m["addrs"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == want.as_str()))
+        });
+        recorded.then_some(())
+    });
+    // Writes made now reach it at its new address.
+    nodes[other].register("after-move");
+    wait_for("the moved member to replicate a new write", || {
+        nodes[k]
+            .resource_names()?
+            .contains(&"after-move".to_string())
+            .then_some(())
+    });
+}

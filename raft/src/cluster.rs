@@ -3,7 +3,7 @@
 //! membership changes, status), plus the leader's task that promotes caught-up learners.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -245,6 +245,23 @@ impl ClusterNode {
                 Ok(_) => ForwardResponse::Done,
                 Err(e) => not_leader_or_failed!(e),
             },
+            ForwardRequest::UpdateAddrs { id, node } => {
+                let metrics = raft.metrics().borrow_watched().clone();
+                match metrics.membership_config.membership().get_node(&id) {
+                    None => return ForwardResponse::Failed(format!("{id} is not a member of this cluster")),
+                    Some(known) if *known == node => return ForwardResponse::Done,
+                    Some(_) => {}
+                }
+                // The node ID is the member's verified endpoint key, so replacing its addresses
+                // cannot make another process stand in for it.
+                match raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
+                    .await
+                {
+                    Ok(_) => ForwardResponse::Done,
+                    Err(e) => not_leader_or_failed!(e),
+                }
+            }
             ForwardRequest::RemoveMember { id } => {
                 let metrics = raft.metrics().borrow_watched().clone();
                 let membership = metrics.membership_config.membership().clone();
@@ -383,6 +400,23 @@ impl ClusterNode {
 
     /// Runs a membership change, waiting out one already in progress (a learner being
     /// promoted, another node joining): Raft allows one change at a time.
+    /// Records this member's current addresses in the membership when they differ from the
+    /// ones recorded (it restarted bound elsewhere), so the others dial it where it is.
+    pub async fn update_own_addrs(&self, node: MemberNode) -> Result<bool, ClusterError> {
+        let recorded = {
+            let m = self.0.raft.metrics().borrow_watched().clone();
+            m.membership_config.membership().get_node(&self.0.id).cloned()
+        };
+        match recorded {
+            Some(r) if r != node => {
+                self.expect_done(ForwardRequest::UpdateAddrs { id: self.0.id, node })
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn expect_done(&self, req: ForwardRequest) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + ROUTE_DEADLINE;
         loop {

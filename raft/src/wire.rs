@@ -68,6 +68,12 @@ pub enum ForwardRequest {
     Status,
     /// An opaque request for the node layer's handler on the leader.
     App(Vec<u8>),
+    /// "Member `id` now listens at `node`'s addresses" (it restarted bound elsewhere). Appended
+    /// last: the variant order is the wire format.
+    UpdateAddrs {
+        id: EndpointKey,
+        node: MemberNode,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

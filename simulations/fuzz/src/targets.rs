@@ -447,7 +447,7 @@ fn raft_request(req: &RaftRequest, input_len: usize) {
                 catalog_db::command_shape(cmd, input_len);
                 catalog_db::apply_to_seeded(std::slice::from_ref(cmd));
             }
-            ForwardRequest::AddLearner { id, node } => {
+            ForwardRequest::AddLearner { id, node } | ForwardRequest::UpdateAddrs { id, node } => {
                 let _ = (id.short(), node.to_string());
             }
             ForwardRequest::RemoveMember { id } => {
