@@ -9,6 +9,8 @@ pub mod peer_views;
 pub mod resources;
 pub mod share_index;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 pub mod validate;
 
 pub use command::{Command, CommandResult, Rejection, Resource};

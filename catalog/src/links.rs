@@ -209,7 +209,7 @@ pub fn list(txn: &ReadTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::apply as run_cmd;
+    use crate::test_support::run;
     use causeway_proto::card::{CardMember, ClusterCard, cluster_id_of};
     use redb::{Database, ReadableDatabase};
 
@@ -230,13 +230,6 @@ mod tests {
             },
             &secret,
         )
-    }
-
-    fn run(db: &Database, cmd: Command) -> CommandResult {
-        let txn = db.begin_write().unwrap();
-        let r = run_cmd(&txn, &cmd).unwrap();
-        txn.commit().unwrap();
-        r
     }
 
     #[test]

@@ -90,22 +90,7 @@ mod tests {
 
     use super::*;
     use crate::command::{Command, CommandResult};
-
-    fn db() -> (tempfile::TempDir, redb::Database) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = redb::Database::create(dir.path().join("c.redb")).expect("db");
-        let txn = db.begin_write().expect("txn");
-        crate::state::create_tables(&txn).expect("tables");
-        txn.commit().expect("commit");
-        (dir, db)
-    }
-
-    fn run(db: &redb::Database, cmd: Command) -> CommandResult {
-        let txn = db.begin_write().expect("txn");
-        let r = crate::state::apply(&txn, &cmd).expect("apply");
-        txn.commit().expect("commit");
-        r
-    }
+    use crate::test_support::{db, run};
 
     fn mirrors(db: &redb::Database, after: Option<&str>, limit: usize) -> Vec<String> {
         use redb::ReadableDatabase;

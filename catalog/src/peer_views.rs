@@ -211,7 +211,7 @@ pub fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::apply as run_cmd;
+    use crate::test_support::run;
     use causeway_proto::{
         EndpointKey,
         card::{CardMember, ClusterCard, SignedCard, cluster_id_of},
@@ -228,13 +228,6 @@ mod tests {
             mode: ShareMode::Pull,
             read_only: true,
         }
-    }
-
-    fn run(db: &Database, cmd: Command) -> CommandResult {
-        let txn = db.begin_write().unwrap();
-        let r = run_cmd(&txn, &cmd).unwrap();
-        txn.commit().unwrap();
-        r
     }
 
     fn names(db: &Database, c: &ClusterId) -> Vec<String> {

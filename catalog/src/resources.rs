@@ -371,16 +371,9 @@ pub fn changes_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::apply as run_cmd;
+    use crate::test_support::run;
     use causeway_policy::{Audience, ShareMode, ShareRule};
     use redb::{Database, ReadableDatabase};
-
-    fn run(db: &Database, cmd: Command) -> CommandResult {
-        let txn = db.begin_write().unwrap();
-        let r = run_cmd(&txn, &cmd).unwrap();
-        txn.commit().unwrap();
-        r
-    }
 
     #[test]
     fn a_publish_from_a_base_version_applies_once() {

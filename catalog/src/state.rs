@@ -330,31 +330,8 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::{Database, ReadableDatabase};
-
-    fn db() -> (tempfile::TempDir, Database) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("c.redb")).unwrap();
-        (dir, db)
-    }
-
-    fn run(db: &Database, cmd: Command) -> CommandResult {
-        let txn = db.begin_write().unwrap();
-        let r = apply(&txn, &cmd).unwrap();
-        txn.commit().unwrap();
-        r
-    }
-
-    fn register(name: &str) -> Command {
-        Command::RegisterResource {
-            name: name.into(),
-            kind: "artifact".into(),
-            owner: "ci".into(),
-            path: None,
-            metadata: Default::default(),
-            registered_at_ms: 1,
-        }
-    }
+    use crate::test_support::{db, register, run};
+    use redb::ReadableDatabase;
 
     #[test]
     fn register_list_and_duplicates() {

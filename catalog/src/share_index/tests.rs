@@ -5,40 +5,14 @@ use proptest::prelude::*;
 use redb::{Database, ReadableDatabase};
 
 use super::*;
-use crate::command::{Command, CommandResult};
-use crate::state::{self, apply, create_tables, export, import, list_resources};
+use crate::command::Command;
+use crate::state::{self, create_tables, export, import, list_resources};
+use crate::test_support::{db, register, run};
 
 const A: ClusterId = ClusterId([0xa; 32]);
 const B: ClusterId = ClusterId([0xb; 32]);
 const C: ClusterId = ClusterId([0xc; 32]);
 const D: ClusterId = ClusterId([0xd; 32]);
-
-fn db() -> (tempfile::TempDir, Database) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::create(dir.path().join("c.redb")).unwrap();
-    let txn = db.begin_write().unwrap();
-    create_tables(&txn).unwrap();
-    txn.commit().unwrap();
-    (dir, db)
-}
-
-fn run(db: &Database, cmd: &Command) -> CommandResult {
-    let txn = db.begin_write().unwrap();
-    let r = apply(&txn, cmd).unwrap();
-    txn.commit().unwrap();
-    r
-}
-
-fn register(name: &str) -> Command {
-    Command::RegisterResource {
-        name: name.into(),
-        kind: "artifact".into(),
-        owner: "ci".into(),
-        path: None,
-        metadata: Default::default(),
-        registered_at_ms: 1,
-    }
-}
 
 fn share(name: &str, audience: Audience, mode: ShareMode, read_only: bool) -> Command {
     Command::SetShare {
@@ -110,14 +84,14 @@ fn names(entries: &[VisibleEntry]) -> Vec<&str> {
 fn index_follows_shares_and_removals() {
     let (_d, db) = db();
     for n in ["a", "b", "c"] {
-        run(&db, &register(n));
+        run(&db, register(n));
     }
     assert!(index_rows(&db).is_empty(), "registered resources are private");
-    run(&db, &share("a", Audience::Public, ShareMode::Pull, false));
-    run(&db, &share("a", Audience::Cluster(A), ShareMode::Push, false));
-    run(&db, &share("b", Audience::Linked, ShareMode::Pull, true));
+    run(&db, share("a", Audience::Public, ShareMode::Pull, false));
+    run(&db, share("a", Audience::Cluster(A), ShareMode::Push, false));
+    run(&db, share("b", Audience::Linked, ShareMode::Pull, true));
     // Replacing a rule for the same audience keeps one row.
-    run(&db, &share("b", Audience::Linked, ShareMode::Bidirectional, false));
+    run(&db, share("b", Audience::Linked, ShareMode::Bidirectional, false));
     assert_eq!(
         index_rows(&db),
         BTreeSet::from([
@@ -155,13 +129,13 @@ fn index_follows_shares_and_removals() {
 fn more_is_false_only_at_the_true_end() {
     let (_d, db) = db();
     for n in ["a", "b", "c", "d"] {
-        run(&db, &register(n));
+        run(&db, register(n));
     }
     for n in ["a", "c", "d"] {
-        run(&db, &share(n, Audience::Public, ShareMode::Pull, false));
+        run(&db, share(n, Audience::Public, ShareMode::Pull, false));
     }
     // "d" is visible only through the link, and also publicly: counted once.
-    run(&db, &share("d", Audience::Linked, ShareMode::Pull, false));
+    run(&db, share("d", Audience::Linked, ShareMode::Pull, false));
     let peer = PeerRelation::Linked(A);
     let first = page(&db, &peer, None, 2);
     assert_eq!((names(&first.entries), first.more), (vec!["a", "c"], true));
@@ -181,11 +155,11 @@ fn hidden_resources_are_never_read() {
     let (_d, db) = db();
     for i in 0..50 {
         let n = format!("hidden{i:02}");
-        run(&db, &register(&n));
-        run(&db, &share(&n, Audience::Cluster(B), ShareMode::Pull, false));
+        run(&db, register(&n));
+        run(&db, share(&n, Audience::Cluster(B), ShareMode::Pull, false));
     }
-    run(&db, &register("shown"));
-    run(&db, &share("shown", Audience::Linked, ShareMode::Pull, false));
+    run(&db, register("shown"));
+    run(&db, share("shown", Audience::Linked, ShareMode::Pull, false));
     let p = page(&db, &PeerRelation::Linked(A), None, 10);
     assert_eq!((names(&p.entries), p.more), (vec!["shown"], false));
     assert_eq!(p.rows_read, 1);
@@ -196,10 +170,10 @@ fn hidden_resources_are_never_read() {
 fn missing_index_is_built_on_open() {
     let (_d, db) = db();
     for n in ["a", "b", "c"] {
-        run(&db, &register(n));
+        run(&db, register(n));
     }
-    run(&db, &share("b", Audience::Public, ShareMode::Pull, false));
-    run(&db, &share("c", Audience::Cluster(A), ShareMode::Pull, false));
+    run(&db, share("b", Audience::Public, ShareMode::Pull, false));
+    run(&db, share("c", Audience::Cluster(A), ShareMode::Pull, false));
     let txn = db.begin_write().unwrap();
     assert!(txn.delete_table(SHARE_INDEX).unwrap());
     txn.commit().unwrap();
@@ -234,8 +208,8 @@ fn missing_index_is_built_on_open() {
 #[test]
 fn import_rebuilds_the_index_and_export_leaves_it_out() {
     let (_d, db) = db();
-    run(&db, &register("a"));
-    run(&db, &share("a", Audience::Public, ShareMode::Pull, false));
+    run(&db, register("a"));
+    run(&db, share("a", Audience::Public, ShareMode::Pull, false));
     let snap = export(&db.begin_read().unwrap()).unwrap();
     assert!(
         snap.tables
@@ -245,8 +219,8 @@ fn import_rebuilds_the_index_and_export_leaves_it_out() {
         "the derived index is not snapshotted"
     );
     let (_d2, other) = self::db();
-    run(&other, &register("stale"));
-    run(&other, &share("stale", Audience::Public, ShareMode::Pull, false));
+    run(&other, register("stale"));
+    run(&other, share("stale", Audience::Public, ShareMode::Pull, false));
     let txn = other.begin_write().unwrap();
     import(&txn, &snap).unwrap();
     txn.commit().unwrap();
@@ -390,8 +364,8 @@ fn prefix_ends_bound_exactly_their_prefix() {
 fn export_of_state_tables_is_unchanged_by_the_index() {
     // The snapshot layout (table positions) is fixed: the index adds no table to it.
     let (_d, db) = db();
-    run(&db, &register("a"));
-    run(&db, &share("a", Audience::Linked, ShareMode::Pull, false));
+    run(&db, register("a"));
+    run(&db, share("a", Audience::Linked, ShareMode::Pull, false));
     let snap = export(&db.begin_read().unwrap()).unwrap();
     assert_eq!(snap.tables.len(), 6);
     let _ = state::MAX_PAGE;
