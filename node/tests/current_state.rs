@@ -9,20 +9,6 @@ use causeway_proto::fed::{FedRequest, FedResponse};
 use common::*;
 use serde_json::Value;
 
-fn register_artifact(node: &NodeProc, name: &str, path: &std::path::Path) {
-    let out = node.cli(&[
-        "resource",
-        "register",
-        "--kind",
-        "artifact",
-        "--name",
-        name,
-        "--path",
-        path.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "register: {}", stderr(&out));
-}
-
 fn pull_row(node: &NodeProc, name: &str) -> Option<Value> {
     node.try_json(&["sync", "status"])?
         .as_array()?
@@ -50,7 +36,7 @@ async fn a_member_cut_off_from_its_majority_serves_peers_nothing() {
     let member = isolated[0];
     let src = h.path("report.bin");
     std::fs::write(&src, vec![7u8; 100_000]).expect("write");
-    register_artifact(&nodes[0], "report", &src);
+    nodes[0].register_artifact("report", &src);
     let root = nodes[0].json(&["resource", "publish", "report"])["content"]
         .as_str()
         .expect("root")
@@ -127,7 +113,7 @@ fn a_restarted_mirror_reads_its_recorded_version_and_follows_a_re_registered_ori
     let (mut a, mut b) = h.linked_pair(|_| {}, |_| {});
     let src = h.path("v.bin");
     std::fs::write(&src, b"first").expect("write");
-    register_artifact(&a, "v", &src);
+    a.register_artifact("v", &src);
     assert!(a.cli(&["resource", "publish", "v"]).status.success());
     std::fs::write(&src, b"second").expect("write");
     assert!(a.cli(&["resource", "publish", "v"]).status.success());
@@ -151,7 +137,7 @@ fn a_restarted_mirror_reads_its_recorded_version_and_follows_a_re_registered_ori
     wait_pinned(&b, "a");
     assert!(a.cli(&["resource", "remove", "v"]).status.success());
     std::fs::write(&src, b"third, a new resource").expect("write");
-    register_artifact(&a, "v", &src);
+    a.register_artifact("v", &src);
     let fresh = a.json(&["resource", "publish", "v"]);
     assert_eq!(fresh["version"], 1);
     assert!(a.cli(&["share", "v", "--with", "b", "--mode", "pull"]).status.success());

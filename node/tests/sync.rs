@@ -48,17 +48,7 @@ fn artifact_reaches_the_cluster_it_is_shared_with_and_no_other() {
 
     let src = h.path("big.bin");
     let data = write_random(&src, 64 << 20, 7);
-    let out = a.cli(&[
-        "resource",
-        "register",
-        "--kind",
-        "artifact",
-        "--name",
-        "big",
-        "--path",
-        src.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.register_artifact("big", &src);
     let published = a.json(&["resource", "publish", "big"]);
     assert_eq!(published["version"], 1);
     let root = published["content"].as_str().unwrap().to_string();
@@ -109,17 +99,7 @@ async fn blob_requests_are_refused_unless_policy_allows() {
     a.start();
     let src = h.path("secret.bin");
     write_random(&src, 200_000, 3);
-    let out = a.cli(&[
-        "resource",
-        "register",
-        "--kind",
-        "artifact",
-        "--name",
-        "secret",
-        "--path",
-        src.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    a.register_artifact("secret", &src);
     let root = a.json(&["resource", "publish", "secret"])["content"]
         .as_str()
         .unwrap()
@@ -151,20 +131,7 @@ fn tampered_content_is_rejected_and_an_interrupted_pull_completes_later() {
     let (mut a, b) = h.linked_pair(|_| {}, |_| {});
     let src = h.path("t.bin");
     let data = write_random(&src, 8 << 20, 11);
-    assert!(
-        a.cli(&[
-            "resource",
-            "register",
-            "--kind",
-            "artifact",
-            "--name",
-            "t",
-            "--path",
-            src.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    a.register_artifact("t", &src);
     assert!(a.cli(&["resource", "publish", "t"]).status.success());
     assert!(
         a.cli(&["share", "t", "--with", "linked", "--mode", "pull"])
@@ -229,20 +196,7 @@ fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
     let (mut a, b) = h.linked_pair(|_| {}, |c| c.sync.stall_after_ms = 1500);
     let src = h.path("huge.bin");
     let data = write_random(&src, 128 << 20, 5);
-    assert!(
-        a.cli(&[
-            "resource",
-            "register",
-            "--kind",
-            "artifact",
-            "--name",
-            "huge",
-            "--path",
-            src.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    a.register_artifact("huge", &src);
     assert!(a.cli(&["resource", "publish", "huge"]).status.success());
     assert!(
         a.cli(&["share", "huge", "--with", "b", "--mode", "pull"])
@@ -306,20 +260,7 @@ fn every_member_of_the_receiving_cluster_gets_the_content() {
     wait_pinned(&b[2], "a");
     let src = h.path("shared.bin");
     let data = write_random(&src, 3 << 20, 9);
-    assert!(
-        a.cli(&[
-            "resource",
-            "register",
-            "--kind",
-            "artifact",
-            "--name",
-            "shared",
-            "--path",
-            src.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    a.register_artifact("shared", &src);
     assert!(a.cli(&["resource", "publish", "shared"]).status.success());
     assert!(
         a.cli(&["share", "shared", "--with", "b", "--mode", "pull"])
@@ -356,17 +297,7 @@ fn a_directory_artifact_arrives_as_the_same_tree() {
     std::fs::write(tree.join("index.html"), "<h1>hi</h1>").unwrap();
     std::fs::write(tree.join("assets/app.js"), "console.log(1)").unwrap();
     let big = write_random(&tree.join("assets/img/logo.bin"), 300_000, 4);
-    let out = a.cli(&[
-        "resource",
-        "register",
-        "--kind",
-        "artifact",
-        "--name",
-        "site",
-        "--path",
-        tree.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.register_artifact("site", &tree);
     let v = a.json(&["resource", "publish", "site"]);
     assert!(
         v["content"].as_str().unwrap().starts_with('s'),
@@ -393,17 +324,7 @@ fn sync_without_from_follows_the_mirrors_origin() {
     let (a, b) = h.linked_pair(|_| {}, |_| {});
     let src = h.path("f.bin");
     write_random(&src, 10_000, 1);
-    let reg = [
-        "resource",
-        "register",
-        "--kind",
-        "artifact",
-        "--name",
-        "f",
-        "--path",
-        src.to_str().unwrap(),
-    ];
-    assert!(a.cli(&reg).status.success());
+    a.register_artifact("f", &src);
     assert!(a.cli(&["resource", "publish", "f"]).status.success());
     assert!(a.cli(&["share", "f", "--with", "b", "--mode", "pull"]).status.success());
     let out = b.cli(&["sync", "f"]);

@@ -212,6 +212,15 @@ impl NodeProc {
     }
 
     /// Rewrites this node's config file through `f` (the node must be stopped).
+    /// Registers the file or directory at `path` as the artifact `name`.
+    pub fn register_artifact(&self, name: &str, path: &Path) {
+        let path = path.to_str().expect("utf-8 path");
+        let out = self.cli(&[
+            "resource", "register", "--kind", "artifact", "--name", name, "--path", path,
+        ]);
+        assert!(out.status.success(), "register {name}: {}", stderr(&out));
+    }
+
     pub fn edit_config(&self, f: impl FnOnce(&mut causeway::Config)) {
         let path = self.dir.join("config.toml");
         let mut c = causeway::Config::load(&path).expect("config");
