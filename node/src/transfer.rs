@@ -591,10 +591,8 @@ pub async fn run_loops(cluster: ClusterNode, mirroring: Arc<Mirroring>, cfg: Syn
             }
             changed = metrics.changed() => {
                 if changed.is_err() {
-                    // Raft stopped: keep only the interval (the node is shutting down).
-                    metrics = cluster.raft().metrics();
-                    reconcile.tick().await;
-                    continue;
+                    // Raft stopped: the node is shutting down.
+                    return;
                 }
                 let now = metrics.borrow_watched().last_applied;
                 if now != applied && cluster.is_leader() {

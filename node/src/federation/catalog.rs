@@ -19,7 +19,7 @@ use super::Federation;
 use super::session;
 use crate::error::{NodeError, storage};
 
-fn entry(
+pub(super) fn entry(
     name: &str,
     kind: &str,
     owner: &str,

@@ -7,7 +7,11 @@ use causeway_proto::{
     fed::{CatalogEntry, FedRequest, FedResponse},
 };
 
-use super::{Federation, catalog::to_peer_entry, session};
+use super::{
+    Federation,
+    catalog::{entry, to_peer_entry},
+    session,
+};
 use crate::error::NodeError;
 
 impl Federation {
@@ -27,15 +31,9 @@ impl Federation {
         let entries = found
             .and_then(|r| {
                 let (mode, read_only) = causeway_policy::visible_mode(&relation, &r.shares)?;
-                Some(CatalogEntry {
-                    name: r.name,
-                    kind: r.kind,
-                    owner: r.owner,
-                    version: r.version,
-                    content: r.content,
-                    mode: mode.to_string(),
-                    read_only,
-                })
+                Some(entry(
+                    &r.name, &r.kind, &r.owner, r.version, &r.content, mode, read_only,
+                ))
             })
             .into_iter()
             .collect();
