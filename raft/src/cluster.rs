@@ -94,7 +94,7 @@ struct Inner {
     raft: Raft,
     endpoint: Endpoint,
     db: Arc<Database>,
-    flusher: store::Flusher,
+    writer: store::StorageWriter,
     settings: RaftSettings,
     /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
     bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
@@ -118,7 +118,7 @@ impl ClusterNode {
     ) -> Result<Self, ClusterError> {
         let (log, sm) = store::open(db_path)?;
         let db = sm.database();
-        let flusher = log.flusher();
+        let writer = log.writer();
         let config = Config {
             cluster_name: "causeway".into(),
             heartbeat_interval: settings.heartbeat_ms,
@@ -143,7 +143,7 @@ impl ClusterNode {
             raft,
             endpoint,
             db,
-            flusher,
+            writer,
             settings,
             bootstrap_peers: Mutex::new(bootstrap_peers),
             leader_client: tokio::sync::Mutex::new(None),
@@ -504,7 +504,7 @@ impl ClusterNode {
         }
     }
 
-    /// Stops background tasks, the Raft node and the log flusher, and waits until nothing but
+    /// Stops background tasks, the Raft node and the storage writer, and waits until nothing but
     /// this handle holds the database: once the last `ClusterNode` handle is dropped the redb
     /// file is closed, so the same data dir can be opened again at once.
     pub async fn shutdown(&self) {
@@ -515,9 +515,9 @@ impl ClusterNode {
         if let Err(e) = self.0.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        let flusher = self.0.flusher.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || flusher.stop()).await {
-            tracing::warn!(error = %e, "stopping the raft log flusher");
+        let writer = self.0.writer.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || writer.stop()).await {
+            tracing::warn!(error = %e, "stopping the raft storage writer");
         }
         // The state machine worker, replication tasks and blocking storage calls that the Raft
         // core started end on their own shortly after it; each holds the database until then.

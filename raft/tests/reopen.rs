@@ -59,7 +59,7 @@ async fn shutdown_then_immediate_reopen_of_the_same_dir() {
             .state(ServerState::Leader, "leads")
             .await
             .expect("elected");
-        // A write per round keeps the flusher busy right up to the shutdown.
+        // A write per round keeps the storage writer busy right up to the shutdown.
         let result = cluster.write(register(format!("r{round}"))).await.expect("write");
         assert!(matches!(result, CommandResult::ResourceRegistered(_)), "{result:?}");
         // Every earlier round's write survived its shutdown: registering it again is a duplicate.

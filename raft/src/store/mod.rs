@@ -1,22 +1,26 @@
 //! Raft log and state machine in one redb file per node.
 //!
-//! Appends are committed without fsync so they are readable at once, and a flusher thread makes
-//! them durable with one fsync for everything queued since its last one (group commit); openraft
-//! is told an entry is flushed only after that fsync. Votes and truncations are made durable
-//! before returning. Entries are applied only when openraft hands them over as committed.
+//! Appended entries wait in memory (readable at once) until the storage writer thread writes
+//! them, with one fsync for everything appended since its last round (group commit); openraft is
+//! told an entry is flushed only after that fsync. The same writer applies committed entries,
+//! in the same transactions, so the log and the state machine never wait on each other for
+//! redb's write lock. Votes and truncations are made durable before returning. Entries are
+//! applied only when openraft hands them over as committed.
+
+mod memory;
+mod writer;
 
 use std::{
-    collections::BTreeMap,
     io,
     ops::{Bound, RangeBounds},
     path::Path,
     sync::{Arc, Mutex, mpsc},
 };
 
-use causeway_catalog::{CatalogSnapshot, CommandResult};
+use causeway_catalog::CatalogSnapshot;
 use futures::StreamExt;
 use openraft::{
-    EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     entry::RaftEntry,
     storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine},
 };
@@ -24,6 +28,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use memory::{MemoryLog, lock};
+use writer::{Job, Shared};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -43,8 +49,6 @@ const KEY_SNAP_DATA: &str = "data";
 pub const MAX_RECORD: usize = 64 << 20;
 /// Largest snapshot accepted from storage or the network.
 pub const MAX_SNAPSHOT: usize = 1 << 30;
-/// Most flush requests merged into one fsync.
-const MAX_FLUSH_BATCH: usize = 4096;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -97,90 +101,42 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
-    let (tx, rx) = mpsc::channel::<FlushMsg>();
-    let log = Arc::new(LogShared {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let log = Arc::new(Shared {
         db: db.clone(),
-        unflushed: Mutex::new(Unflushed::default()),
+        memory: Mutex::new(MemoryLog::default()),
         committed: Mutex::new(None),
-        flushing: tokio::sync::watch::channel(false).0,
+        syncing: tokio::sync::watch::channel(false).0,
     });
-    let flusher_log = log.clone();
+    let writer_log = log.clone();
     let thread = std::thread::Builder::new()
-        .name("raft-log-flush".into())
-        .spawn(move || run_flusher(&flusher_log, rx))?;
-    let flusher = Flusher {
+        .name("raft-storage".into())
+        .spawn(move || writer::run(&writer_log, rx))?;
+    let writer = StorageWriter {
         tx: tx.clone(),
         thread: Arc::new(Mutex::new(Some(thread))),
     };
     Ok((
         LogStore {
             log,
-            flush: tx,
-            flusher,
+            writer: writer.clone(),
         },
-        StateMachineStore { db },
+        StateMachineStore { db, writer },
     ))
 }
 
-/// What the flusher thread is asked to do.
-enum FlushMsg {
-    /// Make everything appended up to this append sequence number durable, then report.
-    Flush(u64, IOFlushed<TypeConfig>),
-    /// Finish the flushes queued before this message and exit, releasing the database.
-    Stop,
-}
-
-/// Log entries appended but not yet written to redb, and the sequence number of the newest
-/// append. Readers look here first: an entry lives here until the flusher's transaction that
-/// wrote it is committed, so every appended entry is always readable from one place or the other.
-#[derive(Default)]
-struct Unflushed {
-    entries: BTreeMap<u64, Arc<Entry>>,
-    appended_seq: u64,
-}
-
-/// The log's state shared by the log store, its readers and the flusher thread.
-struct LogShared {
-    db: Arc<Database>,
-    unflushed: Mutex<Unflushed>,
-    /// The newest committed log id not yet written, encoded; the flusher persists it.
-    committed: Mutex<Option<Vec<u8>>>,
-    /// Whether the flusher is inside a flush (an fsync), for appends to wait it out.
-    flushing: tokio::sync::watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl LogShared {
-    /// Unflushed entries in `range` plus a redb read transaction, taken together under the lock
-    /// so that an entry the flusher moves from memory to redb is seen in one or the other.
+impl Shared {
+    /// Entries in memory within `range` plus a redb read transaction, taken together under the
+    /// lock so that an entry the writer drops from memory is seen in one or the other.
     fn snapshot(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<(Vec<Arc<Entry>>, redb::ReadTransaction)> {
-        let unflushed = lock(&self.unflushed);
-        let entries = unflushed.entries.range(range).map(|(_, e)| e.clone()).collect();
+        let memory = lock(&self.memory);
+        let entries = memory.range(range);
         let txn = self.db.begin_read().map_err(io_err)?;
         Ok((entries, txn))
     }
 
-    /// The entries of `range` if all of them are still in memory (the usual case when a
-    /// follower is replicated to while it keeps up), without touching redb.
-    fn unflushed_only(&self, range: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
-        let start = match range.0 {
-            Bound::Included(s) => s,
-            Bound::Excluded(s) => s.checked_add(1)?,
-            Bound::Unbounded => return None,
-        };
-        let unflushed = lock(&self.unflushed);
-        let first = *unflushed.entries.keys().next()?;
-        if start < first {
-            return None;
-        }
-        Some(unflushed.entries.range(range).map(|(_, e)| Entry::clone(e)).collect())
-    }
-
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
-        if let Some(entries) = self.unflushed_only(range) {
+        if let Some(entries) = lock(&self.memory).covering(range) {
             return Ok(entries);
         }
         let (memory, txn) = self.snapshot(range)?;
@@ -190,7 +146,7 @@ impl LogShared {
         for row in t.range(range).map_err(io_err)? {
             let (k, v) = row.map_err(io_err)?;
             // From the first in-memory index on, memory is newer (redb may hold the same
-            // entries once the flusher committed them).
+            // entries once the writer committed them).
             if k.value() >= first_in_memory {
                 break;
             }
@@ -202,9 +158,8 @@ impl LogShared {
 
     fn last_log_id(&self) -> io::Result<Option<LogId>> {
         let (newest_in_memory, txn) = {
-            let unflushed = lock(&self.unflushed);
-            let newest = unflushed.entries.values().next_back().map(|e| e.log_id());
-            (newest, self.db.begin_read().map_err(io_err)?)
+            let memory = lock(&self.memory);
+            (memory.last_log_id(), self.db.begin_read().map_err(io_err)?)
         };
         if newest_in_memory.is_some() {
             return Ok(newest_in_memory);
@@ -217,115 +172,34 @@ impl LogShared {
     }
 }
 
-/// Makes every append queued so far durable with one fsync, then acknowledges them all. The
-/// entries themselves are written by the same transaction that is fsynced, so an append costs
-/// no redb commit of its own.
-fn run_flusher(log: &LogShared, rx: mpsc::Receiver<FlushMsg>) {
-    let mut seq: u64 = 0;
-    // Appends up to this sequence number are durable.
-    let mut durable_seq: u64 = 0;
-    let mut stop = false;
-    while !stop {
-        let Ok(first) = rx.recv() else { break };
-        let mut batch = Vec::new();
-        let mut msg = Some(first);
-        while let Some(m) = msg.take() {
-            match m {
-                FlushMsg::Flush(s, cb) => batch.push((s, cb)),
-                FlushMsg::Stop => {
-                    stop = true;
-                    break;
-                }
-            }
-            if batch.len() < MAX_FLUSH_BATCH {
-                msg = rx.try_recv().ok();
-            }
-        }
-        // Appends an earlier flush already wrote (it takes every entry in memory, not only those
-        // of its own batch) need no fsync of their own.
-        let needed = batch.iter().any(|(s, _)| *s > durable_seq);
-        let result = if needed {
-            seq += 1;
-            log.flushing.send_replace(true);
-            let result = flush_once(log, seq).map(|written_seq| durable_seq = durable_seq.max(written_seq));
-            log.flushing.send_replace(false);
-            result
-        } else {
-            Ok(())
-        };
-        tracing::debug!(
-            appends = batch.len(),
-            fsync = needed,
-            ok = result.is_ok(),
-            "raft log flushed"
-        );
-        for (_, cb) in batch {
-            cb.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
-        }
-    }
-}
-
-/// One durable transaction writing every unflushed entry and the pending committed index;
-/// returns the append sequence number it covers.
-fn flush_once(log: &LogShared, seq: u64) -> io::Result<u64> {
-    // The write lock is taken before the entries are picked: a truncation that removes entries
-    // from memory after this point waits for this commit and then deletes them from redb too.
-    let txn = write_txn(&log.db, Durability::Immediate)?;
-    let (entries, written_seq) = {
-        let unflushed = lock(&log.unflushed);
-        let entries: Vec<Arc<Entry>> = unflushed.entries.values().cloned().collect();
-        (entries, unflushed.appended_seq)
-    };
-    {
-        let mut t = txn.open_table(LOG).map_err(io_err)?;
-        for e in &entries {
-            t.insert(e.index(), enc(&**e)?.as_slice()).map_err(io_err)?;
-        }
-        let mut meta = txn.open_table(META).map_err(io_err)?;
-        meta.insert(KEY_FLUSH, seq.to_be_bytes().as_slice()).map_err(io_err)?;
-        // The committed index rides along with the next fsync instead of costing a commit of its
-        // own on every write.
-        let pending = lock(&log.committed).take();
-        if let Some(bytes) = pending {
-            meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
-        }
-    }
-    txn.commit().map_err(io_err)?;
-    let mut unflushed = lock(&log.unflushed);
-    for e in entries {
-        // Only the very entry written: a truncation may have replaced it since.
-        if unflushed.entries.get(&e.index()).is_some_and(|m| Arc::ptr_eq(m, &e)) {
-            unflushed.entries.remove(&e.index());
-        }
-    }
-    Ok(written_seq)
-}
-
-/// Stops the flusher thread and waits for it, so that it no longer holds the database.
+/// Stops the storage writer thread and waits for it, so that it no longer holds the database.
 #[derive(Clone)]
-pub struct Flusher {
-    tx: mpsc::Sender<FlushMsg>,
+pub struct StorageWriter {
+    tx: mpsc::Sender<Job>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-impl Flusher {
-    /// Lets the flusher finish what is queued, then waits for its thread to exit. Blocking.
+impl StorageWriter {
+    /// Lets the writer finish what is queued, then waits for its thread to exit. Blocking.
     pub fn stop(&self) {
         // A send error means the thread already exited.
-        let _ = self.tx.send(FlushMsg::Stop);
+        let _ = self.tx.send(Job::Stop);
         if let Some(thread) = lock(&self.thread).take()
             && thread.join().is_err()
         {
-            tracing::warn!("raft log flusher panicked");
+            tracing::warn!("raft storage writer panicked");
         }
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.tx.send(job).map_err(|_| io_err("raft storage writer stopped"))
     }
 }
 
 /// The Raft log and vote.
 pub struct LogStore {
-    log: Arc<LogShared>,
-    flush: mpsc::Sender<FlushMsg>,
-    flusher: Flusher,
+    log: Arc<Shared>,
+    writer: StorageWriter,
 }
 
 impl LogStore {
@@ -333,16 +207,16 @@ impl LogStore {
         self.log.db.clone()
     }
 
-    /// The handle that stops this store's flusher thread.
-    pub fn flusher(&self) -> Flusher {
-        self.flusher.clone()
+    /// The handle that stops this store's writer thread.
+    pub fn writer(&self) -> StorageWriter {
+        self.writer.clone()
     }
 }
 
 /// Reads log entries for replication.
 #[derive(Clone)]
 pub struct LogReader {
-    log: Arc<LogShared>,
+    log: Arc<Shared>,
 }
 
 fn range_bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
@@ -356,7 +230,8 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> Result<Vec<Entry>, io::Error> {
         let bounds = range_bounds(&range);
         // Entries still in memory are served without a trip to the blocking pool.
-        if let Some(entries) = self.log.unflushed_only(bounds) {
+        let in_memory = lock(&self.log.memory).covering(bounds);
+        if let Some(entries) = in_memory {
             return Ok(entries);
         }
         let log = self.log.clone();
@@ -439,24 +314,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // While an fsync is under way the Raft core waits here, as it would for redb's write
         // lock: client writes pile up meanwhile and come as one large append (one apply, one
         // state-machine commit) after it, instead of many small ones that each cost a commit.
-        let mut flushing = self.log.flushing.subscribe();
-        if *flushing.borrow() {
-            // An error means the flusher is gone; the send below reports that.
-            let _ = flushing.wait_for(|busy| !*busy).await;
+        let mut syncing = self.log.syncing.subscribe();
+        if *syncing.borrow() {
+            // An error means the writer is gone; the send below reports that.
+            let _ = syncing.wait_for(|busy| !*busy).await;
         }
-        // Kept in memory (readable at once) until the flusher writes and fsyncs them together
+        // Kept in memory (readable at once) until the writer writes and fsyncs them together
         // with every other append queued meanwhile: an append costs no redb commit of its own.
-        let seq = {
-            let mut unflushed = lock(&self.log.unflushed);
-            for e in entries {
-                unflushed.entries.insert(e.index(), Arc::new(e));
-            }
-            unflushed.appended_seq += 1;
-            unflushed.appended_seq
-        };
-        self.flush
-            .send(FlushMsg::Flush(seq, callback))
-            .map_err(|_| io_err("raft log flusher stopped"))
+        let seq = lock(&self.log.memory).append(entries);
+        self.writer.send(Job::Flush(seq, callback))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -464,7 +330,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         // Out of memory first, then out of redb: a flush that picked these entries before they
         // left memory holds the write lock, so the deletion below runs after its commit.
-        lock(&log.unflushed).entries.retain(|&i, _| i < from);
+        lock(&log.memory).truncate_from(from);
         blocking(move || {
             let txn = write_txn(&log.db, Durability::Immediate)?;
             txn.open_table(LOG)
@@ -480,7 +346,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log = self.log.clone();
         let bytes = enc(&log_id)?;
         let upto = log_id.index();
-        lock(&log.unflushed).entries.retain(|&i, _| i > upto);
+        lock(&log.memory).purge_upto(upto);
         blocking(move || {
             let txn = write_txn(&log.db, Durability::None)?;
             {
@@ -503,6 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    writer: StorageWriter,
 }
 
 impl StateMachineStore {
@@ -546,38 +413,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let db = self.db.clone();
-        let (batch, results) = blocking(move || {
-            let txn = write_txn(&db, Durability::None)?;
-            let mut results = Vec::with_capacity(batch.len());
-            let mut last = None;
-            let mut membership = None;
-            for (entry, _) in &batch {
-                let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult::Applied,
-                    EntryPayload::Normal(cmd) => causeway_catalog::state::apply(&txn, cmd).map_err(io_err)?,
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
-                        CommandResult::Applied
-                    }
-                };
-                last = Some(entry.log_id());
-                results.push(result);
-            }
-            put(&txn, SM_META, KEY_APPLIED, &enc(&last)?)?;
-            if let Some(m) = membership {
-                put(&txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
-            }
-            txn.commit().map_err(io_err)?;
-            Ok((batch, results))
-        })
-        .await?;
-        for ((_, responder), result) in batch.into_iter().zip(results) {
-            if let Some(r) = responder {
-                r.send(result);
-            }
-        }
-        Ok(())
+        // The writer applies them in its next round, together with any log flush queued
+        // meanwhile, and answers the clients once that round is committed.
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Apply(batch, done))?;
+        applied.await.map_err(|_| io_err("raft storage writer stopped"))?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

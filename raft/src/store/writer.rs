@@ -1,0 +1,214 @@
+//! The storage writer: one thread that makes every routine write to the node's redb file, so
+//! log flushes and state-machine applies share transactions instead of contending for redb's
+//! single write lock. Each round takes whatever is queued: it writes the unwritten log entries
+//! and applies the committed entries handed over since the last round, in one transaction that
+//! is fsynced when it carries log entries (group commit) and not otherwise.
+
+use std::{
+    io,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use causeway_catalog::CommandResult;
+use openraft::{
+    EntryPayload,
+    entry::RaftEntry,
+    storage::{EntryResponder, IOFlushed},
+};
+use redb::{Database, Durability, WriteTransaction};
+
+use super::memory::{MemoryLog, lock};
+use super::{KEY_APPLIED, KEY_COMMITTED, KEY_FLUSH, KEY_MEMBERSHIP, LOG, META, SM_META, enc, io_err, put, write_txn};
+use crate::types::{StoredMembership, TypeConfig};
+
+/// Most queued requests taken into one round.
+const MAX_JOBS_PER_ROUND: usize = 4096;
+
+/// What the writer is asked to do.
+pub(super) enum Job {
+    /// Make every append up to this sequence number durable, then report.
+    Flush(u64, IOFlushed<TypeConfig>),
+    /// Apply these committed entries, answer their clients, then report.
+    Apply(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Finish the requests queued before this one and exit, releasing the database.
+    Stop,
+}
+
+/// What the writer shares with the log store and its readers.
+pub(super) struct Shared {
+    pub db: Arc<Database>,
+    pub memory: Mutex<MemoryLog>,
+    /// The newest committed log id not yet written, encoded; the next durable round persists it.
+    pub committed: Mutex<Option<Vec<u8>>>,
+    /// Whether a durable round (an fsync) is under way, for appends to wait it out.
+    pub syncing: tokio::sync::watch::Sender<bool>,
+}
+
+/// The writer's own bookkeeping across rounds.
+#[derive(Default)]
+struct Progress {
+    /// Number of durable rounds, stored with each so a reader can tell them apart.
+    flushes: u64,
+    /// Appends up to this sequence number are durable.
+    durable_seq: u64,
+    /// Index of the newest applied entry, for dropping applied entries from memory.
+    applied: Option<u64>,
+}
+
+/// Runs rounds until told to stop or every sender is gone.
+pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
+    let mut progress = Progress::default();
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut flushes = Vec::new();
+        let mut applies = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Flush(seq, done) => flushes.push((seq, done)),
+                Job::Apply(entries, done) => applies.push((entries, done)),
+                Job::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+            taken += 1;
+            if taken < MAX_JOBS_PER_ROUND {
+                next = rx.try_recv().ok();
+            }
+        }
+        round(shared, &mut progress, flushes, applies);
+    }
+}
+
+/// One transaction for everything taken: the log entries (when an append is not yet durable)
+/// and the applies, in the order openraft handed them over.
+fn round(
+    shared: &Shared,
+    progress: &mut Progress,
+    flushes: Vec<(u64, IOFlushed<TypeConfig>)>,
+    applies: Vec<(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>)>,
+) {
+    // An append an earlier round already wrote (a round takes every unwritten entry, not only
+    // those of its own requests) needs no fsync of its own.
+    let durable = flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
+    if durable {
+        shared.syncing.send_replace(true);
+    }
+    let result = write_round(shared, progress, durable, &applies);
+    if durable {
+        shared.syncing.send_replace(false);
+    }
+    tracing::debug!(
+        appends = flushes.len(),
+        applies = applies.len(),
+        fsync = durable,
+        ok = result.is_ok(),
+        "raft storage round"
+    );
+    let (outcome, results) = match result {
+        Ok(results) => (Ok(()), results),
+        Err(e) => (Err(e.to_string()), Vec::new()),
+    };
+    for (_, done) in flushes {
+        done.io_completed(outcome.clone().map_err(io_err));
+    }
+    let mut results = results.into_iter();
+    for (entries, done) in applies {
+        if outcome.is_ok() {
+            let answers = results.next().unwrap_or_default();
+            for ((_, responder), answer) in entries.into_iter().zip(answers) {
+                if let Some(r) = responder {
+                    r.send(answer);
+                }
+            }
+        }
+        // The receiver is gone only when openraft stopped waiting for this apply.
+        let _ = done.send(outcome.clone().map_err(io_err));
+    }
+}
+
+/// Writes one round; returns each apply's results.
+fn write_round(
+    shared: &Shared,
+    progress: &mut Progress,
+    durable: bool,
+    applies: &[(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>)],
+) -> io::Result<Vec<Vec<CommandResult>>> {
+    let txn = write_txn(&shared.db, if durable { Durability::Immediate } else { Durability::None })?;
+    // Picked after the write lock is taken: a truncation that removes entries from memory after
+    // this point waits for this commit and then deletes them from redb too.
+    let unwritten = durable.then(|| lock(&shared.memory).unwritten());
+    if let Some(unwritten) = &unwritten {
+        progress.flushes += 1;
+        write_log(&txn, &unwritten.entries, progress.flushes, shared)?;
+    }
+    let mut results = Vec::with_capacity(applies.len());
+    let mut applied = progress.applied;
+    for (entries, _) in applies {
+        results.push(apply_entries(&txn, entries)?);
+        if let Some((last, _)) = entries.last() {
+            applied = Some(last.index());
+        }
+    }
+    txn.commit().map_err(io_err)?;
+    progress.applied = applied;
+    let mut memory = lock(&shared.memory);
+    if let Some(unwritten) = unwritten {
+        memory.mark_written(&unwritten.entries);
+        progress.durable_seq = progress.durable_seq.max(unwritten.appended_seq);
+    }
+    memory.trim(progress.applied);
+    Ok(results)
+}
+
+fn write_log(
+    txn: &WriteTransaction,
+    entries: &[Arc<crate::types::Entry>],
+    flushes: u64,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut t = txn.open_table(LOG).map_err(io_err)?;
+    for e in entries {
+        t.insert(e.index(), enc(&**e)?.as_slice()).map_err(io_err)?;
+    }
+    let mut meta = txn.open_table(META).map_err(io_err)?;
+    meta.insert(KEY_FLUSH, flushes.to_be_bytes().as_slice())
+        .map_err(io_err)?;
+    // The committed index rides along with the next fsync instead of costing a commit of its own
+    // on every write.
+    let pending = lock(&shared.committed).take();
+    if let Some(bytes) = pending {
+        meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// Applies committed entries to the catalog and records the newest applied log id (and
+/// membership) in the same transaction.
+fn apply_entries(txn: &WriteTransaction, entries: &[EntryResponder<TypeConfig>]) -> io::Result<Vec<CommandResult>> {
+    let mut results = Vec::with_capacity(entries.len());
+    let mut last = None;
+    let mut membership = None;
+    for (entry, _) in entries {
+        let result = match &entry.payload {
+            EntryPayload::Blank => CommandResult::Applied,
+            EntryPayload::Normal(cmd) => causeway_catalog::state::apply(txn, cmd).map_err(io_err)?,
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
+                CommandResult::Applied
+            }
+        };
+        last = Some(entry.log_id());
+        results.push(result);
+    }
+    if last.is_some() {
+        put(txn, SM_META, KEY_APPLIED, &enc(&last)?)?;
+    }
+    if let Some(m) = membership {
+        put(txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
+    }
+    Ok(results)
+}
