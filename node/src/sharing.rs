@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, time::Duration};
 use causeway_catalog::{Command, CommandResult, Rejection, resources::ChangeKind};
 use causeway_policy::{Action, Audience, PeerRelation, ShareMode, ShareRule, decide, preview};
 use causeway_proto::{ClusterId, EndpointKey};
-use openraft::async_runtime::watch::WatchReceiver as _;
 
 use crate::api::{CatalogEntryView, ChangeView, ChangesView, PreviewView, ResourceView};
 use crate::error::NodeError;
@@ -286,7 +285,7 @@ impl Node {
         self.cluster().read_barrier().await?;
         let limit = limit.clamp(1, MAX_CHANGES_BATCH);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WATCH_WAIT);
-        let mut metrics = self.cluster().raft().metrics();
+        let mut applied = self.cluster().applied_watch();
         loop {
             let (changes, complete) = self
                 .federation()
@@ -311,8 +310,8 @@ impl Node {
                 });
             }
             // Wake when this node applies something new (or at the deadline).
-            let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
-            let _ = metrics.borrow_watched();
+            let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
+            applied.borrow_and_update();
         }
     }
 }

@@ -580,8 +580,8 @@ pub async fn run_loops(cluster: ClusterNode, mirroring: Arc<Mirroring>, cfg: Syn
     let mut replicate = tokio::time::interval(Duration::from_millis(cfg.member_replication_ms.max(100)));
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     replicate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut metrics = cluster.raft().metrics();
-    let mut applied = metrics.borrow_watched().last_applied;
+    let mut applied_watch = cluster.applied_watch();
+    let mut applied = *applied_watch.borrow_and_update();
     loop {
         tokio::select! {
             _ = reconcile.tick() => {
@@ -589,12 +589,12 @@ pub async fn run_loops(cluster: ClusterNode, mirroring: Arc<Mirroring>, cfg: Syn
                     mirroring.reconcile().await;
                 }
             }
-            changed = metrics.changed() => {
+            changed = applied_watch.changed() => {
                 if changed.is_err() {
-                    // Raft stopped: the node is shutting down.
+                    // Raft storage stopped: the node is shutting down.
                     return;
                 }
-                let now = metrics.borrow_watched().last_applied;
+                let now = *applied_watch.borrow_and_update();
                 if now != applied && cluster.is_leader() {
                     applied = now;
                     mirroring.reconcile().await;

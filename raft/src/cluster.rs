@@ -95,6 +95,8 @@ struct Inner {
     endpoint: Endpoint,
     db: Arc<Database>,
     writer: store::StorageWriter,
+    /// Index of the newest applied entry the database shows.
+    applied: tokio::sync::watch::Receiver<Option<u64>>,
     settings: RaftSettings,
     /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
     bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
@@ -119,6 +121,7 @@ impl ClusterNode {
         let (log, sm) = store::open(db_path)?;
         let db = sm.database();
         let writer = log.writer();
+        let applied = sm.applied_watch();
         let config = Config {
             cluster_name: "causeway".into(),
             heartbeat_interval: settings.heartbeat_ms,
@@ -144,6 +147,7 @@ impl ClusterNode {
             endpoint,
             db,
             writer,
+            applied,
             settings,
             bootstrap_peers: Mutex::new(bootstrap_peers),
             leader_client: tokio::sync::Mutex::new(None),
@@ -381,13 +385,29 @@ impl ClusterNode {
             ForwardResponse::Failed(e) => return Err(ClusterError::Raft(e)),
             other => return Err(ClusterError::Unexpected(format!("{other:?}"))),
         };
-        self.0
-            .raft
-            .wait(Some(ROUTE_DEADLINE))
-            .applied_index_at_least(Some(index), "linearizable read")
+        self.wait_applied(index, ROUTE_DEADLINE).await
+    }
+
+    /// Index of the newest applied entry whose effects the database shows; it changes whenever
+    /// this node applies entries, so a reader of the catalog can wait on it for news.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.0.applied.clone()
+    }
+
+    /// Returns once the database shows every entry up to `index` applied.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let mut applied = self.applied_watch();
+        let waited = tokio::time::timeout(timeout, applied.wait_for(|a| a.is_some_and(|a| a >= index)))
             .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        Ok(())
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClusterError::Raft("raft storage stopped".into())),
+            Err(_) => Err(ClusterError::Raft(format!(
+                "entry {index} not applied within {timeout:?} (applied: {:?})",
+                *applied.borrow()
+            ))),
+        }
     }
 
     pub async fn add_learner(&self, id: EndpointKey, node: MemberNode) -> Result<(), ClusterError> {
@@ -495,7 +515,7 @@ impl ClusterNode {
             leader: m.current_leader,
             term: m.current_term,
             commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
-            applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            applied_index: self.0.applied.borrow().unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
             purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),

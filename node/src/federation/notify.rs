@@ -18,7 +18,6 @@ use causeway_catalog::{
 };
 use causeway_policy::{Action, PeerRelation, decide};
 use causeway_proto::fed::{CatalogEntry, FedRequest, FedResponse, MAX_CATALOG_PAGE};
-use openraft::async_runtime::watch::WatchReceiver as _;
 use tokio::sync::Semaphore;
 
 use super::Federation;
@@ -113,18 +112,14 @@ impl Notifier {
     }
 }
 
-fn applied_index(m: &openraft::RaftMetrics<causeway_raft::TypeConfig>) -> Option<u64> {
-    m.last_applied.as_ref().map(|l| l.index())
-}
-
 impl Federation {
     /// Runs until the federation is dropped: notifies peers while this member leads.
     pub(crate) async fn notify_loop(self: Arc<Self>) {
-        let mut metrics = self.cluster.raft().metrics();
+        let mut applied = self.cluster.applied_watch();
         let mut notified: Option<u64> = None;
         loop {
             // Read before the feed: an entry applied from here on wakes the wait below.
-            let seen = applied_index(&metrics.borrow_watched());
+            let seen = *applied.borrow_and_update();
             if self.cluster.is_leader() {
                 // A new leader notifies from now on; the resync covers anything in between.
                 let from = notified.unwrap_or_else(|| self.current_change_seq());
@@ -134,11 +129,11 @@ impl Federation {
             }
             let next_entry = async {
                 loop {
-                    if metrics.changed().await.is_err() {
-                        // Raft has stopped; only the fallback tick is left.
+                    if applied.changed().await.is_err() {
+                        // Raft storage has stopped; only the fallback tick is left.
                         std::future::pending::<()>().await;
                     }
-                    if applied_index(&metrics.borrow_watched()) != seen {
+                    if *applied.borrow_and_update() != seen {
                         return;
                     }
                 }

@@ -102,11 +102,14 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
     }
     txn.commit().map_err(io_err)?;
     let (tx, rx) = mpsc::channel::<Job>();
+    let (applied, _) = applied_state(&db)?;
     let log = Arc::new(Shared {
         db: db.clone(),
         memory: Mutex::new(MemoryLog::default()),
         committed: Mutex::new(None),
         syncing: tokio::sync::watch::channel(false).0,
+        applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
+        failed: Mutex::new(None),
     });
     let writer_log = log.clone();
     let thread = std::thread::Builder::new()
@@ -118,10 +121,10 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
     };
     Ok((
         LogStore {
-            log,
+            log: log.clone(),
             writer: writer.clone(),
         },
-        StateMachineStore { db, writer },
+        StateMachineStore { db, log, writer },
     ))
 }
 
@@ -193,6 +196,13 @@ impl StorageWriter {
 
     fn send(&self, job: Job) -> io::Result<()> {
         self.tx.send(job).map_err(|_| io_err("raft storage writer stopped"))
+    }
+
+    /// Returns once everything queued before the call is committed.
+    async fn barrier(&self) -> io::Result<()> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.send(Job::Barrier(done))?;
+        committed.await.map_err(|_| io_err("raft storage writer stopped"))?
     }
 }
 
@@ -369,6 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    log: Arc<Shared>,
     writer: StorageWriter,
 }
 
@@ -376,6 +387,13 @@ impl StateMachineStore {
     /// The database, for reading the catalog tables.
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
+    }
+
+    /// Index of the newest applied entry whose effects the database shows. Openraft's own
+    /// applied index can run a little ahead of it (applies are handed to the writer without
+    /// waiting for its commit), so anything that reads the catalog waits on this one.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.log.applied.subscribe()
     }
 }
 
@@ -398,6 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.writer.barrier().await?;
         let db = self.db.clone();
         blocking(move || applied_state(&db)).await
     }
@@ -414,19 +433,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         }
         // The writer applies them in its next round, together with any log flush queued
-        // meanwhile, and answers the clients once that round is committed.
-        let (done, applied) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Apply(batch, done))?;
-        applied.await.map_err(|_| io_err("raft storage writer stopped"))?
+        // meanwhile, and answers the clients once that round is committed; openraft goes on
+        // meanwhile, so the applies queued behind one fsync share the next round.
+        self.log.failure()?;
+        self.writer.send(Job::Apply(batch))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            writer: self.writer.clone(),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        // Applies handed over earlier must land before the snapshot replaces the state.
+        self.writer.barrier().await?;
         let db = self.db.clone();
         let meta = meta.clone();
+        let index = meta.last_log_id.as_ref().map(|l| l.index());
         blocking(move || {
             let catalog: CatalogSnapshot = dec(&snapshot, MAX_SNAPSHOT)?;
             let txn = write_txn(&db, Durability::Immediate)?;
@@ -439,7 +464,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tracing::info!(last = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
             Ok(())
         })
-        .await
+        .await?;
+        self.log.publish_applied(index);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
@@ -465,12 +492,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Builds a snapshot from a consistent read of the catalog.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    writer: StorageWriter,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // The snapshot covers every apply openraft handed over before asking for it.
+        self.writer.barrier().await?;
         let db = self.db.clone();
         blocking(move || {
             // One read transaction: applied state and catalog rows are from the same instant.

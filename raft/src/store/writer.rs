@@ -3,6 +3,11 @@
 //! single write lock. Each round takes whatever is queued: it writes the unwritten log entries
 //! and applies the committed entries handed over since the last round, in one transaction that
 //! is fsynced when it carries log entries (group commit) and not otherwise.
+//!
+//! Openraft hands over committed entries one apply at a time and waits for each; the writer
+//! takes them without making openraft wait for the round, so the applies queued behind one
+//! fsync all go into the next round instead of one round each. Clients are answered, and the
+//! applied index others wait on is published, only once the round is committed.
 
 use std::{
     io,
@@ -28,8 +33,10 @@ const MAX_JOBS_PER_ROUND: usize = 4096;
 pub(super) enum Job {
     /// Make every append up to this sequence number durable, then report.
     Flush(u64, IOFlushed<TypeConfig>),
-    /// Apply these committed entries, answer their clients, then report.
-    Apply(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Apply these committed entries and answer their clients.
+    Apply(Vec<EntryResponder<TypeConfig>>),
+    /// Report once everything queued before it is committed (or has failed).
+    Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
     /// Finish the requests queued before this one and exit, releasing the database.
     Stop,
 }
@@ -42,6 +49,32 @@ pub(super) struct Shared {
     pub committed: Mutex<Option<Vec<u8>>>,
     /// Whether a durable round (an fsync) is under way, for appends to wait it out.
     pub syncing: tokio::sync::watch::Sender<bool>,
+    /// Index of the newest applied entry whose effects readers of the database can see.
+    pub applied: tokio::sync::watch::Sender<Option<u64>>,
+    /// Why a round failed: every later request fails with it, as the state machine cannot skip
+    /// an entry.
+    pub failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Publishes `index` as applied unless a newer index already is.
+    pub fn publish_applied(&self, index: Option<u64>) {
+        self.applied.send_if_modified(|current| {
+            let newer = index > *current;
+            if newer {
+                *current = index;
+            }
+            newer
+        });
+    }
+
+    /// The error a failed round left, if any.
+    pub fn failure(&self) -> io::Result<()> {
+        match &*lock(&self.failed) {
+            Some(e) => Err(io_err(format!("raft storage failed earlier: {e}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The writer's own bookkeeping across rounds.
@@ -53,6 +86,8 @@ struct Progress {
     durable_seq: u64,
     /// Index of the newest applied entry, for dropping applied entries from memory.
     applied: Option<u64>,
+    /// Log entries written so far, for the debug log.
+    entries_written: u64,
 }
 
 /// Runs rounds until told to stop or every sender is gone.
@@ -63,12 +98,14 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
         let Ok(first) = rx.recv() else { break };
         let mut flushes = Vec::new();
         let mut applies = Vec::new();
+        let mut barriers = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(job) = next.take() {
             match job {
                 Job::Flush(seq, done) => flushes.push((seq, done)),
-                Job::Apply(entries, done) => applies.push((entries, done)),
+                Job::Apply(entries) => applies.push(entries),
+                Job::Barrier(done) => barriers.push(done),
                 Job::Stop => {
                     stop = true;
                     break;
@@ -80,6 +117,10 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
             }
         }
         round(shared, &mut progress, flushes, applies);
+        for done in barriers {
+            // The receiver is gone only when its caller stopped waiting.
+            let _ = done.send(shared.failure());
+        }
     }
 }
 
@@ -89,44 +130,55 @@ fn round(
     shared: &Shared,
     progress: &mut Progress,
     flushes: Vec<(u64, IOFlushed<TypeConfig>)>,
-    applies: Vec<(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>)>,
+    applies: Vec<Vec<EntryResponder<TypeConfig>>>,
 ) {
+    if flushes.is_empty() && applies.is_empty() {
+        return;
+    }
     // An append an earlier round already wrote (a round takes every unwritten entry, not only
     // those of its own requests) needs no fsync of its own.
     let durable = flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
     if durable {
         shared.syncing.send_replace(true);
     }
-    let result = write_round(shared, progress, durable, &applies);
+    let written_before = progress.entries_written;
+    let result = shared
+        .failure()
+        .and_then(|()| write_round(shared, progress, durable, &applies));
     if durable {
         shared.syncing.send_replace(false);
     }
     tracing::debug!(
         appends = flushes.len(),
+        entries_written = progress.entries_written - written_before,
         applies = applies.len(),
+        entries_applied = applies.iter().map(Vec::len).sum::<usize>(),
         fsync = durable,
         ok = result.is_ok(),
         "raft storage round"
     );
-    let (outcome, results) = match result {
-        Ok(results) => (Ok(()), results),
-        Err(e) => (Err(e.to_string()), Vec::new()),
+    let outcome = match result {
+        Ok(results) => {
+            shared.publish_applied(progress.applied);
+            // Dropping a responder tells its client the write failed, which is what the clients
+            // of a failed round get.
+            for (entries, answers) in applies.into_iter().zip(results) {
+                for ((_, responder), answer) in entries.into_iter().zip(answers) {
+                    if let Some(r) = responder {
+                        r.send(answer);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "raft storage round failed; this node's storage stops here");
+            lock(&shared.failed).get_or_insert_with(|| e.to_string());
+            Err(e.to_string())
+        }
     };
     for (_, done) in flushes {
         done.io_completed(outcome.clone().map_err(io_err));
-    }
-    let mut results = results.into_iter();
-    for (entries, done) in applies {
-        if outcome.is_ok() {
-            let answers = results.next().unwrap_or_default();
-            for ((_, responder), answer) in entries.into_iter().zip(answers) {
-                if let Some(r) = responder {
-                    r.send(answer);
-                }
-            }
-        }
-        // The receiver is gone only when openraft stopped waiting for this apply.
-        let _ = done.send(outcome.clone().map_err(io_err));
     }
 }
 
@@ -135,19 +187,27 @@ fn write_round(
     shared: &Shared,
     progress: &mut Progress,
     durable: bool,
-    applies: &[(Vec<EntryResponder<TypeConfig>>, tokio::sync::oneshot::Sender<io::Result<()>>)],
+    applies: &[Vec<EntryResponder<TypeConfig>>],
 ) -> io::Result<Vec<Vec<CommandResult>>> {
-    let txn = write_txn(&shared.db, if durable { Durability::Immediate } else { Durability::None })?;
+    let txn = write_txn(
+        &shared.db,
+        if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        },
+    )?;
     // Picked after the write lock is taken: a truncation that removes entries from memory after
     // this point waits for this commit and then deletes them from redb too.
     let unwritten = durable.then(|| lock(&shared.memory).unwritten());
     if let Some(unwritten) = &unwritten {
         progress.flushes += 1;
         write_log(&txn, &unwritten.entries, progress.flushes, shared)?;
+        progress.entries_written += unwritten.entries.len() as u64;
     }
     let mut results = Vec::with_capacity(applies.len());
     let mut applied = progress.applied;
-    for (entries, _) in applies {
+    for entries in applies {
         results.push(apply_entries(&txn, entries)?);
         if let Some((last, _)) = entries.last() {
             applied = Some(last.index());

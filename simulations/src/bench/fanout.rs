@@ -368,12 +368,7 @@ async fn wait_for_version(peer: &Node, version: u64, start: Instant) -> Result<D
             );
         }
         // Times out after VIEW_RECHECK, which is fine: the view is read again either way.
-        let _ = peer
-            .cluster()
-            .raft()
-            .wait(Some(VIEW_RECHECK))
-            .applied_index_at_least(Some(applied + 1), "the peer's view to change")
-            .await;
+        let _ = peer.cluster().wait_applied(applied + 1, VIEW_RECHECK).await;
     }
 }
 
