@@ -16,7 +16,7 @@ use openraft::{
     ChangeMembers, Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy,
     async_runtime::watch::WatchReceiver as _,
 };
-use redb::Database;
+use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -33,7 +33,8 @@ pub struct RaftSettings {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after at least this many entries since the last one (more once the
+    /// catalog is large: see [`SNAPSHOT_ROWS_PER_ENTRY`]).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind the latest snapshot.
     pub keep_logs: u64,
@@ -67,6 +68,12 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(2);
 /// How often the leader looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+/// A snapshot is due once the entries applied since the last one reach the catalog's rows
+/// divided by this (and at least `snapshot_logs`): a snapshot copies every row, so each entry
+/// then pays for at most this many copied rows, however large the catalog grows.
+pub const SNAPSHOT_ROWS_PER_ENTRY: u64 = 4;
+/// Least time between two looks at whether a snapshot is due.
+const SNAPSHOT_CHECK_GAP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -127,7 +134,8 @@ impl ClusterNode {
             heartbeat_interval: settings.heartbeat_ms,
             election_timeout_min: settings.election_min_ms,
             election_timeout_max: settings.election_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
+            // Built by `build_snapshots_when_due`, whose threshold grows with the catalog.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.keep_logs,
             install_snapshot_timeout: 60_000,
             ..Default::default()
@@ -154,7 +162,12 @@ impl ClusterNode {
             tasks: Mutex::new(Vec::new()),
         }));
         let promoter = tokio::spawn(promote_learners(Arc::downgrade(&node.0)));
-        node.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(promoter);
+        let snapshots = tokio::spawn(build_snapshots_when_due(Arc::downgrade(&node.0)));
+        node.0
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([promoter, snapshots]);
         Ok(node)
     }
 
@@ -589,4 +602,49 @@ async fn promote_learners(inner: std::sync::Weak<Inner>) {
             tracing::warn!(error = %e, "promotion failed; will retry");
         }
     }
+}
+
+/// On every member: asks openraft for a snapshot whenever one is due (see
+/// [`SNAPSHOT_ROWS_PER_ENTRY`]); openraft ignores the request while one is being built.
+async fn build_snapshots_when_due(inner: std::sync::Weak<Inner>) {
+    let Some(mut applied) = inner.upgrade().map(|i| i.applied.clone()) else {
+        return;
+    };
+    loop {
+        if applied.changed().await.is_err() {
+            return;
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        match snapshot_due(&inner) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = inner.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "could not start a snapshot");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not tell whether a snapshot is due"),
+        }
+        drop(inner);
+        tokio::time::sleep(SNAPSHOT_CHECK_GAP).await;
+    }
+}
+
+fn snapshot_due(inner: &Inner) -> Result<bool, ClusterError> {
+    let applied = inner.applied.borrow().unwrap_or(0);
+    let snapshot = {
+        let metrics = inner.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0)
+    };
+    let since = applied.saturating_sub(snapshot);
+    if since < inner.settings.snapshot_logs {
+        return Ok(false);
+    }
+    let txn = inner
+        .db
+        .begin_read()
+        .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
+    let rows = causeway_catalog::state::snapshot_rows(&txn)
+        .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
+    Ok(since >= rows / SNAPSHOT_ROWS_PER_ENTRY)
 }
