@@ -94,8 +94,18 @@ fn record_change(
     };
     t.insert(seq.to_be_bytes().as_slice(), encode(&change)?.as_slice())?;
     if seq > MAX_CHANGES {
-        let cutoff = (seq - MAX_CHANGES).to_be_bytes();
-        t.retain_in::<&[u8], _>(..cutoff.as_slice(), |_, _| false)?;
+        // Usually exactly one entry falls out; popping it costs less than a range scan.
+        let cutoff = (seq - MAX_CHANGES + 1).to_be_bytes();
+        loop {
+            let stale = match t.first()? {
+                Some((k, _)) => k.value() < cutoff.as_slice(),
+                None => false,
+            };
+            if !stale {
+                break;
+            }
+            t.pop_first()?;
+        }
     }
     Ok(())
 }
@@ -373,7 +383,26 @@ mod tests {
     use super::*;
     use crate::test_support::run;
     use causeway_policy::{Audience, ShareMode, ShareRule};
-    use redb::{Database, ReadableDatabase};
+    use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+
+    #[test]
+    fn the_change_feed_keeps_only_the_newest_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        for _ in 0..MAX_CHANGES + 2 {
+            record_change(&txn, "dash", ChangeKind::Registered, None, None, 1).unwrap();
+        }
+        txn.commit().unwrap();
+        let r = db.begin_read().unwrap();
+        assert_eq!(r.open_table(CHANGES).unwrap().len().unwrap(), MAX_CHANGES);
+        assert_eq!(last_change_seq(&r).unwrap(), MAX_CHANGES + 2);
+        // The two oldest fell out: a watcher behind them is told to re-list.
+        let (changes, complete) = changes_after(&r, 0, 1).unwrap();
+        assert_eq!((changes[0].seq, complete), (3, false));
+        let (changes, complete) = changes_after(&r, 2, 1).unwrap();
+        assert_eq!((changes[0].seq, complete), (3, true));
+    }
 
     #[test]
     fn a_publish_from_a_base_version_applies_once() {
