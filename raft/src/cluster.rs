@@ -646,5 +646,33 @@ fn snapshot_due(inner: &Inner) -> Result<bool, ClusterError> {
         .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
     let rows = causeway_catalog::state::snapshot_rows(&txn)
         .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
-    Ok(since >= rows / SNAPSHOT_ROWS_PER_ENTRY)
+    Ok(due_by_size(since, inner.settings.snapshot_logs, rows))
+}
+
+/// Whether `since` entries after the last snapshot call for a new one, with at least
+/// `min_entries` between snapshots and a catalog of `rows` rows.
+fn due_by_size(since: u64, min_entries: u64, rows: u64) -> bool {
+    since >= min_entries.max(rows / SNAPSHOT_ROWS_PER_ENTRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_wait_longer_as_the_catalog_grows() {
+        // A small catalog: the configured minimum decides.
+        assert!(!due_by_size(9, 10, 20));
+        assert!(due_by_size(10, 10, 20));
+        // A large one: a quarter of its rows, so copying it costs at most four rows per entry.
+        assert!(!due_by_size(10_000, 10_000, 1_000_000));
+        assert!(due_by_size(250_000, 10_000, 1_000_000));
+        // Entries that add rows still reach the threshold: each adds one, the threshold a quarter.
+        let (mut entries, mut rows) = (0u64, 0u64);
+        while !due_by_size(entries, 10, rows) {
+            entries += 1;
+            rows += 2;
+        }
+        assert!(entries <= 20, "never due while the catalog grows: {entries}");
+    }
 }
