@@ -637,15 +637,13 @@ fn snapshot_due(inner: &Inner) -> Result<bool, ClusterError> {
         m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0)
     };
     let since = applied.saturating_sub(snapshot);
+    // Below the minimum the catalog's size cannot make it due: no need to read it.
     if since < inner.settings.snapshot_logs {
         return Ok(false);
     }
-    let txn = inner
-        .db
-        .begin_read()
-        .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
-    let rows = causeway_catalog::state::snapshot_rows(&txn)
-        .map_err(|e| ClusterError::Storage(std::io::Error::other(e.to_string())))?;
+    let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(std::io::Error::other(e.to_string()));
+    let txn = inner.db.begin_read().map_err(|e| storage(&e))?;
+    let rows = causeway_catalog::state::snapshot_rows(&txn).map_err(|e| storage(&e))?;
     Ok(due_by_size(since, inner.settings.snapshot_logs, rows))
 }
 

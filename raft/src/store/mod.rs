@@ -124,7 +124,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
             log: log.clone(),
             writer: writer.clone(),
         },
-        StateMachineStore { db, log, writer },
+        StateMachineStore { log, writer },
     ))
 }
 
@@ -378,7 +378,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// The catalog state machine.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<Database>,
     log: Arc<Shared>,
     writer: StorageWriter,
 }
@@ -386,7 +385,7 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// The database, for reading the catalog tables.
     pub fn database(&self) -> Arc<Database> {
-        self.db.clone()
+        self.log.db.clone()
     }
 
     /// Index of the newest applied entry whose effects the database shows. Openraft's own
@@ -417,7 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         self.writer.barrier().await?;
-        let db = self.db.clone();
+        let db = self.log.db.clone();
         blocking(move || applied_state(&db)).await
     }
 
@@ -441,7 +440,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            db: self.log.db.clone(),
             writer: self.writer.clone(),
         }
     }
@@ -449,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         // Applies handed over earlier must land before the snapshot replaces the state.
         self.writer.barrier().await?;
-        let db = self.db.clone();
+        let db = self.log.db.clone();
         let meta = meta.clone();
         let index = meta.last_log_id.as_ref().map(|l| l.index());
         blocking(move || {
@@ -470,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let db = self.db.clone();
+        let db = self.log.db.clone();
         blocking(move || {
             let txn = db.begin_read().map_err(io_err)?;
             let t = txn.open_table(SNAPSHOT).map_err(io_err)?;
