@@ -7,14 +7,13 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection, Resource};
-use crate::state::{CHANGES, CLUSTER, CatalogError, RESOURCES, decode, encode};
+use crate::state::{CHANGES, CatalogError, RESOURCES, decode, encode};
 use crate::{mirror_index, share_index, validate};
 use causeway_policy::ShareRule;
 
 /// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
 /// re-lists instead).
 pub const MAX_CHANGES: u64 = 100_000;
-const CHANGE_SEQ_KEY: &[u8] = b"change_seq";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,13 +75,11 @@ fn record_change(
     at_ms: u64,
 ) -> Result<(), CatalogError> {
     let version = after.or(before).map(|r| r.version).unwrap_or(0);
-    let mut meta = txn.open_table(CLUSTER)?;
-    let seq = match meta.get(CHANGE_SEQ_KEY)? {
-        Some(v) => decode::<u64>(v.value())?.saturating_add(1),
-        None => 1,
-    };
-    meta.insert(CHANGE_SEQ_KEY, encode(&seq)?.as_slice())?;
     let mut t = txn.open_table(CHANGES)?;
+    // The feed is trimmed from its oldest end only, so its last key is the newest sequence number;
+    // deriving it from there spares every write a counter in a table of its own (one more page
+    // in each fsync).
+    let seq = newest_seq(&t)?.saturating_add(1);
     let change = Change {
         seq,
         name: name.to_string(),
@@ -341,15 +338,23 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
 
 /// The newest change sequence number (0 before any change).
 pub fn last_change_seq(txn: &ReadTransaction) -> Result<u64, CatalogError> {
-    let t = match txn.open_table(CLUSTER) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
+    match txn.open_table(CHANGES) {
+        Ok(t) => newest_seq(&t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The sequence number of the newest change in the feed (0 while it is empty).
+fn newest_seq(feed: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<u64, CatalogError> {
+    let Some((key, _)) = feed.last()? else {
+        return Ok(0);
     };
-    t.get(CHANGE_SEQ_KEY)?
-        .map(|v| decode(v.value()))
-        .transpose()
-        .map(|s| s.unwrap_or(0))
+    let bytes: [u8; 8] = key
+        .value()
+        .try_into()
+        .map_err(|_| CatalogError::Corrupt("change feed key is not a sequence number".into()))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Up to `limit` changes with a sequence number above `after`, oldest first. The second value

@@ -5,7 +5,7 @@
 mod common;
 
 use causeway::{Discovery, datadir, endpoint};
-use causeway_raft::wire::{self, RaftResponse};
+use causeway_raft::wire::{self, AppendReply, RaftResponse};
 use common::*;
 use iroh::{EndpointAddr, EndpointId};
 
@@ -21,6 +21,24 @@ async fn raw_request(conn: &iroh::endpoint::Connection, bytes: &[u8]) -> String 
     match wire::read_frame::<RaftResponse>(&mut recv, wire::MAX_RPC_FRAME).await {
         Ok(RaftResponse::Error(msg)) => msg,
         other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+/// Sends `bytes` on a new append stream (kind byte included) and returns the refusal it gets.
+async fn raw_append_stream(conn: &iroh::endpoint::Connection, bytes: &[u8]) -> String {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+    send.write_all(bytes).await.expect("send");
+    send.finish().expect("finish");
+    let reply = wire::read_frame::<AppendReply>(&mut recv, wire::MAX_RPC_FRAME).await;
+    // After a refusal the follower closes the stream: nothing more is answered.
+    let after = wire::read_frame_or_end::<AppendReply>(&mut recv, wire::MAX_RPC_FRAME).await;
+    assert!(
+        matches!(after, Ok(None)),
+        "the stream should end after a refusal: {after:?}"
+    );
+    match reply {
+        Ok(AppendReply::Refused(msg)) => msg,
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -48,6 +66,17 @@ async fn raft_alpn_refuses_bad_frames_and_strangers() {
     assert!(msg.contains("exceeds the limit"), "{msg}");
     let msg = raw_request(&conn, &[1, 0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
     assert!(msg.contains("malformed"), "{msg}");
+
+    // The same on a pipelined append stream: refused, and the stream closes.
+    let append = wire::StreamKind::Append as u8;
+    let mut oversized = vec![append];
+    oversized.extend_from_slice(&u32::MAX.to_be_bytes());
+    let msg = raw_append_stream(&conn, &oversized).await;
+    assert!(msg.contains("exceeds the limit"), "{msg}");
+    let msg = raw_append_stream(&conn, &[append, 0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    assert!(msg.contains("malformed"), "{msg}");
+    let msg = raw_append_stream(&conn, &[append, 0, 0, 0, 9, 1]).await;
+    assert!(msg.contains("ended") || msg.contains("finished"), "{msg}");
 
     // A stranger is refused at the connection.
     let stranger = endpoint::bind(

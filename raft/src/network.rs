@@ -4,16 +4,25 @@
 use std::time::Duration;
 
 use causeway_proto::EndpointKey;
+use futures::Stream;
 use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::Connection};
 use openraft::{
-    RaftNetworkFactory, RaftNetworkV2,
+    OptionalSend, RaftNetworkFactory, RaftNetworkV2,
+    base::{BoxFuture, BoxStream},
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
     network::RPCOption,
-    raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+    },
 };
+
+use crate::append_stream;
 
 use crate::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::wire::{self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError};
+
+/// One answer on an append stream, as openraft consumes it.
+type AppendReply = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// How long a forwarded request may take before the caller gives up on that leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +150,43 @@ fn unexpected(target: EndpointKey, resp: RaftResponse) -> CallError {
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
+
+    /// Pipelined: see `append_stream`. Opening the stream waits at most the soft TTL; each
+    /// answer may then take up to the hard TTL from the moment its request was written.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendReply>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let target = self.target;
+            let opened = tokio::time::timeout(option.soft_ttl(), async {
+                let conn = self.connection().await?;
+                conn.open_bi()
+                    .await
+                    .map_err(|e| CallError::Network(target, e.to_string()))
+            })
+            .await
+            .unwrap_or(Err(CallError::Timeout(target)));
+            match opened {
+                Ok((send, recv)) => Ok(append_stream::send_requests(
+                    target,
+                    send,
+                    recv,
+                    input,
+                    option.hard_ttl(),
+                )),
+                Err(e) => {
+                    // Redial next time: the connection may be half-dead.
+                    self.conn = None;
+                    Err(rpc_err(e))
+                }
+            }
+        })
+    }
 
     async fn append_entries(
         &mut self,

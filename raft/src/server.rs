@@ -8,9 +8,10 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 
+use crate::append_stream;
 use crate::cluster::ClusterNode;
 use crate::types::Snapshot;
-use crate::wire::{self, RaftRequest, RaftResponse};
+use crate::wire::{self, RaftRequest, RaftResponse, StreamKind};
 
 /// QUIC application close code for a refused peer.
 pub const CLOSE_NOT_MEMBER: u32 = 403;
@@ -50,7 +51,8 @@ impl ProtocolHandler for RaftService {
 
 async fn handle_stream(node: ClusterNode, remote: EndpointKey, mut send: SendStream, mut recv: RecvStream) {
     let response = match read_request(&node, &remote, &mut recv).await {
-        Ok(req) => dispatch(&node, req).await,
+        Ok(Incoming::AppendStream) => return append_stream::serve(&node, remote, send, recv).await,
+        Ok(Incoming::Request(req)) => dispatch(&node, *req).await,
         Err(msg) => {
             tracing::warn!(peer = %remote, error = %msg, "bad raft request");
             RaftResponse::Error(msg)
@@ -64,13 +66,25 @@ async fn handle_stream(node: ClusterNode, remote: EndpointKey, mut send: SendStr
     let _ = recv.stop(0u32.into());
 }
 
-async fn read_request(node: &ClusterNode, remote: &EndpointKey, recv: &mut RecvStream) -> Result<RaftRequest, String> {
+/// What a new stream carries.
+enum Incoming {
+    /// One request, answered by one response.
+    Request(Box<RaftRequest>),
+    /// A replication session's appends, answered in order.
+    AppendStream,
+}
+
+async fn read_request(node: &ClusterNode, remote: &EndpointKey, recv: &mut RecvStream) -> Result<Incoming, String> {
     // Membership can change while a connection stays open: check every request.
     if !node.may_connect(remote) {
         return Err("not a member of this cluster".into());
     }
     let kind = wire::read_kind(recv).await.map_err(|e| e.to_string())?;
-    wire::read_frame(recv, kind.limit()).await.map_err(|e| e.to_string())
+    if kind == StreamKind::Append {
+        return Ok(Incoming::AppendStream);
+    }
+    let request = wire::read_frame(recv, kind.limit()).await.map_err(|e| e.to_string())?;
+    Ok(Incoming::Request(Box::new(request)))
 }
 
 async fn dispatch(node: &ClusterNode, req: RaftRequest) -> RaftResponse {

@@ -1,10 +1,13 @@
 //! Messages on `causeway/raft/1` and their framing: a one-byte stream kind, then one
-//! length-prefixed postcard request per stream, answered by one response frame.
+//! length-prefixed postcard request per stream, answered by one response frame; or, on an
+//! append stream, any number of requests answered in order (see `append_stream`).
 
 use causeway_catalog::{Command, CommandResult};
 use causeway_proto::{EndpointKey, FrameError, frame};
-use iroh::endpoint::{RecvStream, SendStream};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use iroh::endpoint::{ReadExactError, RecvStream, SendStream};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::status::ClusterStatus;
@@ -21,6 +24,8 @@ pub const MAX_SNAPSHOT_FRAME: usize = crate::store::MAX_SNAPSHOT;
 pub enum StreamKind {
     Rpc = 1,
     Snapshot = 2,
+    /// A replication session's AppendEntries requests, pipelined; its frames use the RPC limit.
+    Append = 3,
 }
 
 impl StreamKind {
@@ -28,12 +33,13 @@ impl StreamKind {
         match b {
             1 => Some(Self::Rpc),
             2 => Some(Self::Snapshot),
+            3 => Some(Self::Append),
             _ => None,
         }
     }
     pub fn limit(self) -> usize {
         match self {
-            Self::Rpc => MAX_RPC_FRAME,
+            Self::Rpc | Self::Append => MAX_RPC_FRAME,
             Self::Snapshot => MAX_SNAPSHOT_FRAME,
         }
     }
@@ -98,6 +104,15 @@ pub enum RaftResponse {
     Error(String),
 }
 
+/// The answer to one request on an append stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum AppendReply {
+    /// What openraft made of the request; an error (conflict, higher vote) ends the stream.
+    Appended(StreamAppendResult<TypeConfig>),
+    /// The request could not be read or processed; the stream ends.
+    Refused(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error(transparent)]
@@ -141,12 +156,26 @@ pub async fn write_frame_after<T: Serialize>(
 
 /// Reads one frame, checking its announced length against `limit` before reading the body.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, limit: usize) -> Result<T, WireError> {
+    read_frame_or_end(recv, limit)
+        .await?
+        .ok_or_else(|| WireError::Stream("the stream ended before a frame".into()))
+}
+
+/// Reads one frame like `read_frame`, or `None` when the sender finished the stream before it.
+pub async fn read_frame_or_end<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    limit: usize,
+) -> Result<Option<T>, WireError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
-    recv.read_exact(&mut prefix).await.map_err(stream_err)?;
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(stream_err(e)),
+    }
     let len = frame::body_len(prefix, limit)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(stream_err)?;
-    Ok(frame::decode(&body, limit)?)
+    Ok(Some(frame::decode(&body, limit)?))
 }
 
 pub async fn read_kind(recv: &mut RecvStream) -> Result<StreamKind, WireError> {

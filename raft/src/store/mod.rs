@@ -39,7 +39,6 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapsh
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
-const KEY_FLUSH: &str = "flush_seq";
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAP_META: &str = "meta";
