@@ -12,6 +12,8 @@ pub mod state;
 #[cfg(test)]
 mod test_support;
 pub mod validate;
+pub mod writer;
 
 pub use command::{Command, CommandResult, Rejection, Resource};
 pub use state::{CatalogError, CatalogSnapshot, ClusterIdentity, Invite, InviteState};
+pub use writer::StateWriter;

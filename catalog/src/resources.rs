@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection, Resource};
-use crate::state::{CHANGES, CatalogError, RESOURCES, decode, encode};
-use crate::{mirror_index, share_index, validate};
+use crate::state::{CHANGES, CatalogError, decode, encode};
+use crate::{StateWriter, mirror_index, share_index, validate};
 use causeway_policy::ShareRule;
 
 /// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
@@ -67,7 +67,7 @@ fn reject(r: Rejection) -> Result<CommandResult, CatalogError> {
 }
 
 fn record_change(
-    txn: &WriteTransaction,
+    w: &mut StateWriter<'_>,
     name: &str,
     kind: ChangeKind,
     before: Option<&Resource>,
@@ -75,11 +75,11 @@ fn record_change(
     at_ms: u64,
 ) -> Result<(), CatalogError> {
     let version = after.or(before).map(|r| r.version).unwrap_or(0);
-    let mut t = txn.open_table(CHANGES)?;
+    let t = w.changes()?;
     // The feed is trimmed from its oldest end only, so its last key is the newest sequence number;
     // deriving it from there spares every write a counter in a table of its own (one more page
     // in each fsync).
-    let seq = newest_seq(&t)?.saturating_add(1);
+    let seq = newest_seq(t)?.saturating_add(1);
     let change = Change {
         seq,
         name: name.to_string(),
@@ -107,21 +107,22 @@ fn record_change(
     Ok(())
 }
 
-fn load(txn: &WriteTransaction, name: &str) -> Result<Option<Resource>, CatalogError> {
-    let t = txn.open_table(RESOURCES)?;
-    t.get(name.as_bytes())?.map(|v| decode(v.value())).transpose()
+fn load(w: &mut StateWriter<'_>, name: &str) -> Result<Option<Resource>, CatalogError> {
+    w.resources()?
+        .get(name.as_bytes())?
+        .map(|v| decode(v.value()))
+        .transpose()
 }
 
 /// Writes `r`, which was `before` (`None`: new), keeping the share index in step.
-fn store(txn: &WriteTransaction, before: Option<&Resource>, r: &Resource) -> Result<(), CatalogError> {
-    txn.open_table(RESOURCES)?
-        .insert(r.name.as_bytes(), encode(r)?.as_slice())?;
+fn store(w: &mut StateWriter<'_>, before: Option<&Resource>, r: &Resource) -> Result<(), CatalogError> {
+    w.resources()?.insert(r.name.as_bytes(), encode(r)?.as_slice())?;
     let old_shares = before.map(|b| b.shares.as_slice()).unwrap_or_default();
-    share_index::update(txn, &r.name, old_shares, &r.shares)?;
-    mirror_index::update(txn, &r.name, before, Some(r))
+    share_index::update(w.txn(), &r.name, old_shares, &r.shares)?;
+    mirror_index::update(w.txn(), &r.name, before, Some(r))
 }
 
-pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandResult, CatalogError> {
     match cmd {
         Command::RegisterResource {
             name,
@@ -141,7 +142,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             if path.as_ref().is_some_and(|p| p.len() > validate::MAX_PATH_LEN) {
                 return reject(Rejection::Invalid("path too long".into()));
             }
-            if load(txn, name)?.is_some() {
+            if load(w, name)?.is_some() {
                 return reject(Rejection::ResourceExists(name.clone()));
             }
             let resource = Resource {
@@ -157,9 +158,9 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 updated_at_ms: *registered_at_ms,
                 mirror_of: None,
             };
-            store(txn, None, &resource)?;
+            store(w, None, &resource)?;
             record_change(
-                txn,
+                w,
                 name,
                 ChangeKind::Registered,
                 None,
@@ -174,7 +175,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             remove,
             now_ms,
         } => {
-            let Some(mut r) = load(txn, name)? else {
+            let Some(mut r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
             let before = r.clone();
@@ -188,8 +189,8 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             }
             r.metadata = next;
             r.updated_at_ms = *now_ms;
-            store(txn, Some(&before), &r)?;
-            record_change(txn, name, ChangeKind::MetadataUpdated, Some(&before), Some(&r), *now_ms)?;
+            store(w, Some(&before), &r)?;
+            record_change(w, name, ChangeKind::MetadataUpdated, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         Command::PublishResource {
@@ -198,7 +199,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             base_version,
             now_ms,
         } => {
-            let Some(mut r) = load(txn, name)? else {
+            let Some(mut r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
             if let Some(base) = *base_version
@@ -226,22 +227,22 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             r.version = next;
             r.content = content.clone();
             r.updated_at_ms = *now_ms;
-            store(txn, Some(&before), &r)?;
-            record_change(txn, name, ChangeKind::Published, Some(&before), Some(&r), *now_ms)?;
+            store(w, Some(&before), &r)?;
+            record_change(w, name, ChangeKind::Published, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         Command::RemoveResource { name, now_ms } => {
-            let Some(r) = load(txn, name)? else {
+            let Some(r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
-            txn.open_table(RESOURCES)?.remove(name.as_bytes())?;
-            share_index::update(txn, name, &r.shares, &[])?;
-            mirror_index::update(txn, name, Some(&r), None)?;
-            record_change(txn, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
+            w.resources()?.remove(name.as_bytes())?;
+            share_index::update(w.txn(), name, &r.shares, &[])?;
+            mirror_index::update(w.txn(), name, Some(&r), None)?;
+            record_change(w, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
             Ok(CommandResult::ResourceRemoved(name.clone()))
         }
         Command::SetShare { name, rule, now_ms } => {
-            let Some(mut r) = load(txn, name)? else {
+            let Some(mut r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
             let before = r.clone();
@@ -257,12 +258,12 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 None => r.shares.push(*rule),
             }
             r.updated_at_ms = *now_ms;
-            store(txn, Some(&before), &r)?;
-            record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
+            store(w, Some(&before), &r)?;
+            record_change(w, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         Command::RemoveShare { name, audience, now_ms } => {
-            let Some(mut r) = load(txn, name)? else {
+            let Some(mut r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
             let before = r.clone();
@@ -271,8 +272,8 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 return reject(Rejection::NoSuchShare(name.clone()));
             }
             r.updated_at_ms = *now_ms;
-            store(txn, Some(&before), &r)?;
-            record_change(txn, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
+            store(w, Some(&before), &r)?;
+            record_change(w, name, ChangeKind::SharesChanged, Some(&before), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         Command::RecordMirror {
@@ -290,7 +291,7 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             {
                 return reject(Rejection::Invalid(e));
             }
-            let existing = load(txn, name)?;
+            let existing = load(w, name)?;
             let before = existing.clone();
             let mut r = match existing {
                 Some(r) if r.mirror_of != Some(*origin) => return reject(Rejection::MirrorNameTaken(name.clone())),
@@ -323,13 +324,13 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             r.kind = kind.clone();
             r.owner = owner.clone();
             r.updated_at_ms = *now_ms;
-            store(txn, before.as_ref(), &r)?;
+            store(w, before.as_ref(), &r)?;
             let kind = if before.is_some() {
                 ChangeKind::Published
             } else {
                 ChangeKind::Registered
             };
-            record_change(txn, name, kind, before.as_ref(), Some(&r), *now_ms)?;
+            record_change(w, name, kind, before.as_ref(), Some(&r), *now_ms)?;
             Ok(CommandResult::Resource(r))
         }
         _ => reject(Rejection::Invalid("not a resource command".into())),
@@ -396,7 +397,15 @@ mod tests {
         let db = Database::create(dir.path().join("r.redb")).unwrap();
         let txn = db.begin_write().unwrap();
         for _ in 0..MAX_CHANGES + 2 {
-            record_change(&txn, "dash", ChangeKind::Registered, None, None, 1).unwrap();
+            record_change(
+                &mut StateWriter::new(&txn),
+                "dash",
+                ChangeKind::Registered,
+                None,
+                None,
+                1,
+            )
+            .unwrap();
         }
         txn.commit().unwrap();
         let r = db.begin_read().unwrap();

@@ -111,7 +111,13 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
 
 /// Applies one committed command. Storage errors are returned (the caller must stop, as the
 /// state machine cannot skip an entry); rule violations become `CommandResult::Rejected`.
+/// To apply many in one transaction, use one [`crate::StateWriter`] for all of them.
 pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    crate::StateWriter::new(txn).apply(cmd)
+}
+
+/// Applies a command that is not a resource command (those go through `StateWriter`).
+pub(crate) fn apply_other(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
     match cmd {
         Command::InitCluster {
             cluster_id,
@@ -136,7 +142,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
         | Command::RemoveResource { .. }
         | Command::SetShare { .. }
         | Command::RemoveShare { .. }
-        | Command::RecordMirror { .. } => crate::resources::apply(txn, cmd),
+        | Command::RecordMirror { .. } => crate::StateWriter::new(txn).apply(cmd),
         Command::CreateInvite {
             invite_id,
             secret_hash,

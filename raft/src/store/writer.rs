@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use causeway_catalog::CommandResult;
+use causeway_catalog::{CommandResult, StateWriter};
 use openraft::{
     EntryPayload,
     entry::RaftEntry,
@@ -239,12 +239,14 @@ fn write_round(
     }
     let mut results = Vec::with_capacity(applies.len());
     let mut applied = progress.applied;
+    let mut catalog = StateWriter::new(&txn);
     for entries in applies {
-        results.push(apply_entries(&txn, entries)?);
+        results.push(apply_entries(&txn, &mut catalog, entries)?);
         if let Some((last, _)) = entries.last() {
             applied = Some(last.index());
         }
     }
+    drop(catalog);
     txn.commit().map_err(io_err)?;
     progress.applied = applied;
     let mut memory = lock(&shared.memory);
@@ -291,14 +293,18 @@ fn write_committed_on_stop(shared: &Shared) {
 
 /// Applies committed entries to the catalog and records the newest applied log id (and
 /// membership) in the same transaction.
-fn apply_entries(txn: &WriteTransaction, entries: &[EntryResponder<TypeConfig>]) -> io::Result<Vec<CommandResult>> {
+fn apply_entries(
+    txn: &WriteTransaction,
+    catalog: &mut StateWriter<'_>,
+    entries: &[EntryResponder<TypeConfig>],
+) -> io::Result<Vec<CommandResult>> {
     let mut results = Vec::with_capacity(entries.len());
     let mut last = None;
     let mut membership = None;
     for (entry, _) in entries {
         let result = match &entry.payload {
             EntryPayload::Blank => CommandResult::Applied,
-            EntryPayload::Normal(cmd) => causeway_catalog::state::apply(txn, cmd).map_err(io_err)?,
+            EntryPayload::Normal(cmd) => catalog.apply(cmd).map_err(io_err)?,
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
                 CommandResult::Applied
