@@ -116,8 +116,8 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, Cat
     crate::StateWriter::new(txn).apply(cmd)
 }
 
-/// Applies a command that is not a resource command (those go through `StateWriter`).
-pub(crate) fn apply_other(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+/// Applies a command about the cluster itself: its identity, invites and card.
+pub(crate) fn apply_cluster(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
     match cmd {
         Command::InitCluster {
             cluster_id,
@@ -136,13 +136,6 @@ pub(crate) fn apply_other(txn: &WriteTransaction, cmd: &Command) -> Result<Comma
             t.insert(IDENTITY_KEY, encode(&identity)?.as_slice())?;
             Ok(CommandResult::ClusterInitialized)
         }
-        Command::RegisterResource { .. }
-        | Command::UpdateMetadata { .. }
-        | Command::PublishResource { .. }
-        | Command::RemoveResource { .. }
-        | Command::SetShare { .. }
-        | Command::RemoveShare { .. }
-        | Command::RecordMirror { .. } => crate::StateWriter::new(txn).apply(cmd),
         Command::CreateInvite {
             invite_id,
             secret_hash,
@@ -216,11 +209,9 @@ pub(crate) fn apply_other(txn: &WriteTransaction, cmd: &Command) -> Result<Comma
             t.insert(CARD_KEY, encode(card)?.as_slice())?;
             Ok(CommandResult::Applied)
         }
-        Command::AddLink { .. }
-        | Command::PinLink { .. }
-        | Command::UpdatePeerCard { .. }
-        | Command::RemoveLink { .. } => crate::links::apply(txn, cmd),
-        Command::PeerCatalogUpdate { .. } | Command::PeerCatalogSync { .. } => crate::peer_views::apply(txn, cmd),
+        _ => Ok(CommandResult::Rejected(Rejection::Invalid(
+            "not a cluster command".into(),
+        ))),
     }
 }
 

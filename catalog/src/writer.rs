@@ -36,14 +36,26 @@ impl<'txn> StateWriter<'txn> {
             | Command::SetShare { .. }
             | Command::RemoveShare { .. }
             | Command::RecordMirror { .. } => crate::resources::apply(self, cmd),
-            _ => {
-                // The other commands open what they need themselves; redb refuses to open a
-                // table twice, so the cached ones are closed first.
-                self.resources = None;
-                self.changes = None;
-                crate::state::apply_other(self.txn, cmd)
+            Command::AddLink { .. }
+            | Command::PinLink { .. }
+            | Command::UpdatePeerCard { .. }
+            | Command::RemoveLink { .. } => crate::links::apply(self.uncached(), cmd),
+            Command::PeerCatalogUpdate { .. } | Command::PeerCatalogSync { .. } => {
+                crate::peer_views::apply(self.uncached(), cmd)
             }
+            Command::InitCluster { .. }
+            | Command::CreateInvite { .. }
+            | Command::RedeemInvite { .. }
+            | Command::SetOwnCard { .. } => crate::state::apply_cluster(self.uncached(), cmd),
         }
+    }
+
+    /// The transaction for code that opens the tables it needs itself: redb refuses to open a
+    /// table twice, so the cached ones are closed first.
+    fn uncached(&mut self) -> &'txn WriteTransaction {
+        self.resources = None;
+        self.changes = None;
+        self.txn
     }
 
     pub(crate) fn txn(&self) -> &'txn WriteTransaction {
