@@ -11,9 +11,12 @@ use crate::state::{CHANGES, CatalogError, decode, encode};
 use crate::{StateWriter, mirror_index, share_index, validate};
 use causeway_policy::ShareRule;
 
-/// Changes kept in the feed; older ones are pruned (a watcher that falls further behind
-/// re-lists instead).
+/// Changes kept in the feed at least; older ones are pruned (a watcher that falls further
+/// behind re-lists instead).
 pub const MAX_CHANGES: u64 = 100_000;
+/// How many changes beyond [`MAX_CHANGES`] the feed may hold before the oldest are pruned, all
+/// in one range removal: pruning one change per write cost a third of recording it.
+pub const CHANGE_PRUNE_STEP: u64 = 1_024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,11 +78,7 @@ fn record_change(
     at_ms: u64,
 ) -> Result<(), CatalogError> {
     let version = after.or(before).map(|r| r.version).unwrap_or(0);
-    let t = w.changes()?;
-    // The feed is trimmed from its oldest end only, so its last key is the newest sequence number;
-    // deriving it from there spares every write a counter in a table of its own (one more page
-    // in each fsync).
-    let seq = newest_seq(t)?.saturating_add(1);
+    let seq = w.next_change_seq()?;
     let change = Change {
         seq,
         name: name.to_string(),
@@ -89,20 +88,12 @@ fn record_change(
         shares_before: before.map(|r| r.shares.clone()).unwrap_or_default(),
         after: after.map(ResourceSummary::from),
     };
+    let t = w.changes()?;
     t.insert(seq.to_be_bytes().as_slice(), encode(&change)?.as_slice())?;
-    if seq > MAX_CHANGES {
-        // Usually exactly one entry falls out; popping it costs less than a range scan.
+    if seq % CHANGE_PRUNE_STEP == 0 && seq > MAX_CHANGES {
+        // Every replica prunes at the same sequence numbers, so their feeds stay identical.
         let cutoff = (seq - MAX_CHANGES + 1).to_be_bytes();
-        loop {
-            let stale = match t.first()? {
-                Some((k, _)) => k.value() < cutoff.as_slice(),
-                None => false,
-            };
-            if !stale {
-                break;
-            }
-            t.pop_first()?;
-        }
+        t.retain_in(..cutoff.as_slice(), |_, _| false)?;
     }
     Ok(())
 }
@@ -347,7 +338,7 @@ pub fn last_change_seq(txn: &ReadTransaction) -> Result<u64, CatalogError> {
 }
 
 /// The sequence number of the newest change in the feed (0 while it is empty).
-fn newest_seq(feed: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<u64, CatalogError> {
+pub(crate) fn newest_seq(feed: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<u64, CatalogError> {
     let Some((key, _)) = feed.last()? else {
         return Ok(0);
     };
@@ -396,7 +387,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("r.redb")).unwrap();
         let txn = db.begin_write().unwrap();
-        for _ in 0..MAX_CHANGES + 2 {
+        // The first pruning is at the first multiple of the step above the minimum.
+        let written = MAX_CHANGES.next_multiple_of(CHANGE_PRUNE_STEP);
+        for _ in 0..written {
             record_change(
                 &mut StateWriter::new(&txn),
                 "dash",
@@ -410,12 +403,29 @@ mod tests {
         txn.commit().unwrap();
         let r = db.begin_read().unwrap();
         assert_eq!(r.open_table(CHANGES).unwrap().len().unwrap(), MAX_CHANGES);
-        assert_eq!(last_change_seq(&r).unwrap(), MAX_CHANGES + 2);
-        // The two oldest fell out: a watcher behind them is told to re-list.
+        assert_eq!(last_change_seq(&r).unwrap(), written);
+        // The oldest fell out: a watcher behind them is told to re-list.
+        let first = written - MAX_CHANGES + 1;
         let (changes, complete) = changes_after(&r, 0, 1).unwrap();
-        assert_eq!((changes[0].seq, complete), (3, false));
-        let (changes, complete) = changes_after(&r, 2, 1).unwrap();
-        assert_eq!((changes[0].seq, complete), (3, true));
+        assert_eq!((changes[0].seq, complete), (first, false));
+        let (changes, complete) = changes_after(&r, first - 1, 1).unwrap();
+        assert_eq!((changes[0].seq, complete), (first, true));
+        drop(r);
+        // Between two prunings the feed grows past the minimum, then shrinks back to it.
+        let feed_len = || db.begin_read().unwrap().open_table(CHANGES).unwrap().len().unwrap();
+        let record = |n: u64| {
+            let txn = db.begin_write().unwrap();
+            let mut w = StateWriter::new(&txn);
+            for _ in 0..n {
+                record_change(&mut w, "dash", ChangeKind::Registered, None, None, 1).unwrap();
+            }
+            drop(w);
+            txn.commit().unwrap();
+        };
+        record(CHANGE_PRUNE_STEP - 1);
+        assert_eq!(feed_len(), MAX_CHANGES + CHANGE_PRUNE_STEP - 1);
+        record(1);
+        assert_eq!(feed_len(), MAX_CHANGES);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct StateWriter<'txn> {
     txn: &'txn WriteTransaction,
     resources: Option<RowTable<'txn>>,
     changes: Option<RowTable<'txn>>,
+    /// The change feed's newest sequence number, read once per writer instead of once per change.
+    newest_change: Option<u64>,
 }
 
 impl<'txn> StateWriter<'txn> {
@@ -22,6 +24,7 @@ impl<'txn> StateWriter<'txn> {
             txn,
             resources: None,
             changes: None,
+            newest_change: None,
         }
     }
 
@@ -55,6 +58,8 @@ impl<'txn> StateWriter<'txn> {
     fn uncached(&mut self) -> &'txn WriteTransaction {
         self.resources = None;
         self.changes = None;
+        // Code given the bare transaction may record changes of its own.
+        self.newest_change = None;
         self.txn
     }
 
@@ -64,6 +69,19 @@ impl<'txn> StateWriter<'txn> {
 
     pub(crate) fn resources(&mut self) -> Result<&mut RowTable<'txn>, CatalogError> {
         open(self.txn, &mut self.resources, RESOURCES)
+    }
+
+    /// The sequence number for the next change, counted as taken. The feed is pruned from its
+    /// oldest end only, so its last key is the newest number: deriving it from there spares every
+    /// write a counter row in a table of its own (one more page in each fsync).
+    pub(crate) fn next_change_seq(&mut self) -> Result<u64, CatalogError> {
+        let newest = match self.newest_change {
+            Some(n) => n,
+            None => crate::resources::newest_seq(self.changes()?)?,
+        };
+        let next = newest.saturating_add(1);
+        self.newest_change = Some(next);
+        Ok(next)
     }
 
     pub(crate) fn changes(&mut self) -> Result<&mut RowTable<'txn>, CatalogError> {

@@ -155,6 +155,9 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
     fn json<T: Serialize>(v: T) -> Result<serde_json::Value, NodeError> {
         serde_json::to_value(v).map_err(|e| NodeError::Storage(e.to_string()))
     }
+    // Each request sees every write this node answered before it (read-your-writes for the
+    // CLI and subsystems, whose next request may read the catalog without a barrier).
+    node.cluster().settle().await?;
     match req {
         ControlRequest::Id => json(node.id_info()),
         ControlRequest::ClusterStatus => json(node.cluster_status().await),

@@ -104,6 +104,7 @@ struct Inner {
     writer: store::StorageWriter,
     /// Index of the newest applied entry the database shows.
     applied: tokio::sync::watch::Receiver<Option<u64>>,
+    apply_progress: store::ApplyProgress,
     settings: RaftSettings,
     /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
     bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
@@ -129,6 +130,7 @@ impl ClusterNode {
         let db = sm.database();
         let writer = log.writer();
         let applied = sm.applied_watch();
+        let apply_progress = sm.apply_progress();
         let config = Config {
             cluster_name: "causeway".into(),
             heartbeat_interval: settings.heartbeat_ms,
@@ -156,6 +158,7 @@ impl ClusterNode {
             db,
             writer,
             applied,
+            apply_progress,
             settings,
             bootstrap_peers: Mutex::new(bootstrap_peers),
             leader_client: tokio::sync::Mutex::new(None),
@@ -307,6 +310,11 @@ impl ClusterNode {
                             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone()))),
                     );
                 }
+                // App requests read the leader's catalog directly: they must see every write
+                // answered before them, on whichever member the caller's write went in.
+                if let Err(e) = self.settle().await {
+                    return ForwardResponse::Failed(e.to_string());
+                }
                 let handler = self.0.app.read().unwrap_or_else(|e| e.into_inner()).clone();
                 match handler {
                     Some(h) => ForwardResponse::App(h.handle(bytes).await),
@@ -382,6 +390,8 @@ impl ClusterNode {
     }
 
     /// Commits a command through Raft (via the leader) and returns what applying it produced.
+    /// The answer can come a moment before the database shows the write: read it back through
+    /// [`Self::read_barrier`] or after [`Self::settle`].
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
         match self.submit(ForwardRequest::Write(cmd)).await? {
             ForwardResponse::Written(r) => Ok(r),
@@ -399,6 +409,20 @@ impl ClusterNode {
             other => return Err(ClusterError::Unexpected(format!("{other:?}"))),
         };
         self.wait_applied(index, ROUTE_DEADLINE).await
+    }
+
+    /// Returns once this node's database shows every write this node has answered so far.
+    ///
+    /// A write is answered as soon as its committed entry is applied, a moment before the
+    /// transaction holding the apply commits. [`Self::read_barrier`] already waits for that; a
+    /// local read that skips the barrier but must see the caller's own earlier writes (an
+    /// operator's request after their last command) calls this first. It waits for at most the
+    /// storage round under way.
+    pub async fn settle(&self) -> Result<(), ClusterError> {
+        match self.0.apply_progress.handed() {
+            Some(index) => self.wait_applied(index, ROUTE_DEADLINE).await,
+            None => Ok(()),
+        }
     }
 
     /// Index of the newest applied entry whose effects the database shows; it changes whenever

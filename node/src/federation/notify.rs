@@ -151,7 +151,16 @@ impl Federation {
     /// may see them and starts a delivery where none is under way; returns the sequence number
     /// processed up to.
     pub(crate) fn notify_changes(self: &Arc<Self>, mut from: u64) -> u64 {
-        let mut links: Option<Vec<LinkRecord>> = None;
+        let links: Vec<LinkRecord> = self
+            .links()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| !l.is_removed() && l.pinned.is_some())
+            .collect();
+        if links.is_empty() {
+            // No peer to tell: skip decoding the feed (every applied round would pay for it).
+            return self.read(last_change_seq).unwrap_or(from).max(from);
+        }
         loop {
             let Ok((changes, _)) = self.read(|t| changes_after(t, from, NOTIFY_BATCH)) else {
                 return from;
@@ -159,13 +168,6 @@ impl Federation {
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return from;
             };
-            let links = links.get_or_insert_with(|| {
-                self.links()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|l| !l.is_removed() && l.pinned.is_some())
-                    .collect()
-            });
             for link in links.iter() {
                 self.enqueue(link, &changes);
             }

@@ -14,6 +14,7 @@ use std::{
     io,
     ops::{Bound, RangeBounds},
     path::Path,
+    sync::atomic::{AtomicU64, Ordering},
     sync::{Arc, Mutex, mpsc},
 };
 
@@ -106,8 +107,8 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         db: db.clone(),
         memory: Mutex::new(MemoryLog::default()),
         committed: Mutex::new(None),
-        syncing: tokio::sync::watch::channel(false).0,
         applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
+        handed: AtomicU64::new(0),
         failed: Mutex::new(None),
     });
     let writer_log = log.clone();
@@ -320,16 +321,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // While an fsync is under way the Raft core waits here, as it would for redb's write
-        // lock: client writes pile up meanwhile and come as one large append (one apply, one
-        // state-machine commit) after it, instead of many small ones that each cost a commit.
-        let mut syncing = self.log.syncing.subscribe();
-        if *syncing.borrow() {
-            // An error means the writer is gone; the send below reports that.
-            let _ = syncing.wait_for(|busy| !*busy).await;
-        }
         // Kept in memory (readable at once) until the writer writes and fsyncs them together
         // with every other append queued meanwhile: an append costs no redb commit of its own.
+        // The Raft core does not wait for the fsync under way, so the appends made during one
+        // round all go into the next.
         let seq = lock(&self.log.memory).append(entries);
         self.writer.send(Job::Flush(seq, callback))
     }
@@ -393,6 +388,24 @@ impl StateMachineStore {
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
         self.log.applied.subscribe()
     }
+
+    /// How far the state machine has got, for waiting until the database shows every entry a
+    /// client may already have been answered for.
+    pub fn apply_progress(&self) -> ApplyProgress {
+        ApplyProgress(self.log.clone())
+    }
+}
+
+/// The applies handed to the writer and those the database shows.
+#[derive(Clone)]
+pub struct ApplyProgress(Arc<Shared>);
+
+impl ApplyProgress {
+    /// Index of the newest entry handed over for applying: its client may have been answered
+    /// (see `writer::apply_entries`) although the database may not show it yet.
+    pub fn handed(&self) -> Option<u64> {
+        Some(self.0.handed.load(Ordering::Acquire)).filter(|i| *i > 0)
+    }
 }
 
 fn applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -434,6 +447,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // meanwhile, and answers the clients once that round is committed; openraft goes on
         // meanwhile, so the applies queued behind one fsync share the next round.
         self.log.failure()?;
+        if let Some((last, _)) = batch.last() {
+            // Before the send: the writer may answer a client as soon as it has the job.
+            self.log.handed.fetch_max(last.index(), Ordering::AcqRel);
+        }
         self.writer.send(Job::Apply(batch))
     }
 

@@ -6,8 +6,9 @@
 //!
 //! Openraft hands over committed entries one apply at a time and waits for each; the writer
 //! takes them without making openraft wait for the round, so the applies queued behind one
-//! fsync all go into the next round instead of one round each. Clients are answered, and the
-//! applied index others wait on is published, only once the round is committed.
+//! fsync all go into the next round instead of one round each. A client is answered as soon as
+//! its entry is applied (see [`apply_entries`]); the applied index that readers of the database
+//! wait on is published only once the round is committed.
 
 use std::{
     io,
@@ -55,10 +56,10 @@ pub(super) struct Shared {
     /// The newest committed log id not yet written, encoded; a durable round persists it once
     /// `COMMITTED_WRITE_INTERVAL` has passed since the last write, and so does the stop.
     pub committed: Mutex<Option<Vec<u8>>>,
-    /// Whether a durable round (an fsync) is under way, for appends to wait it out.
-    pub syncing: tokio::sync::watch::Sender<bool>,
     /// Index of the newest applied entry whose effects readers of the database can see.
     pub applied: tokio::sync::watch::Sender<Option<u64>>,
+    /// Index of the newest entry handed to the writer for applying (0: none yet).
+    pub handed: std::sync::atomic::AtomicU64,
     /// Why a round failed: every later request fails with it, as the state machine cannot skip
     /// an entry.
     pub failed: Mutex<Option<String>>,
@@ -165,37 +166,24 @@ fn round(
     // An append an earlier round already wrote (a round takes every unwritten entry, not only
     // those of its own requests) needs no fsync of its own.
     let durable = flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
-    if durable {
-        shared.syncing.send_replace(true);
-    }
     let written_before = progress.entries_written;
+    let applies_taken = applies.len();
+    let entries_applied = applies.iter().map(Vec::len).sum::<usize>();
     let result = shared
         .failure()
-        .and_then(|()| write_round(shared, progress, durable, &applies));
-    if durable {
-        shared.syncing.send_replace(false);
-    }
+        .and_then(|()| write_round(shared, progress, durable, applies));
     tracing::debug!(
         appends = flushes.len(),
         entries_written = progress.entries_written - written_before,
-        applies = applies.len(),
-        entries_applied = applies.iter().map(Vec::len).sum::<usize>(),
+        applies = applies_taken,
+        entries_applied,
         fsync = durable,
         ok = result.is_ok(),
         "raft storage round"
     );
     let outcome = match result {
-        Ok(results) => {
+        Ok(()) => {
             shared.publish_applied(progress.applied);
-            // Dropping a responder tells its client the write failed, which is what the clients
-            // of a failed round get.
-            for (entries, answers) in applies.into_iter().zip(results) {
-                for ((_, responder), answer) in entries.into_iter().zip(answers) {
-                    if let Some(r) = responder {
-                        r.send(answer);
-                    }
-                }
-            }
             Ok(())
         }
         Err(e) => {
@@ -209,13 +197,13 @@ fn round(
     }
 }
 
-/// Writes one round; returns each apply's results.
+/// Writes one round, answering each applied entry's client as soon as its result is known.
 fn write_round(
     shared: &Shared,
     progress: &mut Progress,
     durable: bool,
-    applies: &[Vec<EntryResponder<TypeConfig>>],
-) -> io::Result<Vec<Vec<CommandResult>>> {
+    applies: Vec<Vec<EntryResponder<TypeConfig>>>,
+) -> io::Result<()> {
     let txn = write_txn(
         &shared.db,
         if durable {
@@ -237,13 +225,11 @@ fn write_round(
         }
         progress.entries_written += unwritten.entries.len() as u64;
     }
-    let mut results = Vec::with_capacity(applies.len());
     let mut applied = progress.applied;
     let mut catalog = StateWriter::new(&txn);
     for entries in applies {
-        results.push(apply_entries(&txn, &mut catalog, entries)?);
-        if let Some((last, _)) = entries.last() {
-            applied = Some(last.index());
+        if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
+            applied = Some(last);
         }
     }
     drop(catalog);
@@ -255,7 +241,7 @@ fn write_round(
         progress.durable_seq = progress.durable_seq.max(unwritten.appended_seq);
     }
     memory.trim(progress.applied);
-    Ok(results)
+    Ok(())
 }
 
 fn write_log(txn: &WriteTransaction, entries: &[Arc<crate::types::Entry>]) -> io::Result<()> {
@@ -292,16 +278,23 @@ fn write_committed_on_stop(shared: &Shared) {
 }
 
 /// Applies committed entries to the catalog and records the newest applied log id (and
-/// membership) in the same transaction.
+/// membership) in the same transaction; returns the newest applied index.
+///
+/// Each client is answered as soon as its entry is applied, before the transaction commits, so
+/// the first clients of a large round write again while the rest is applied. That is safe: the
+/// entry is committed (durable on a quorum) and applying is deterministic, so the answer is what
+/// any replay gives, even if this transaction never commits; and a reader that must see the
+/// write waits for the applied index, which is published only after the commit. Clients whose
+/// entries were not reached when a round fails get a dropped responder, which tells them the
+/// write failed.
 fn apply_entries(
     txn: &WriteTransaction,
     catalog: &mut StateWriter<'_>,
-    entries: &[EntryResponder<TypeConfig>],
-) -> io::Result<Vec<CommandResult>> {
-    let mut results = Vec::with_capacity(entries.len());
+    entries: Vec<EntryResponder<TypeConfig>>,
+) -> io::Result<Option<u64>> {
     let mut last = None;
     let mut membership = None;
-    for (entry, _) in entries {
+    for (entry, responder) in entries {
         let result = match &entry.payload {
             EntryPayload::Blank => CommandResult::Applied,
             EntryPayload::Normal(cmd) => catalog.apply(cmd).map_err(io_err)?,
@@ -311,7 +304,9 @@ fn apply_entries(
             }
         };
         last = Some(entry.log_id());
-        results.push(result);
+        if let Some(r) = responder {
+            r.send(result);
+        }
     }
     if last.is_some() {
         put(txn, SM_META, KEY_APPLIED, &enc(&last)?)?;
@@ -319,5 +314,5 @@ fn apply_entries(
     if let Some(m) = membership {
         put(txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
     }
-    Ok(results)
+    Ok(last.map(|l| l.index()))
 }
