@@ -1,39 +1,20 @@
 //! Shutting a cluster node down and opening the same data dir again at once, in one process (as
 //! `causeway init` followed by a start does): shutdown must leave nothing holding the database.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+mod common;
 
-use causeway_catalog::{Command, CommandResult};
+use std::{collections::BTreeSet, time::Duration};
+
+use causeway_catalog::CommandResult;
 use causeway_proto::EndpointKey;
 use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
-use iroh::{Endpoint, SecretKey, endpoint::presets};
+use common::{endpoint, register};
+use iroh::SecretKey;
 use openraft::ServerState;
 
 /// Shutdown-and-reopen rounds: the race this guards against lost about one round in four.
 const ROUNDS: usize = 12;
 const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
-
-async fn endpoint(secret: SecretKey) -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .clear_ip_transports()
-        .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind addr")
-        .secret_key(secret)
-        .bind()
-        .await
-        .expect("bind endpoint")
-}
-
-fn register(name: String) -> Command {
-    Command::RegisterResource {
-        name,
-        kind: "artifact".into(),
-        owner: "test".into(),
-        path: None,
-        metadata: Default::default(),
-        registered_at_ms: 1,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_then_immediate_reopen_of_the_same_dir() {

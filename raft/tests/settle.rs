@@ -2,12 +2,15 @@
 //! commits; `settle` is what lets a caller read its own writes from the database without a
 //! read barrier.
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
+mod common;
 
-use causeway_catalog::{Command, CommandResult};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use causeway_catalog::CommandResult;
 use causeway_proto::EndpointKey;
 use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
-use iroh::{Endpoint, SecretKey, endpoint::presets};
+use common::{endpoint, register};
+use iroh::SecretKey;
 use openraft::ServerState;
 use redb::ReadableDatabase;
 
@@ -16,28 +19,6 @@ const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 /// its round commits would be read back missing often if `settle` did not wait for the commit.
 const WRITERS: usize = 32;
 const WRITES_EACH: usize = 25;
-
-async fn endpoint(secret: SecretKey) -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .clear_ip_transports()
-        .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind addr")
-        .secret_key(secret)
-        .bind()
-        .await
-        .expect("bind endpoint")
-}
-
-fn register(name: String) -> Command {
-    Command::RegisterResource {
-        name,
-        kind: "artifact".into(),
-        owner: "test".into(),
-        path: None,
-        metadata: Default::default(),
-        registered_at_ms: 1,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_write_is_in_the_database_after_settle() {

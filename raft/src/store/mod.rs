@@ -108,7 +108,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         memory: Mutex::new(MemoryLog::default()),
         committed: Mutex::new(None),
         applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
-        handed: AtomicU64::new(0),
+        handed: Arc::new(AtomicU64::new(0)),
         failed: Mutex::new(None),
     });
     let writer_log = log.clone();
@@ -392,19 +392,20 @@ impl StateMachineStore {
     /// How far the state machine has got, for waiting until the database shows every entry a
     /// client may already have been answered for.
     pub fn apply_progress(&self) -> ApplyProgress {
-        ApplyProgress(self.log.clone())
+        ApplyProgress(self.log.handed.clone())
     }
 }
 
-/// The applies handed to the writer and those the database shows.
+/// The applies handed to the writer. It holds no part of the store, so that it does not keep
+/// the database open after a shutdown.
 #[derive(Clone)]
-pub struct ApplyProgress(Arc<Shared>);
+pub struct ApplyProgress(Arc<AtomicU64>);
 
 impl ApplyProgress {
     /// Index of the newest entry handed over for applying: its client may have been answered
     /// (see `writer::apply_entries`) although the database may not show it yet.
     pub fn handed(&self) -> Option<u64> {
-        Some(self.0.handed.load(Ordering::Acquire)).filter(|i| *i > 0)
+        Some(self.0.load(Ordering::Acquire)).filter(|i| *i > 0)
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) struct Shared {
     /// Index of the newest applied entry whose effects readers of the database can see.
     pub applied: tokio::sync::watch::Sender<Option<u64>>,
     /// Index of the newest entry handed to the writer for applying (0: none yet).
-    pub handed: std::sync::atomic::AtomicU64,
+    pub handed: Arc<std::sync::atomic::AtomicU64>,
     /// Why a round failed: every later request fails with it, as the state machine cannot skip
     /// an entry.
     pub failed: Mutex<Option<String>>,
