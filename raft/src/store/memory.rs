@@ -18,8 +18,17 @@ pub(super) const MAX_WRITTEN_IN_MEMORY: usize = 16_384;
 
 struct Slot {
     entry: Arc<Entry>,
+    /// The entry as the log table stores it, encoded by the appender so that the storage writer
+    /// (which every write waits on) only copies bytes.
+    encoded: Arc<[u8]>,
     /// Written to redb by a committed, fsynced transaction.
     written: bool,
+}
+
+/// An appended entry with its encoding for the log table.
+pub(super) struct EncodedEntry {
+    pub entry: Entry,
+    pub encoded: Arc<[u8]>,
 }
 
 /// The entries, keyed by index. Written entries always form a prefix of the map: the writer
@@ -35,18 +44,21 @@ pub(super) struct MemoryLog {
 /// Unwritten entries picked for one write, and the newest append they cover.
 pub(super) struct Unwritten {
     pub entries: Vec<Arc<Entry>>,
+    /// Each entry's encoding, in the same order.
+    pub encoded: Vec<Arc<[u8]>>,
     pub appended_seq: u64,
 }
 
 impl MemoryLog {
     /// Adds appended entries (replacing any at the same index) and returns the append's
     /// sequence number.
-    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> u64 {
+    pub fn append(&mut self, entries: impl IntoIterator<Item = EncodedEntry>) -> u64 {
         for e in entries {
             self.slots.insert(
-                e.index(),
+                e.entry.index(),
                 Slot {
-                    entry: Arc::new(e),
+                    entry: Arc::new(e.entry),
+                    encoded: e.encoded,
                     written: false,
                 },
             );
@@ -56,13 +68,12 @@ impl MemoryLog {
     }
 
     pub fn unwritten(&self) -> Unwritten {
+        // Written entries are a prefix: walk back from the newest to the first written one.
+        let mut slots: Vec<&Slot> = self.slots.values().rev().take_while(|s| !s.written).collect();
+        slots.reverse();
         Unwritten {
-            entries: self
-                .slots
-                .values()
-                .filter(|s| !s.written)
-                .map(|s| s.entry.clone())
-                .collect(),
+            entries: slots.iter().map(|s| s.entry.clone()).collect(),
+            encoded: slots.iter().map(|s| s.encoded.clone()).collect(),
             appended_seq: self.appended_seq,
         }
     }
@@ -82,8 +93,13 @@ impl MemoryLog {
     /// Drops written entries the state machine has applied, and the oldest written ones beyond
     /// [`MAX_WRITTEN_IN_MEMORY`].
     pub fn trim(&mut self, applied: Option<u64>) {
-        let written = self.slots.values().take_while(|s| s.written).count();
-        let mut excess = written.saturating_sub(MAX_WRITTEN_IN_MEMORY);
+        // Counting the written prefix walks it, so only when memory could be over its bound.
+        let mut excess = if self.slots.len() > MAX_WRITTEN_IN_MEMORY {
+            let written = self.slots.values().take_while(|s| s.written).count();
+            written.saturating_sub(MAX_WRITTEN_IN_MEMORY)
+        } else {
+            0
+        };
         while let Some(entry) = self.slots.first_entry() {
             let slot = entry.get();
             let applied_here = applied.is_some_and(|a| *entry.key() <= a);
@@ -147,8 +163,13 @@ mod tests {
     use crate::types::TypeConfig;
     use openraft::testing::blank_ent;
 
-    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
-        range.map(|i| blank_ent::<TypeConfig>(1, 1u64.into(), i)).collect()
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<EncodedEntry> {
+        range
+            .map(|i| EncodedEntry {
+                entry: blank_ent::<TypeConfig>(1, 1u64.into(), i),
+                encoded: Arc::from(Vec::new()),
+            })
+            .collect()
     }
 
     #[test]

@@ -325,6 +325,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // with every other append queued meanwhile: an append costs no redb commit of its own.
         // The Raft core does not wait for the fsync under way, so the appends made during one
         // round all go into the next.
+        // Encoded here, on the appender's thread, before the memory log is locked.
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let encoded = Arc::from(enc(&entry)?);
+                Ok(memory::EncodedEntry { entry, encoded })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let seq = lock(&self.log.memory).append(entries);
         self.writer.send(Job::Flush(seq, callback))
     }

@@ -24,7 +24,7 @@ use openraft::{
 };
 use redb::{Database, Durability, WriteTransaction};
 
-use super::memory::{MemoryLog, lock};
+use super::memory::{MemoryLog, Unwritten, lock};
 use super::{KEY_APPLIED, KEY_COMMITTED, KEY_MEMBERSHIP, LOG, META, SM_META, enc, io_err, put, write_txn};
 use crate::types::{StoredMembership, TypeConfig};
 
@@ -216,7 +216,7 @@ fn write_round(
     // this point waits for this commit and then deletes them from redb too.
     let unwritten = durable.then(|| lock(&shared.memory).unwritten());
     if let Some(unwritten) = &unwritten {
-        write_log(&txn, &unwritten.entries)?;
+        write_log(&txn, unwritten)?;
         let due = progress
             .committed_written_at
             .is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL);
@@ -244,10 +244,10 @@ fn write_round(
     Ok(())
 }
 
-fn write_log(txn: &WriteTransaction, entries: &[Arc<crate::types::Entry>]) -> io::Result<()> {
+fn write_log(txn: &WriteTransaction, unwritten: &Unwritten) -> io::Result<()> {
     let mut t = txn.open_table(LOG).map_err(io_err)?;
-    for e in entries {
-        t.insert(e.index(), enc(&**e)?.as_slice()).map_err(io_err)?;
+    for (e, bytes) in unwritten.entries.iter().zip(&unwritten.encoded) {
+        t.insert(e.index(), &**bytes).map_err(io_err)?;
     }
     Ok(())
 }
