@@ -453,8 +453,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         }
         // The writer applies them in its next round, together with any log flush queued
-        // meanwhile, and answers the clients once that round is committed; openraft goes on
-        // meanwhile, so the applies queued behind one fsync share the next round.
+        // meanwhile, answering each client as its entry is applied; openraft goes on meanwhile,
+        // so the applies queued behind one fsync share the next round.
         self.log.failure()?;
         if let Some((last, _)) = batch.last() {
             // Before the send: the writer may answer a client as soon as it has the job.
