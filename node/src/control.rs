@@ -155,9 +155,15 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
     fn json<T: Serialize>(v: T) -> Result<serde_json::Value, NodeError> {
         serde_json::to_value(v).map_err(|e| NodeError::Storage(e.to_string()))
     }
-    // Each request sees every write this node answered before it (read-your-writes for the
-    // CLI and subsystems, whose next request may read the catalog without a barrier).
-    node.cluster().settle().await?;
+    // Each request that reads the catalog sees every write this node answered before it
+    // (read-your-writes for the CLI and subsystems, whose next request may read it without a
+    // barrier). The status requests skip it: they must answer on a node whose storage failed.
+    if !matches!(
+        req,
+        ControlRequest::Id | ControlRequest::ClusterStatus | ControlRequest::SyncStatus
+    ) {
+        node.cluster().settle().await?;
+    }
     match req {
         ControlRequest::Id => json(node.id_info()),
         ControlRequest::ClusterStatus => json(node.cluster_status().await),

@@ -109,7 +109,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         committed: Mutex::new(None),
         applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
         handed: Arc::new(AtomicU64::new(0)),
-        failed: Mutex::new(None),
+        failed: Arc::new(Mutex::new(None)),
     });
     let writer_log = log.clone();
     let thread = std::thread::Builder::new()
@@ -400,20 +400,31 @@ impl StateMachineStore {
     /// How far the state machine has got, for waiting until the database shows every entry a
     /// client may already have been answered for.
     pub fn apply_progress(&self) -> ApplyProgress {
-        ApplyProgress(self.log.handed.clone())
+        ApplyProgress {
+            handed: self.log.handed.clone(),
+            failed: self.log.failed.clone(),
+        }
     }
 }
 
-/// The applies handed to the writer. It holds no part of the store, so that it does not keep
-/// the database open after a shutdown.
+/// The applies handed to the writer, and whether it has failed. It holds no part of the store,
+/// so that it does not keep the database open after a shutdown.
 #[derive(Clone)]
-pub struct ApplyProgress(Arc<AtomicU64>);
+pub struct ApplyProgress {
+    handed: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<String>>>,
+}
 
 impl ApplyProgress {
     /// Index of the newest entry handed over for applying: its client may have been answered
     /// (see `writer::apply_entries`) although the database may not show it yet.
     pub fn handed(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::Acquire)).filter(|i| *i > 0)
+        Some(self.handed.load(Ordering::Acquire)).filter(|i| *i > 0)
+    }
+
+    /// Why the storage writer stopped applying, if it has: nothing handed over is applied after.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failed).clone()
     }
 }
 

@@ -62,7 +62,7 @@ pub(super) struct Shared {
     pub handed: Arc<std::sync::atomic::AtomicU64>,
     /// Why a round failed: every later request fails with it, as the state machine cannot skip
     /// an entry.
-    pub failed: Mutex<Option<String>>,
+    pub failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Shared {
