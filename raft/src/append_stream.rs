@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use causeway_proto::EndpointKey;
 use futures::{Stream, StreamExt};
-use iroh::endpoint::{RecvStream, SendStream};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
 use openraft::{
     base::BoxStream,
     entry::RaftEntry,
@@ -36,6 +36,7 @@ type Reply = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 /// any error, or once `input` ends and every request is answered.
 pub(crate) fn send_requests<S>(
     target: EndpointKey,
+    conn: Connection,
     send: SendStream,
     recv: RecvStream,
     input: S,
@@ -47,25 +48,33 @@ where
     // The last log id of each request written, or why writing failed, in request order.
     let (sent_tx, sent_rx) = mpsc::channel::<Result<Option<LogId>, String>>(MAX_APPENDS_IN_FLIGHT);
     tokio::spawn(write_requests(send, input, sent_tx));
-    let replies = futures::stream::unfold(Some((recv, sent_rx)), move |state| async move {
-        let (mut recv, mut sent_rx) = state?;
-        // None: the input ended and every request was answered.
-        let last = match sent_rx.recv().await? {
-            Ok(last) => last,
-            Err(e) => return Some((Err(network_error(CallError::Network(target, e))), None)),
-        };
-        let reply =
-            tokio::time::timeout(reply_timeout, wire::read_frame::<AppendReply>(&mut recv, MAX_RPC_FRAME)).await;
-        let (item, go_on) = match reply {
-            Err(_) => (Err(network_error(CallError::Timeout(target))), false),
-            Ok(Err(e)) => (Err(network_error(CallError::Network(target, e.to_string()))), false),
-            Ok(Ok(AppendReply::Refused(msg))) => (Err(network_error(CallError::Remote(target, msg))), false),
-            Ok(Ok(AppendReply::Appended(result))) => {
-                let whole = result.as_ref().is_ok_and(|matched| *matched == last);
-                (Ok(result), whole)
-            }
-        };
-        Some((item, go_on.then_some((recv, sent_rx))))
+    let replies = futures::stream::unfold(Some((recv, sent_rx)), move |state| {
+        let conn = conn.clone();
+        async move {
+            let (mut recv, mut sent_rx) = state?;
+            // None: the input ended and every request was answered.
+            let last = match sent_rx.recv().await? {
+                Ok(last) => last,
+                Err(e) => return Some((Err(network_error(CallError::Network(target, e))), None)),
+            };
+            let reply =
+                tokio::time::timeout(reply_timeout, wire::read_frame::<AppendReply>(&mut recv, MAX_RPC_FRAME)).await;
+            let (item, go_on) = match reply {
+                Err(_) => {
+                    // The follower may have restarted behind the same address and will never answer
+                    // on this connection: close it, so the next session dials afresh.
+                    conn.close(0u32.into(), b"append unanswered");
+                    (Err(network_error(CallError::Timeout(target))), false)
+                }
+                Ok(Err(e)) => (Err(network_error(CallError::Network(target, e.to_string()))), false),
+                Ok(Ok(AppendReply::Refused(msg))) => (Err(network_error(CallError::Remote(target, msg))), false),
+                Ok(Ok(AppendReply::Appended(result))) => {
+                    let whole = result.as_ref().is_ok_and(|matched| *matched == last);
+                    (Ok(result), whole)
+                }
+            };
+            Some((item, go_on.then_some((recv, sent_rx))))
+        }
     });
     // Once the answers stop being read, `sent_rx` is dropped and the writer stops too.
     Box::pin(replies)

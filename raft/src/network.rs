@@ -58,6 +58,17 @@ pub struct PeerClient {
     target: EndpointKey,
     node: MemberNode,
     conn: Option<Connection>,
+    /// A dial under way. It runs as a task of its own so that a caller's timeout (openraft
+    /// gives heartbeats a fraction of a second) cannot cancel it: the next call picks it up.
+    dialing: Option<tokio::task::JoinHandle<Result<Connection, CallError>>>,
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        if let Some(d) = self.dialing.take() {
+            d.abort();
+        }
+    }
 }
 
 impl PeerClient {
@@ -67,6 +78,7 @@ impl PeerClient {
             target,
             node,
             conn: None,
+            dialing: None,
         }
     }
 
@@ -80,11 +92,25 @@ impl PeerClient {
         {
             return Ok(c.clone());
         }
-        let addr = endpoint_addr(&self.target, &self.node)?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, causeway_proto::alpn::RAFT))
-            .await
-            .map_err(|_| CallError::Unreachable(self.target, "connect timed out".into()))?
-            .map_err(|e| CallError::Unreachable(self.target, e.to_string()))?;
+        self.conn = None;
+        let target = self.target;
+        let dial = match &mut self.dialing {
+            Some(d) => d,
+            None => {
+                let addr = endpoint_addr(&target, &self.node)?;
+                let endpoint = self.endpoint.clone();
+                self.dialing.insert(tokio::spawn(async move {
+                    tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, causeway_proto::alpn::RAFT))
+                        .await
+                        .map_err(|_| CallError::Unreachable(target, "connect timed out".into()))?
+                        .map_err(|e| CallError::Unreachable(target, e.to_string()))
+                }))
+            }
+        };
+        // Awaited by reference: if this caller gives up, the dial goes on for the next one.
+        let dialled = dial.await;
+        self.dialing = None;
+        let conn = dialled.map_err(|e| CallError::Unreachable(target, format!("dial task: {e}")))??;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -99,6 +125,10 @@ impl PeerClient {
         let target = self.target;
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connection().await?;
+            // Until the answer is in, the connection is suspect: if it does not come (or the
+            // caller gives up: openraft's own timeouts drop this future), it is closed so the
+            // next call dials afresh instead of writing into a connection the peer forgot.
+            let suspect = Suspect(Some(conn.clone()));
             let net = |e: WireError| CallError::Network(target, e.to_string());
             let (mut send, mut recv) = conn
                 .open_bi()
@@ -109,6 +139,7 @@ impl PeerClient {
                 .map_err(net)?;
             send.finish().map_err(|e| CallError::Network(target, e.to_string()))?;
             let resp: RaftResponse = wire::read_frame(&mut recv, wire::MAX_RPC_FRAME).await.map_err(net)?;
+            suspect.clear();
             Ok(resp)
         })
         .await
@@ -133,6 +164,24 @@ impl PeerClient {
         {
             RaftResponse::Forward(r) => Ok(r),
             other => Err(CallError::Remote(self.target, format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+/// A connection that a request is waiting on; dropped before [`Suspect::clear`], it closes the
+/// connection (a member that restarted behind the same address never answers on the old one).
+pub(crate) struct Suspect(pub(crate) Option<Connection>);
+
+impl Suspect {
+    pub(crate) fn clear(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Suspect {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close(0u32.into(), b"request unanswered");
         }
     }
 }
@@ -165,15 +214,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let target = self.target;
             let opened = tokio::time::timeout(option.soft_ttl(), async {
                 let conn = self.connection().await?;
-                conn.open_bi()
+                let (send, recv) = conn
+                    .open_bi()
                     .await
-                    .map_err(|e| CallError::Network(target, e.to_string()))
+                    .map_err(|e| CallError::Network(target, e.to_string()))?;
+                Ok((conn, send, recv))
             })
             .await
             .unwrap_or(Err(CallError::Timeout(target)));
             match opened {
-                Ok((send, recv)) => Ok(append_stream::send_requests(
+                Ok((conn, send, recv)) => Ok(append_stream::send_requests(
                     target,
+                    conn,
                     send,
                     recv,
                     input,
