@@ -419,9 +419,7 @@ impl ClusterNode {
     /// operator's request after their last command) calls this first. It waits for at most the
     /// storage round under way.
     pub async fn settle(&self) -> Result<(), ClusterError> {
-        if let Some(e) = self.0.apply_progress.failure() {
-            return Err(ClusterError::Raft(format!("raft storage failed earlier: {e}")));
-        }
+        self.0.apply_progress.failure().map_err(ClusterError::Storage)?;
         match self.0.apply_progress.handed() {
             Some(index) => self.wait_applied(index, ROUTE_DEADLINE).await,
             None => Ok(()),

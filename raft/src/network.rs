@@ -144,13 +144,6 @@ impl PeerClient {
         })
         .await
         .unwrap_or(Err(CallError::Timeout(target)));
-        if matches!(
-            result,
-            Err(CallError::Network(..) | CallError::Timeout(_) | CallError::Unreachable(..))
-        ) {
-            // Redial next time: the connection may be half-dead.
-            self.conn = None;
-        }
         match result? {
             RaftResponse::Error(msg) => Err(CallError::Remote(target, msg)),
             other => Ok(other),
@@ -170,10 +163,10 @@ impl PeerClient {
 
 /// A connection that a request is waiting on; dropped before [`Suspect::clear`], it closes the
 /// connection (a member that restarted behind the same address never answers on the old one).
-pub(crate) struct Suspect(pub(crate) Option<Connection>);
+struct Suspect(Option<Connection>);
 
 impl Suspect {
-    pub(crate) fn clear(mut self) {
+    fn clear(mut self) {
         self.0 = None;
     }
 }

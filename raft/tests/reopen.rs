@@ -3,18 +3,16 @@
 
 mod common;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use causeway_catalog::CommandResult;
 use causeway_proto::EndpointKey;
 use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
-use common::{endpoint, register};
+use common::{endpoint, register, wait_until_leader};
 use iroh::SecretKey;
-use openraft::ServerState;
 
 /// Shutdown-and-reopen rounds: the race this guards against lost about one round in four.
 const ROUNDS: usize = 12;
-const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_then_immediate_reopen_of_the_same_dir() {
@@ -34,12 +32,7 @@ async fn shutdown_then_immediate_reopen_of_the_same_dir() {
                 .await
                 .expect("initialize");
         }
-        cluster
-            .raft()
-            .wait(Some(ELECTION_DEADLINE))
-            .state(ServerState::Leader, "leads")
-            .await
-            .expect("elected");
+        wait_until_leader(&cluster).await;
         // A write per round keeps the storage writer busy right up to the shutdown.
         let result = cluster.write(register(format!("r{round}"))).await.expect("write");
         assert!(matches!(result, CommandResult::ResourceRegistered(_)), "{result:?}");

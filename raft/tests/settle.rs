@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::collections::BTreeSet;
 
 use causeway_catalog::CommandResult;
 use causeway_proto::EndpointKey;
 use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
-use common::{endpoint, register};
+use common::{endpoint, register, wait_until_leader};
 use iroh::SecretKey;
-use openraft::ServerState;
 use redb::ReadableDatabase;
 
-const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 /// Concurrent writers: enough that storage rounds carry many applies, so an answer given before
 /// its round commits would be read back missing often if `settle` did not wait for the commit.
 const WRITERS: usize = 32;
@@ -41,14 +39,8 @@ async fn every_answered_write_is_in_the_database_after_settle() {
         })
         .await
         .expect("initialize");
-    cluster
-        .raft()
-        .wait(Some(ELECTION_DEADLINE))
-        .state(ServerState::Leader, "leads")
-        .await
-        .expect("elected");
+    wait_until_leader(&cluster).await;
 
-    let cluster = Arc::new(cluster);
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let cluster = cluster.clone();

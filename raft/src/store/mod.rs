@@ -423,8 +423,8 @@ impl ApplyProgress {
     }
 
     /// Why the storage writer stopped applying, if it has: nothing handed over is applied after.
-    pub fn failure(&self) -> Option<String> {
-        lock(&self.failed).clone()
+    pub fn failure(&self) -> io::Result<()> {
+        writer::failure_of(&self.failed)
     }
 }
 

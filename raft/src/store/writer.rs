@@ -79,10 +79,15 @@ impl Shared {
 
     /// The error a failed round left, if any.
     pub fn failure(&self) -> io::Result<()> {
-        match &*lock(&self.failed) {
-            Some(e) => Err(io_err(format!("raft storage failed earlier: {e}"))),
-            None => Ok(()),
-        }
+        failure_of(&self.failed)
+    }
+}
+
+/// The error a failed round left in `failed`, if any.
+pub(super) fn failure_of(failed: &Mutex<Option<String>>) -> io::Result<()> {
+    match &*lock(failed) {
+        Some(e) => Err(io_err(format!("raft storage failed earlier: {e}"))),
+        None => Ok(()),
     }
 }
 

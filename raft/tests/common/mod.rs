@@ -1,10 +1,15 @@
 //! Helpers the in-process cluster tests share: an endpoint that never tries the internet and a
 //! resource command to write.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use causeway_catalog::Command;
+use causeway_raft::ClusterNode;
 use iroh::{Endpoint, SecretKey, endpoint::presets};
+use openraft::ServerState;
+
+/// How long a single-node cluster may take to elect itself.
+const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 
 /// An endpoint on 127.0.0.1 with no relay and no address lookup.
 pub async fn endpoint(secret: SecretKey) -> Endpoint {
@@ -16,6 +21,16 @@ pub async fn endpoint(secret: SecretKey) -> Endpoint {
         .bind()
         .await
         .expect("bind endpoint")
+}
+
+/// Returns once `cluster` leads.
+pub async fn wait_until_leader(cluster: &ClusterNode) {
+    cluster
+        .raft()
+        .wait(Some(ELECTION_DEADLINE))
+        .state(ServerState::Leader, "leads")
+        .await
+        .expect("elected");
 }
 
 pub fn register(name: String) -> Command {
