@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::network::{CallError, NetworkFactory, PeerClient};
+use crate::proposer::{Proposed, Proposer};
 use crate::status::{ClusterStatus, MemberStatus, Role};
 use crate::store;
 use crate::types::{MemberNode, Raft};
@@ -108,6 +109,8 @@ struct Inner {
     settings: RaftSettings,
     /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
     bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
+    /// Batches the writes this node proposes while it leads.
+    proposer: Proposer,
     /// Cached connection to the leader, for forwarding.
     leader_client: tokio::sync::Mutex<Option<PeerClient>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -150,6 +153,7 @@ impl ClusterNode {
         let raft = Raft::new(id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let (proposer, proposing) = Proposer::start(raft.clone());
         let node = ClusterNode(Arc::new(Inner {
             app: std::sync::RwLock::new(None),
             id,
@@ -161,6 +165,7 @@ impl ClusterNode {
             apply_progress,
             settings,
             bootstrap_peers: Mutex::new(bootstrap_peers),
+            proposer,
             leader_client: tokio::sync::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         }));
@@ -170,7 +175,7 @@ impl ClusterNode {
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([promoter, snapshots]);
+            .extend([promoter, snapshots, proposing]);
         Ok(node)
     }
 
@@ -252,9 +257,10 @@ impl ClusterNode {
         match req {
             ForwardRequest::Write(cmd) => {
                 tracing::debug!(command = cmd.label(), "proposing");
-                match raft.client_write(cmd).await {
-                    Ok(resp) => ForwardResponse::Written(resp.data),
-                    Err(e) => not_leader_or_failed!(e),
+                match self.0.proposer.propose(cmd).await {
+                    Proposed::Applied(r) => ForwardResponse::Written(r),
+                    Proposed::NotLeader(leader) => ForwardResponse::NotLeader(leader),
+                    Proposed::Failed(e) => ForwardResponse::Failed(e),
                 }
             }
             ForwardRequest::ReadIndex => match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
@@ -393,7 +399,18 @@ impl ClusterNode {
     /// The answer can come a moment before the database shows the write: read it back through
     /// [`Self::read_barrier`] or after [`Self::settle`].
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
-        match self.submit(ForwardRequest::Write(cmd)).await? {
+        // Proposed here while this node leads; otherwise, or when leadership just moved, routed
+        // like any other request.
+        if self.is_leader() {
+            match self.0.proposer.propose(cmd.clone()).await {
+                Proposed::Applied(r) => return Ok(r),
+                Proposed::Failed(e) => return Err(ClusterError::Raft(e)),
+                Proposed::NotLeader(_) => {}
+            }
+        }
+        // Boxed: the routing future is several kilobytes, which every write's future would
+        // otherwise carry (and copy) for a path that the leader's writes take only rarely.
+        match Box::pin(self.submit(ForwardRequest::Write(cmd))).await? {
             ForwardResponse::Written(r) => Ok(r),
             ForwardResponse::Failed(e) => Err(ClusterError::Raft(e)),
             other => Err(ClusterError::Unexpected(format!("{other:?}"))),

@@ -4,6 +4,7 @@
 mod append_stream;
 pub mod cluster;
 pub mod network;
+mod proposer;
 pub mod server;
 pub mod status;
 pub mod store;

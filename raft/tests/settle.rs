@@ -48,7 +48,11 @@ async fn every_answered_write_is_in_the_database_after_settle() {
             for i in 0..WRITES_EACH {
                 let name = format!("w{w}-{i}");
                 let result = cluster.write(register(name.clone())).await.expect("write");
-                assert!(matches!(result, CommandResult::ResourceRegistered(_)), "{result:?}");
+                // Concurrent writes are proposed in batches: each writer must get its own answer.
+                assert!(
+                    matches!(&result, CommandResult::ResourceRegistered(r) if r.name == name),
+                    "{name} was answered with {result:?}"
+                );
                 cluster.settle().await.expect("settle");
                 let db = cluster.database();
                 let txn = db.begin_read().expect("read");
