@@ -549,10 +549,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Some(v) => dec(v.value(), MAX_RECORD)?,
                 None => Default::default(),
             };
-            let catalog = causeway_catalog::state::export(&txn).map_err(io_err)?;
+            let data = causeway_catalog::state::export_encoded(&txn).map_err(io_err)?;
             drop(sm);
             drop(txn);
-            let data = enc(&catalog)?;
             let meta = SnapshotMeta {
                 last_log_id: applied,
                 last_membership: membership,
