@@ -4,13 +4,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use causeway_catalog::CommandResult;
-use causeway_proto::EndpointKey;
-use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
-use common::{endpoint, register, wait_until_leader};
-use iroh::SecretKey;
+use common::{register, single_node_leader};
 use redb::ReadableDatabase;
 
 /// Concurrent writers: enough that storage rounds carry many applies, so an answer given before
@@ -21,25 +16,7 @@ const WRITES_EACH: usize = 25;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_write_is_in_the_database_after_settle() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret = SecretKey::generate();
-    let id = EndpointKey(*secret.public().as_bytes());
-    let ep = endpoint(secret).await;
-    let cluster = ClusterNode::start(
-        id,
-        ep.clone(),
-        &dir.path().join("raft.redb"),
-        RaftSettings::default(),
-        BTreeSet::new(),
-    )
-    .await
-    .expect("start");
-    cluster
-        .initialize_single(MemberNode {
-            addrs: ep.bound_sockets(),
-        })
-        .await
-        .expect("initialize");
-    wait_until_leader(&cluster).await;
+    let (cluster, ep) = single_node_leader(dir.path()).await;
 
     let mut writers = Vec::new();
     for w in 0..WRITERS {

@@ -1,10 +1,11 @@
 //! Helpers the in-process cluster tests share: an endpoint that never tries the internet and a
 //! resource command to write.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 
 use causeway_catalog::Command;
-use causeway_raft::ClusterNode;
+use causeway_proto::EndpointKey;
+use causeway_raft::{ClusterNode, MemberNode, RaftSettings};
 use iroh::{Endpoint, SecretKey, endpoint::presets};
 use openraft::ServerState;
 
@@ -21,6 +22,31 @@ pub async fn endpoint(secret: SecretKey) -> Endpoint {
         .bind()
         .await
         .expect("bind endpoint")
+}
+
+/// A single-node cluster with its database under `dir`, once it leads.
+#[allow(dead_code)] // not every test binary that shares this module starts one
+pub async fn single_node_leader(dir: &Path) -> (ClusterNode, Endpoint) {
+    let secret = SecretKey::generate();
+    let id = EndpointKey(*secret.public().as_bytes());
+    let ep = endpoint(secret).await;
+    let cluster = ClusterNode::start(
+        id,
+        ep.clone(),
+        &dir.join("raft.redb"),
+        RaftSettings::default(),
+        BTreeSet::new(),
+    )
+    .await
+    .expect("start");
+    cluster
+        .initialize_single(MemberNode {
+            addrs: ep.bound_sockets(),
+        })
+        .await
+        .expect("initialize");
+    wait_until_leader(&cluster).await;
+    (cluster, ep)
 }
 
 /// Returns once `cluster` leads.
