@@ -315,6 +315,15 @@ pub fn export(txn: &ReadTransaction) -> Result<CatalogSnapshot, CatalogError> {
     Ok(snap)
 }
 
+/// Overwrites `name`'s resource row with bytes that do not decode, so that the next command
+/// reading it fails. Only for tests of what a node does once its storage has failed.
+#[doc(hidden)]
+pub fn corrupt_resource_row(txn: &WriteTransaction, name: &str) -> Result<(), CatalogError> {
+    txn.open_table(RESOURCES)?
+        .insert(name.as_bytes(), [0xff_u8; 3].as_slice())?;
+    Ok(())
+}
+
 /// The postcard encoding of [`export`]'s snapshot, written straight from the tables: building a
 /// snapshot of a large catalog was mostly two allocations and copies per row for the
 /// intermediate rows, on every member, every few hundred thousand writes.

@@ -82,6 +82,14 @@ impl AppHandler for LeaderApp {
             causeway_proto::encode(&resp, MAX_APP_FRAME).unwrap_or_default()
         })
     }
+
+    fn reads_tables(&self, request: &[u8]) -> bool {
+        // Transfer status lives in memory: it answers even on a node whose storage failed.
+        !matches!(
+            causeway_proto::decode::<AppRequest>(request, MAX_APP_FRAME),
+            Ok(AppRequest::SyncStatus)
+        )
+    }
 }
 
 async fn ask(cluster: &ClusterNode, req: AppRequest) -> Result<AppResponse, NodeError> {

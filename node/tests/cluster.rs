@@ -251,3 +251,40 @@ fn a_member_restarted_on_another_port_is_recorded_there_and_keeps_replicating() 
             .then_some(())
     });
 }
+
+/// A node whose storage failed keeps its daemon up: the status requests still answer, and the
+/// requests that read the catalog fail at once with the storage error instead of waiting for
+/// writes that will never commit.
+#[test]
+fn a_node_whose_storage_failed_still_answers_status() {
+    let h = Harness::new();
+    let mut a = h.init("a");
+    a.start();
+    a.register("x");
+    assert!(a.stop(), "clean stop");
+
+    // Damage x's row so that applying a command that reads it fails the storage round.
+    {
+        let db = redb::Database::open(a.dir.join("raft.redb")).expect("open raft.redb");
+        let txn = db.begin_write().expect("write txn");
+        causeway_catalog::state::corrupt_resource_row(&txn, "x").expect("damage the row");
+        txn.commit().expect("commit");
+    }
+    a.start();
+    let meta = a.cli(&["resource", "meta", "x", "--set", "k=v"]);
+    assert!(!meta.status.success(), "the write whose apply failed succeeded");
+
+    let list = a.cli(&["resource", "list"]);
+    assert!(!list.status.success(), "resource list on a failed storage succeeded");
+    let err = String::from_utf8_lossy(&list.stderr);
+    assert!(err.contains("storage failed"), "{err}");
+    for status in [&["cluster", "status"][..], &["id"], &["sync", "status"]] {
+        let out = a.cli(status);
+        assert!(
+            out.status.success(),
+            "{status:?} on a failed storage: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    a.stop();
+}

@@ -94,6 +94,13 @@ pub enum ClusterError {
 /// member leads (for state that only the leader keeps, such as live link health).
 pub trait AppHandler: Send + Sync + 'static {
     fn handle(&self, request: Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>>;
+
+    /// Whether answering `request` reads the leader's tables, and so must first wait for the
+    /// commit of every write the leader answered ([`ClusterNode::settle`]). A request that only
+    /// reads state kept in memory says no, so it still answers on a node whose storage failed.
+    fn reads_tables(&self, _request: &[u8]) -> bool {
+        true
+    }
 }
 
 struct Inner {
@@ -316,16 +323,18 @@ impl ClusterNode {
                             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone()))),
                     );
                 }
-                // App requests read the leader's catalog directly: they must see every write
+                let handler = self.0.app.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let Some(handler) = handler else {
+                    return ForwardResponse::Failed("node is still starting".into());
+                };
+                // App requests that read the leader's catalog directly must see every write
                 // answered before them, on whichever member the caller's write went in.
-                if let Err(e) = self.settle().await {
+                if handler.reads_tables(&bytes)
+                    && let Err(e) = self.settle().await
+                {
                     return ForwardResponse::Failed(e.to_string());
                 }
-                let handler = self.0.app.read().unwrap_or_else(|e| e.into_inner()).clone();
-                match handler {
-                    Some(h) => ForwardResponse::App(h.handle(bytes).await),
-                    None => ForwardResponse::Failed("node is still starting".into()),
-                }
+                ForwardResponse::App(handler.handle(bytes).await)
             }
             ForwardRequest::Status => {
                 if raft.metrics().borrow_watched().state == ServerState::Leader {

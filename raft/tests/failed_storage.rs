@@ -8,10 +8,6 @@ use std::collections::BTreeMap;
 use causeway_catalog::Command;
 use causeway_raft::ClusterError;
 use common::{register, single_node_leader};
-use redb::TableDefinition;
-
-/// The catalog's resources table, by its stored name: the test damages a row in it.
-const RESOURCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_resources");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_apply_stops_the_storage_and_settle_reports_it() {
@@ -23,10 +19,7 @@ async fn a_failed_apply_stops_the_storage_and_settle_reports_it() {
     // A row that no longer decodes: applying a command that reads it fails the storage round.
     let db = cluster.database();
     let txn = db.begin_write().expect("write txn");
-    txn.open_table(RESOURCES)
-        .expect("resources table")
-        .insert(b"x".as_slice(), [0xff_u8; 3].as_slice())
-        .expect("damage the row");
+    causeway_catalog::state::corrupt_resource_row(&txn, "x").expect("damage the row");
     txn.commit().expect("commit");
     drop(db);
 
