@@ -14,7 +14,7 @@ use causeway_proto::EndpointKey;
 use iroh::Endpoint;
 use openraft::{
     ChangeMembers, Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy,
-    async_runtime::watch::WatchReceiver as _,
+    async_runtime::watch::WatchReceiver as _, error::ForwardToLeader,
 };
 use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::network::{CallError, NetworkFactory, PeerClient};
 use crate::proposer::{Proposed, Proposer};
 use crate::status::{ClusterStatus, MemberStatus, Role};
 use crate::store;
-use crate::types::{MemberNode, Raft};
+use crate::types::{MemberNode, Raft, TypeConfig};
 use crate::wire::{ForwardRequest, ForwardResponse};
 
 /// Tunables of the Raft layer; each one is a config key of the node.
@@ -88,6 +88,14 @@ pub enum ClusterError {
     Storage(#[from] std::io::Error),
     #[error("unexpected response from leader: {0}")]
     Unexpected(String),
+}
+
+/// The leader a "forward to leader" refusal names, when it names one with its addresses.
+pub(crate) fn leader_named(f: &ForwardToLeader<TypeConfig>) -> Option<(EndpointKey, MemberNode)> {
+    match (f.leader_id, f.leader_node.clone()) {
+        (Some(id), Some(node)) => Some((id, node)),
+        _ => None,
+    }
 }
 
 /// Handles `ForwardRequest::App` on the leader: requests the node layer routes to whichever
@@ -253,10 +261,7 @@ impl ClusterNode {
             ($e:expr) => {{
                 let e = $e;
                 match e.forward_to_leader() {
-                    Some(f) => ForwardResponse::NotLeader(match (f.leader_id, f.leader_node.clone()) {
-                        (Some(id), Some(node)) => Some((id, node)),
-                        _ => None,
-                    }),
+                    Some(f) => ForwardResponse::NotLeader(leader_named(f)),
                     None => ForwardResponse::Failed(e.to_string()),
                 }
             }};

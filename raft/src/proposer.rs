@@ -11,6 +11,7 @@ use futures::StreamExt;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::leader_named;
 use crate::types::{MemberNode, Raft, TypeConfig};
 use causeway_proto::EndpointKey;
 
@@ -105,10 +106,7 @@ async fn answer_in_order(mut results: Results, replies: Vec<Reply>) {
 
 fn not_leader_or_failed(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Proposed {
     match e.forward_to_leader() {
-        Some(f) => Proposed::NotLeader(match (f.leader_id, f.leader_node.clone()) {
-            (Some(id), Some(node)) => Some((id, node)),
-            _ => None,
-        }),
+        Some(f) => Proposed::NotLeader(leader_named(f)),
         None => Proposed::Failed(e.to_string()),
     }
 }
