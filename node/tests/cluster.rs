@@ -90,6 +90,13 @@ fn lagging_node_catches_up_through_a_snapshot() {
         "c should have caught up by snapshot; log:\n{}",
         nodes[2].log()
     );
+    // The snapshot was a view of the sender's state machine, encoded only to be sent.
+    assert!(
+        nodes[..2]
+            .iter()
+            .any(|n| n.log().contains("encoded a snapshot for a follower")),
+        "the leader should have encoded its snapshot view for c"
+    );
 }
 
 #[test]

@@ -70,8 +70,10 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(2);
 /// How often the leader looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 /// A snapshot is due once the entries applied since the last one reach the catalog's rows
-/// divided by this (and at least `snapshot_logs`): a snapshot copies every row, so each entry
-/// then pays for at most this many copied rows, however large the catalog grows.
+/// divided by this (and at least `snapshot_logs`). Building one is cheap (a view of the state
+/// machine), but it lets the log be purged, and a follower behind by more than the log holds
+/// must be sent the whole catalog: keeping a log in proportion to the catalog lets a follower
+/// that lags by less catch up from entries, which cost less to send than the rows.
 pub const SNAPSHOT_ROWS_PER_ENTRY: u64 = 4;
 /// Least time between two looks at whether a snapshot is due.
 const SNAPSHOT_CHECK_GAP: Duration = Duration::from_millis(50);
@@ -718,7 +720,7 @@ mod tests {
         // A small catalog: the configured minimum decides.
         assert!(!due_by_size(9, 10, 20));
         assert!(due_by_size(10, 10, 20));
-        // A large one: a quarter of its rows, so copying it costs at most four rows per entry.
+        // A large one: a quarter of its rows, so the log kept grows with the catalog.
         assert!(!due_by_size(10_000, 10_000, 1_000_000));
         assert!(due_by_size(250_000, 10_000, 1_000_000));
         // Entries that add rows still reach the threshold: each adds one, the threshold a quarter.

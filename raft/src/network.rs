@@ -7,13 +7,14 @@ use causeway_proto::EndpointKey;
 use futures::Stream;
 use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::Connection};
 use openraft::{
-    OptionalSend, RaftNetworkFactory, RaftNetworkV2,
+    OptionalSend, RaftNetworkFactory, RaftNetworkV2, StorageError,
     base::{BoxFuture, BoxStream},
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
     network::RPCOption,
     raft::{
         AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
     },
+    type_config::TypeConfigExt,
 };
 
 use crate::append_stream;
@@ -285,10 +286,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let signature = snapshot.meta.signature();
+        let data = snapshot
+            .snapshot
+            .into_encoded()
+            .await
+            .map_err(|e| StorageError::read_snapshot(Some(signature), TypeConfig::err_from_error(&e)))?;
         let req = RaftRequest::Snapshot {
             vote,
             meta: snapshot.meta,
-            data: snapshot.snapshot,
+            data,
         };
         // Snapshots can be large: allow well beyond the per-RPC budget.
         let timeout = option.hard_ttl().max(Duration::from_secs(120));

@@ -10,7 +10,7 @@ use iroh::{
 
 use crate::append_stream;
 use crate::cluster::ClusterNode;
-use crate::types::Snapshot;
+use crate::types::{Snapshot, SnapshotData};
 use crate::wire::{self, RaftRequest, RaftResponse, StreamKind};
 
 /// QUIC application close code for a refused peer.
@@ -104,7 +104,13 @@ async fn dispatch(node: &ClusterNode, req: RaftRequest) -> RaftResponse {
         },
         RaftRequest::Snapshot { vote, meta, data } => {
             match raft
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .install_full_snapshot(
+                    vote,
+                    Snapshot {
+                        meta,
+                        snapshot: SnapshotData::Encoded(data),
+                    },
+                )
                 .await
             {
                 Ok(r) => RaftResponse::Snapshot(r),

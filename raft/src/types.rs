@@ -34,6 +34,5 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
-/// A snapshot travels and rests as one postcard-encoded `CatalogSnapshot`.
-pub type SnapshotData = Vec<u8>;
+pub use crate::store::SnapshotData;
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;

@@ -8,7 +8,10 @@
 //! applied only when openraft hands them over as committed.
 
 mod memory;
+mod snapshot;
 mod writer;
+
+pub use snapshot::SnapshotData;
 
 use std::{
     io,
@@ -28,22 +31,22 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use memory::{MemoryLog, lock};
 use writer::{Job, Shared};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+/// Where earlier versions stored an encoded copy of the catalog as their snapshot; emptied at
+/// open, as a snapshot is now a view of the state machine itself (see [`snapshot`]).
+const STORED_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
-const KEY_SNAP_META: &str = "meta";
-const KEY_SNAP_DATA: &str = "data";
 
 /// Largest single stored record (a log entry or metadata) decoded back.
 pub const MAX_RECORD: usize = 64 << 20;
@@ -97,7 +100,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.open_table(SM_META).map_err(io_err)?;
-        txn.open_table(SNAPSHOT).map_err(io_err)?;
+        txn.delete_table(STORED_SNAPSHOT).map_err(io_err)?;
         causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
@@ -484,19 +487,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         // Applies handed over earlier must land before the snapshot replaces the state.
         self.writer.barrier().await?;
+        let bytes = snapshot.into_encoded().await?;
         let db = self.log.db.clone();
         let meta = meta.clone();
         let index = meta.last_log_id.as_ref().map(|l| l.index());
         blocking(move || {
-            let catalog: CatalogSnapshot = dec(&snapshot, MAX_SNAPSHOT)?;
+            let catalog: CatalogSnapshot = dec(&bytes, MAX_SNAPSHOT)?;
             let txn = write_txn(&db, Durability::Immediate)?;
             causeway_catalog::state::import(&txn, &catalog).map_err(io_err)?;
             put(&txn, SM_META, KEY_APPLIED, &enc(&meta.last_log_id)?)?;
             put(&txn, SM_META, KEY_MEMBERSHIP, &enc(&meta.last_membership)?)?;
-            put(&txn, SNAPSHOT, KEY_SNAP_META, &enc(&meta)?)?;
-            put(&txn, SNAPSHOT, KEY_SNAP_DATA, &snapshot)?;
             txn.commit().map_err(io_err)?;
-            tracing::info!(last = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
+            tracing::info!(last = ?meta.last_log_id, bytes = bytes.len(), "installed snapshot");
             Ok(())
         })
         .await?;
@@ -504,23 +506,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// A view of the state machine as it is now: at or past the last snapshot built, which is
+    /// all openraft needs of it (a follower given it resumes from its log id).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        // No barrier: every committed round shows at least the last snapshot built, which
+        // waited for the applies before it.
         let db = self.log.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(io_err)?;
-            let t = txn.open_table(SNAPSHOT).map_err(io_err)?;
-            let (Some(meta), Some(data)) = (
-                t.get(KEY_SNAP_META).map_err(io_err)?,
-                t.get(KEY_SNAP_DATA).map_err(io_err)?,
-            ) else {
-                return Ok(None);
-            };
-            Ok(Some(Snapshot {
-                meta: dec(meta.value(), MAX_RECORD)?,
-                snapshot: data.value().to_vec(),
-            }))
-        })
-        .await
+        let snapshot = blocking(move || snapshot::view(&db)).await?;
+        Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
     }
 }
 
@@ -533,37 +526,15 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
+    /// Records nothing and copies nothing: the state machine is its own snapshot, so building one
+    /// only settles on the applied log id that lets openraft purge the log behind it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         // The snapshot covers every apply openraft handed over before asking for it.
         self.writer.barrier().await?;
         let db = self.db.clone();
-        blocking(move || {
-            // One read transaction: applied state and catalog rows are from the same instant.
-            let txn = db.begin_read().map_err(io_err)?;
-            let sm = txn.open_table(SM_META).map_err(io_err)?;
-            let applied: Option<LogId> = match sm.get(KEY_APPLIED).map_err(io_err)? {
-                Some(v) => dec(v.value(), MAX_RECORD)?,
-                None => None,
-            };
-            let membership: StoredMembership = match sm.get(KEY_MEMBERSHIP).map_err(io_err)? {
-                Some(v) => dec(v.value(), MAX_RECORD)?,
-                None => Default::default(),
-            };
-            let data = causeway_catalog::state::export_encoded(&txn).map_err(io_err)?;
-            drop(sm);
-            drop(txn);
-            let meta = SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-            };
-            let wtxn = write_txn(&db, Durability::Immediate)?;
-            put(&wtxn, SNAPSHOT, KEY_SNAP_META, &enc(&meta)?)?;
-            put(&wtxn, SNAPSHOT, KEY_SNAP_DATA, &data)?;
-            wtxn.commit().map_err(io_err)?;
-            tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-            Ok(Snapshot { meta, snapshot: data })
-        })
-        .await
+        let snapshot = blocking(move || snapshot::view(&db)).await?;
+        tracing::info!(last = ?snapshot.meta.last_log_id, "built snapshot");
+        Ok(snapshot)
     }
 }
 
