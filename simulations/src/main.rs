@@ -1,6 +1,11 @@
 //! `causeway-simulations`: runs many Causeway nodes on one machine. Each subcommand lives in
 //! its own module; this file only parses the command line and dispatches.
 
+/// The same allocator as the `causeway` binary, so the nodes it runs in-process cost what the
+/// daemon's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod chaos;
 mod sim;
