@@ -416,6 +416,41 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_duplicate_leaves_the_resource_and_the_feed_as_they_were() {
+        let (_d, db) = db();
+        run(&db, register("a"));
+        run(
+            &db,
+            Command::PublishResource {
+                name: "a".into(),
+                content: Some("c1".into()),
+                base_version: None,
+                now_ms: 5,
+            },
+        );
+        let read = |db: &redb::Database| {
+            let r = db.begin_read().unwrap();
+            let resource = get_resource(&r, "a").unwrap();
+            (resource, crate::resources::last_change_seq(&r).unwrap())
+        };
+        let before = read(&db);
+        let again = Command::RegisterResource {
+            name: "a".into(),
+            kind: "repo".into(),
+            owner: "someone-else".into(),
+            path: Some("/elsewhere".into()),
+            metadata: Default::default(),
+            registered_at_ms: 9,
+        };
+        assert_eq!(
+            run(&db, again),
+            CommandResult::Rejected(Rejection::ResourceExists("a".into()))
+        );
+        assert_eq!(read(&db), before);
+        assert_eq!(before.0.map(|r| (r.owner, r.version)), Some(("ci".to_string(), 1)));
+    }
+
+    #[test]
     fn invites_are_one_time_and_expire() {
         let (_d, db) = db();
         let me = EndpointKey([9; 32]);
