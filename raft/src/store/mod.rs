@@ -7,6 +7,7 @@
 //! redb's write lock. Votes and truncations are made durable before returning. Entries are
 //! applied only when openraft hands them over as committed.
 
+mod log_runs;
 mod memory;
 mod snapshot;
 mod writer;
@@ -28,14 +29,13 @@ use openraft::{
     entry::RaftEntry,
     storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine},
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use memory::{MemoryLog, lock};
 use writer::{Job, Shared};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// Where earlier versions stored an encoded copy of the catalog as their snapshot; emptied at
@@ -97,7 +97,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
     let db = Arc::new(Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?);
     let txn = write_txn(&db, Durability::Immediate)?;
     {
-        txn.open_table(LOG).map_err(io_err)?;
+        log_runs::create(&txn)?;
         txn.open_table(META).map_err(io_err)?;
         txn.open_table(SM_META).map_err(io_err)?;
         txn.delete_table(STORED_SNAPSHOT).map_err(io_err)?;
@@ -146,18 +146,10 @@ impl Shared {
             return Ok(entries);
         }
         let (memory, txn) = self.snapshot(range)?;
+        // From the first in-memory index on, memory is newer (redb may hold the same entries
+        // once the writer committed them).
         let first_in_memory = memory.first().map(|e| e.index()).unwrap_or(u64::MAX);
-        let t = txn.open_table(LOG).map_err(io_err)?;
-        let mut out = Vec::new();
-        for row in t.range(range).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            // From the first in-memory index on, memory is newer (redb may hold the same
-            // entries once the writer committed them).
-            if k.value() >= first_in_memory {
-                break;
-            }
-            out.push(dec(v.value(), MAX_RECORD)?);
-        }
+        let mut out = log_runs::read(&txn, range, first_in_memory)?;
         out.extend(memory.iter().map(|e| Entry::clone(e)));
         Ok(out)
     }
@@ -170,11 +162,7 @@ impl Shared {
         if newest_in_memory.is_some() {
             return Ok(newest_in_memory);
         }
-        let t = txn.open_table(LOG).map_err(io_err)?;
-        match t.last().map_err(io_err)? {
-            Some((_, v)) => Ok(Some(dec::<Entry>(v.value(), MAX_RECORD)?.log_id())),
-            None => Ok(None),
-        }
+        log_runs::last_log_id(&txn)
     }
 }
 
@@ -348,10 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         lock(&log.memory).truncate_from(from);
         blocking(move || {
             let txn = write_txn(&log.db, Durability::Immediate)?;
-            txn.open_table(LOG)
-                .map_err(io_err)?
-                .retain_in(from.., |_, _| false)
-                .map_err(io_err)?;
+            log_runs::truncate_from(&txn, from)?;
             txn.commit().map_err(io_err)
         })
         .await
@@ -369,10 +354,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(io_err)?
                     .insert(KEY_PURGED, bytes.as_slice())
                     .map_err(io_err)?;
-                txn.open_table(LOG)
-                    .map_err(io_err)?
-                    .retain_in(..=upto, |_, _| false)
-                    .map_err(io_err)?;
+                log_runs::purge_upto(&txn, upto)?;
             }
             txn.commit().map_err(io_err)
         })

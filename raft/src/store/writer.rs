@@ -25,7 +25,7 @@ use openraft::{
 use redb::{Database, Durability, WriteTransaction};
 
 use super::memory::{MemoryLog, Unwritten, lock};
-use super::{KEY_APPLIED, KEY_COMMITTED, KEY_MEMBERSHIP, LOG, META, SM_META, enc, io_err, put, write_txn};
+use super::{KEY_APPLIED, KEY_COMMITTED, KEY_MEMBERSHIP, META, SM_META, enc, io_err, log_runs, put, write_txn};
 use crate::types::{StoredMembership, TypeConfig};
 
 /// Most queued requests taken into one round.
@@ -250,11 +250,13 @@ fn write_round(
 }
 
 fn write_log(txn: &WriteTransaction, unwritten: &Unwritten) -> io::Result<()> {
-    let mut t = txn.open_table(LOG).map_err(io_err)?;
-    for (e, bytes) in unwritten.entries.iter().zip(&unwritten.encoded) {
-        t.insert(e.index(), &**bytes).map_err(io_err)?;
-    }
-    Ok(())
+    let entries: Vec<_> = unwritten
+        .entries
+        .iter()
+        .map(|e| e.index())
+        .zip(&unwritten.encoded)
+        .collect();
+    log_runs::write(txn, &entries)
 }
 
 /// Writes the pending committed index, if there is one; says whether there was. It rides along
