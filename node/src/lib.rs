@@ -2,6 +2,7 @@
 //! control API, the CLI, and the public Rust API for subsystems (`Client` over the control
 //! socket, or `Node` embedded in-process).
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod cli;

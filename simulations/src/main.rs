@@ -4,7 +4,7 @@
 /// The same allocator as the `causeway` binary, so the nodes it runs in-process cost what the
 /// daemon's do.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: causeway::allocator::MiMalloc = causeway::allocator::MiMalloc;
 
 mod bench;
 mod chaos;
@@ -34,6 +34,7 @@ enum Cmd {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    causeway::allocator::configure();
     // Node logs would interleave with the figures, so they are off unless asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
