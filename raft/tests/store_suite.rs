@@ -108,3 +108,34 @@ async fn a_snapshot_shows_the_state_machine_as_of_its_build() {
     );
     assert_eq!(names(&follower.database()), ["before"]);
 }
+
+/// A database from a version that stored an encoded copy of the catalog as its snapshot loses
+/// that copy when opened: a snapshot is now a view of the state machine, and the copy would only
+/// take space.
+#[test]
+fn a_stored_snapshot_of_an_earlier_version_is_deleted_at_open() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let stored: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raft.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(stored)
+            .expect("table")
+            .insert("data", vec![7u8; 4096].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let (log, _sm) = store::open(&path).expect("open");
+    let db = log.database();
+    let txn = db.begin_read().expect("read");
+    assert!(matches!(
+        txn.open_table(stored),
+        Err(redb::TableError::TableDoesNotExist(_))
+    ));
+    drop(txn);
+    drop(db);
+    let writer = log.writer();
+    writer.stop();
+}
