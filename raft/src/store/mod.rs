@@ -80,7 +80,14 @@ fn read_key<T: DeserializeOwned>(
     table: TableDefinition<&str, &[u8]>,
     key: &str,
 ) -> io::Result<Option<T>> {
-    let txn = db.begin_read().map_err(io_err)?;
+    read_key_in(&db.begin_read().map_err(io_err)?, table, key)
+}
+
+fn read_key_in<T: DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
     let t = match txn.open_table(table) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -414,8 +421,13 @@ impl ApplyProgress {
 }
 
 fn applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let applied = read_key::<Option<LogId>>(db, SM_META, KEY_APPLIED)?.flatten();
-    let membership = read_key(db, SM_META, KEY_MEMBERSHIP)?.unwrap_or_default();
+    applied_state_in(&db.begin_read().map_err(io_err)?)
+}
+
+/// The applied log id and membership as `txn` shows them.
+fn applied_state_in(txn: &redb::ReadTransaction) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = read_key_in::<Option<LogId>>(txn, SM_META, KEY_APPLIED)?.flatten();
+    let membership = read_key_in(txn, SM_META, KEY_MEMBERSHIP)?.unwrap_or_default();
     Ok((applied, membership))
 }
 

@@ -8,8 +8,8 @@ use std::io;
 
 use redb::ReadTransaction;
 
-use super::{KEY_APPLIED, KEY_MEMBERSHIP, MAX_RECORD, SM_META, dec, io_err};
-use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use super::{applied_state_in, io_err};
+use crate::types::{Snapshot, SnapshotMeta};
 
 /// The contents of a snapshot.
 pub enum SnapshotData {
@@ -51,23 +51,12 @@ fn encode_view(txn: &ReadTransaction) -> io::Result<Vec<u8>> {
 pub(super) fn view(db: &redb::Database) -> io::Result<Snapshot> {
     use redb::ReadableDatabase;
     let txn = db.begin_read().map_err(io_err)?;
-    let meta = {
-        let sm = txn.open_table(SM_META).map_err(io_err)?;
-        let last_log_id: Option<LogId> = match sm.get(KEY_APPLIED).map_err(io_err)? {
-            Some(v) => dec(v.value(), MAX_RECORD)?,
-            None => None,
-        };
-        let last_membership: StoredMembership = match sm.get(KEY_MEMBERSHIP).map_err(io_err)? {
-            Some(v) => dec(v.value(), MAX_RECORD)?,
-            None => StoredMembership::default(),
-        };
-        SnapshotMeta {
+    let (last_log_id, last_membership) = applied_state_in(&txn)?;
+    Ok(Snapshot {
+        meta: SnapshotMeta {
             last_log_id,
             last_membership,
-        }
-    };
-    Ok(Snapshot {
-        meta,
+        },
         snapshot: SnapshotData::View(txn),
     })
 }
