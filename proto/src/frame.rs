@@ -18,14 +18,41 @@ pub enum FrameError {
 
 /// Serializes `value`, refusing to produce a frame larger than `limit`.
 pub fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let bytes = postcard::to_stdvec(value)?;
-    if bytes.len() > limit {
-        return Err(FrameError::TooLarge {
-            len: bytes.len(),
-            limit,
-        });
+    encode_after(Vec::new(), value, limit)
+}
+
+/// Appends `value`'s encoding to `lead`, refusing an encoding larger than `limit` before any of
+/// it is written. The size is counted first so the buffer grows once: growing it step by step
+/// copied every entry and frame several times, a measurable share of a busy node's CPU.
+pub fn encode_after<T: Serialize>(mut lead: Vec<u8>, value: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
+    let len = postcard::experimental::serialized_size(value)?;
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
-    Ok(bytes)
+    lead.reserve_exact(len);
+    Ok(postcard::serialize_with_flavor(value, Appending(lead))?)
+}
+
+/// A postcard output that appends to a vector slice by slice (postcard's own `to_extend`
+/// pushes byte by byte).
+struct Appending(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appending {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// Deserializes exactly one value from `bytes`, refusing more than `limit` bytes or leftovers.
@@ -72,6 +99,20 @@ mod tests {
         let m = Msg { a: 7, b: "x".into() };
         let bytes = encode(&m, 64).unwrap();
         assert_eq!(decode::<Msg>(&bytes, 64).unwrap(), m);
+    }
+
+    #[test]
+    fn encoding_after_a_lead_keeps_the_lead_and_sizes_the_buffer_once() {
+        let m = Msg { a: 7, b: "abc".into() };
+        let alone = encode(&m, 64).unwrap();
+        assert_eq!(alone.capacity(), alone.len());
+        let after = encode_after(vec![9, 9], &m, 64).unwrap();
+        assert_eq!(&after[..2], &[9, 9]);
+        assert_eq!(&after[2..], alone.as_slice());
+        assert!(matches!(
+            encode_after(vec![9], &m, alone.len() - 1),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

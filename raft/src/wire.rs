@@ -141,14 +141,11 @@ pub async fn write_frame_after<T: Serialize>(
     limit: usize,
 ) -> Result<(), WireError> {
     let header = lead.len() + frame::PREFIX_LEN;
-    let mut buf = Vec::with_capacity(header + 64);
+    let mut buf = Vec::with_capacity(header);
     buf.extend_from_slice(lead);
     buf.extend_from_slice(&[0; frame::PREFIX_LEN]);
-    let mut buf = postcard::to_extend(value, buf).map_err(FrameError::from)?;
+    let mut buf = frame::encode_after(buf, value, limit)?;
     let len = buf.len() - header;
-    if len > limit {
-        return Err(FrameError::TooLarge { len, limit }.into());
-    }
     buf[lead.len()..header].copy_from_slice(&frame::prefix(len));
     send.write_all(&buf).await.map_err(stream_err)?;
     Ok(())

@@ -58,7 +58,7 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    postcard::to_stdvec(v).map_err(io_err)
+    causeway_proto::encode(v, MAX_RECORD).map_err(io_err)
 }
 
 fn dec<T: DeserializeOwned>(b: &[u8], limit: usize) -> io::Result<T> {
