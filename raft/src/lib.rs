@@ -14,4 +14,4 @@ pub mod wire;
 pub use cluster::{AppHandler, ClusterError, ClusterNode, RaftSettings};
 pub use server::RaftService;
 pub use status::{ClusterStatus, MemberStatus, Role};
-pub use types::{MemberNode, TypeConfig};
+pub use types::{LogCommand, MemberNode, TypeConfig};

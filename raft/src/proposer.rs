@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::leader_named;
-use crate::types::{MemberNode, Raft, TypeConfig};
+use crate::types::{LogCommand, MemberNode, Raft, TypeConfig};
 use causeway_proto::EndpointKey;
 
 /// Most commands waiting to be proposed; a writer beyond it waits for room.
@@ -69,7 +69,7 @@ async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
         }
         let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         tracing::debug!(commands = commands.len(), "proposing");
-        match raft.client_write_many(commands).await {
+        match raft.client_write_many(commands.into_iter().map(LogCommand::from)).await {
             // Results come in the order of the commands, each once applied; the next batch is
             // proposed meanwhile.
             Ok(results) => {

@@ -75,7 +75,10 @@ async fn a_snapshot_shows_the_state_machine_as_of_its_build() {
     let leader = causeway_proto::EndpointKey([7; 32]);
     let register = |index: u64, name: &str| -> Result<_, std::io::Error> {
         let cmd = common::register(name.into());
-        Ok((Entry::new_normal(log_id::<TypeConfig>(1, leader, index), cmd), None))
+        Ok((
+            Entry::new_normal(log_id::<TypeConfig>(1, leader, index), cmd.into()),
+            None,
+        ))
     };
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -180,7 +180,8 @@ fn raft_requests() -> Vec<(&'static str, u8, RaftRequest)> {
             content: Some("b3".into()),
             base_version: None,
             now_ms: 11,
-        }),
+        }
+        .into()),
     };
     let append = AppendEntriesRequest::<TypeConfig> {
         vote,

@@ -411,7 +411,7 @@ fn raft_request(req: &RaftRequest, input_len: usize) {
                 let _ = entry.to_string();
                 match &entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(cmd) => commands.push(cmd.clone()),
+                    EntryPayload::Normal(cmd) => commands.push(Command::clone(cmd)),
                     EntryPayload::Membership(m) => {
                         let _ = m.to_string();
                         let _ = (
