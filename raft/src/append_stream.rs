@@ -19,8 +19,10 @@ use openraft::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::append_frame;
 use crate::cluster::ClusterNode;
 use crate::network::CallError;
+use crate::store::EntryEncodings;
 use crate::types::{LogId, TypeConfig};
 use crate::wire::{self, AppendReply, MAX_RPC_FRAME, StreamKind};
 
@@ -37,9 +39,9 @@ type Reply = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 pub(crate) fn send_requests<S>(
     target: EndpointKey,
     conn: Connection,
-    send: SendStream,
-    recv: RecvStream,
+    (send, recv): (SendStream, RecvStream),
     input: S,
+    encodings: EntryEncodings,
     reply_timeout: Duration,
 ) -> BoxStream<'static, Reply>
 where
@@ -47,7 +49,7 @@ where
 {
     // The last log id of each request written, or why writing failed, in request order.
     let (sent_tx, sent_rx) = mpsc::channel::<Result<Option<LogId>, String>>(MAX_APPENDS_IN_FLIGHT);
-    tokio::spawn(write_requests(send, input, sent_tx));
+    tokio::spawn(write_requests(send, input, encodings, sent_tx));
     let replies = futures::stream::unfold(Some((recv, sent_rx)), move |state| {
         let conn = conn.clone();
         async move {
@@ -82,8 +84,12 @@ where
 
 /// Writes the stream kind, then each request as it comes, reporting each in `sent` once
 /// written. Stops when the input ends, a write fails or the reading half is gone.
-async fn write_requests<S>(mut send: SendStream, mut input: S, sent: mpsc::Sender<Result<Option<LogId>, String>>)
-where
+async fn write_requests<S>(
+    mut send: SendStream,
+    mut input: S,
+    encodings: EntryEncodings,
+    sent: mpsc::Sender<Result<Option<LogId>, String>>,
+) where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
     if let Err(e) = send.write_all(&[StreamKind::Append as u8]).await {
@@ -99,10 +105,15 @@ where
         };
         let Some(request) = request else { break };
         let last = request.entries.last().map(|e| e.log_id()).or(request.prev_log_id);
-        match wire::write_frame(&mut send, &request, MAX_RPC_FRAME).await {
+        let frame = append_frame::encode(&request, &encodings.for_sending(&request.entries), MAX_RPC_FRAME);
+        let written = match frame {
+            Ok(frame) => send.write_all(&frame).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
             Ok(()) => slot.send(Ok(last)),
             Err(e) => {
-                slot.send(Err(e.to_string()));
+                slot.send(Err(e));
                 return;
             }
         }
@@ -171,8 +182,14 @@ async fn read_requests(
             let _ = bad.send("not a member of this cluster".into());
             return;
         }
-        match wire::read_frame_or_end::<AppendEntriesRequest<TypeConfig>>(&mut recv, MAX_RPC_FRAME).await {
-            Ok(Some(request)) => {
+        let read = wire::read_body_or_end(&mut recv, MAX_RPC_FRAME).await.and_then(|body| {
+            Ok(body
+                .map(|b| append_frame::decode(b.into(), MAX_RPC_FRAME))
+                .transpose()?)
+        });
+        match read {
+            Ok(Some((request, received))) => {
+                node.entry_encodings().received(received);
                 if requests.send(request).await.is_err() {
                     return;
                 }

@@ -24,7 +24,7 @@ use crate::network::{CallError, NetworkFactory, PeerClient};
 use crate::proposer::{Proposed, Proposer};
 use crate::status::{ClusterStatus, MemberStatus, Role};
 use crate::store;
-use crate::types::{MemberNode, Raft, TypeConfig};
+use crate::types::{LogCommand, MemberNode, Raft, TypeConfig};
 use crate::wire::{ForwardRequest, ForwardResponse};
 
 /// Tunables of the Raft layer; each one is a config key of the node.
@@ -120,6 +120,8 @@ struct Inner {
     endpoint: Endpoint,
     db: Arc<Database>,
     writer: store::StorageWriter,
+    /// The log's entry encodings, which append streams send and keep.
+    encodings: store::EntryEncodings,
     /// Index of the newest applied entry the database shows.
     applied: tokio::sync::watch::Receiver<Option<u64>>,
     apply_progress: store::ApplyProgress,
@@ -164,8 +166,10 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let encodings = log.entry_encodings();
         let net = NetworkFactory {
             endpoint: endpoint.clone(),
+            encodings: encodings.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), net, log, sm)
             .await
@@ -178,6 +182,7 @@ impl ClusterNode {
             endpoint,
             db,
             writer,
+            encodings,
             applied,
             apply_progress,
             settings,
@@ -219,6 +224,10 @@ impl ClusterNode {
 
     pub fn raft(&self) -> &Raft {
         &self.0.raft
+    }
+
+    pub(crate) fn entry_encodings(&self) -> &store::EntryEncodings {
+        &self.0.encodings
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -271,7 +280,7 @@ impl ClusterNode {
         match req {
             ForwardRequest::Write(cmd) => {
                 tracing::debug!(command = cmd.label(), "proposing");
-                match self.0.proposer.propose(cmd).await {
+                match self.0.proposer.propose(cmd.into()).await {
                     Proposed::Applied(r) => ForwardResponse::Written(r),
                     Proposed::NotLeader(leader) => ForwardResponse::NotLeader(leader),
                     Proposed::Failed(e) => ForwardResponse::Failed(e),
@@ -403,7 +412,12 @@ impl ClusterNode {
         let mut guard = self.0.leader_client.lock().await;
         let stale = guard.as_ref().is_none_or(|c| c.target() != id);
         if stale {
-            *guard = Some(PeerClient::new(self.0.endpoint.clone(), id, node));
+            *guard = Some(PeerClient::new(
+                self.0.endpoint.clone(),
+                id,
+                node,
+                self.0.encodings.clone(),
+            ));
         }
         let client = guard
             .as_mut()
@@ -417,6 +431,7 @@ impl ClusterNode {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
         // Proposed here while this node leads; otherwise, or when leadership just moved, routed
         // like any other request.
+        let cmd = LogCommand::from(cmd);
         if self.is_leader() {
             match self.0.proposer.propose(cmd.clone()).await {
                 Proposed::Applied(r) => return Ok(r),
@@ -424,6 +439,7 @@ impl ClusterNode {
                 Proposed::NotLeader(_) => {}
             }
         }
+        let cmd = cmd.into_command();
         // Boxed: the routing future is several kilobytes, which every write's future would
         // otherwise carry (and copy) for a path that the leader's writes take only rarely.
         match Box::pin(self.submit(ForwardRequest::Write(cmd))).await? {

@@ -1,6 +1,7 @@
 //! Causeway's Raft layer: openraft types, the redb log and state machine, the Raft network over
 //! iroh (`causeway/raft/1`), and the cluster handle the node uses for writes and reads.
 
+pub mod append_frame;
 mod append_stream;
 pub mod cluster;
 pub mod network;

@@ -18,6 +18,7 @@ use openraft::{
 };
 
 use crate::append_stream;
+use crate::store::EntryEncodings;
 
 use crate::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::wire::{self, ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind, WireError};
@@ -58,6 +59,8 @@ pub struct PeerClient {
     endpoint: Endpoint,
     target: EndpointKey,
     node: MemberNode,
+    /// This node's entries' log encodings, which append streams send.
+    encodings: EntryEncodings,
     conn: Option<Connection>,
     /// A dial under way. It runs as a task of its own so that a caller's timeout (openraft
     /// gives heartbeats a fraction of a second) cannot cancel it: the next call picks it up.
@@ -73,11 +76,12 @@ impl Drop for PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(endpoint: Endpoint, target: EndpointKey, node: MemberNode) -> Self {
+    pub fn new(endpoint: Endpoint, target: EndpointKey, node: MemberNode, encodings: EntryEncodings) -> Self {
         Self {
             endpoint,
             target,
             node,
+            encodings,
             conn: None,
             dialing: None,
         }
@@ -220,9 +224,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Ok((conn, send, recv)) => Ok(append_stream::send_requests(
                     target,
                     conn,
-                    send,
-                    recv,
+                    (send, recv),
                     input,
+                    self.encodings.clone(),
                     option.hard_ttl(),
                 )),
                 Err(e) => {
@@ -315,12 +319,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub endpoint: Endpoint,
+    pub encodings: EntryEncodings,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: EndpointKey, node: &MemberNode) -> Self::Network {
-        PeerClient::new(self.endpoint.clone(), target, node.clone())
+        PeerClient::new(self.endpoint.clone(), target, node.clone(), self.encodings.clone())
     }
 }

@@ -6,7 +6,7 @@
 //! several kilobytes that every caller's future had to carry and move; with hundreds of writers
 //! that copying and one core message per write were a fifth of the node's CPU.
 
-use causeway_catalog::{Command, CommandResult};
+use causeway_catalog::CommandResult;
 use futures::StreamExt;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +38,7 @@ type Reply = oneshot::Sender<Proposed>;
 /// The queue writers put their commands on.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(Command, Reply)>,
+    queue: mpsc::Sender<(LogCommand, Reply)>,
 }
 
 impl Proposer {
@@ -50,7 +50,7 @@ impl Proposer {
     }
 
     /// Proposes `cmd` and waits until it is applied (or known not to be).
-    pub async fn propose(&self, cmd: Command) -> Proposed {
+    pub async fn propose(&self, cmd: LogCommand) -> Proposed {
         let (reply, answer) = oneshot::channel();
         if self.queue.send((cmd, reply)).await.is_err() {
             return Proposed::Failed("raft node stopped".into());
@@ -61,7 +61,7 @@ impl Proposer {
     }
 }
 
-async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
+async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(LogCommand, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_PROPOSAL_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_PROPOSAL_BATCH).await == 0 {
@@ -69,7 +69,7 @@ async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
         }
         let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         tracing::debug!(commands = commands.len(), "proposing");
-        match raft.client_write_many(commands.into_iter().map(LogCommand::from)).await {
+        match raft.client_write_many(commands).await {
             // Results come in the order of the commands, each once applied; the next batch is
             // proposed meanwhile.
             Ok(results) => {

@@ -31,6 +31,13 @@ impl From<Command> for LogCommand {
     }
 }
 
+impl LogCommand {
+    /// The command itself, copied only if the log still shares it.
+    pub fn into_command(self) -> Command {
+        Arc::unwrap_or_clone(self.0)
+    }
+}
+
 impl Deref for LogCommand {
     type Target = Command;
 

@@ -163,6 +163,14 @@ pub async fn read_frame_or_end<T: DeserializeOwned>(
     recv: &mut RecvStream,
     limit: usize,
 ) -> Result<Option<T>, WireError> {
+    match read_body_or_end(recv, limit).await? {
+        Some(body) => Ok(Some(frame::decode(&body, limit)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's body undecoded, or `None` when the sender finished the stream before it.
+pub async fn read_body_or_end(recv: &mut RecvStream, limit: usize) -> Result<Option<Vec<u8>>, WireError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -172,7 +180,7 @@ pub async fn read_frame_or_end<T: DeserializeOwned>(
     let len = frame::body_len(prefix, limit)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(stream_err)?;
-    Ok(Some(frame::decode(&body, limit)?))
+    Ok(Some(body))
 }
 
 pub async fn read_kind(recv: &mut RecvStream) -> Result<StreamKind, WireError> {

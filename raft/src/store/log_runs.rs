@@ -8,7 +8,6 @@
 
 use std::io;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -73,7 +72,7 @@ fn decode_at(first: u64, position: usize, bytes: &[u8]) -> io::Result<Entry> {
 
 /// Writes `entries` (each with its encoding), replacing whatever the log held from the first of
 /// them on. Consecutive entries share a run, up to the run limits.
-pub(super) fn write(txn: &WriteTransaction, entries: &[(u64, &Arc<[u8]>)]) -> io::Result<()> {
+pub(super) fn write(txn: &WriteTransaction, entries: &[(u64, &[u8])]) -> io::Result<()> {
     let Some(&(first, _)) = entries.first() else {
         return Ok(());
     };
@@ -93,7 +92,7 @@ pub(super) fn write(txn: &WriteTransaction, entries: &[(u64, &Arc<[u8]>)]) -> io
             bytes += entries[end].1.len() + LEN_PREFIX;
             end += 1;
         }
-        let run = encode_run(entries[start..end].iter().map(|(_, e)| &***e))?;
+        let run = encode_run(entries[start..end].iter().map(|(_, e)| *e))?;
         t.insert(run_first, run.as_slice()).map_err(io_err)?;
         start = end;
     }
@@ -230,6 +229,7 @@ mod tests {
     use crate::types::TypeConfig;
     use openraft::testing::blank_ent;
     use redb::{Database, ReadableDatabase};
+    use std::sync::Arc;
 
     fn db() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -249,7 +249,7 @@ mod tests {
 
     fn write_all(db: &Database, entries: &[(u64, Arc<[u8]>)]) {
         let txn = db.begin_write().expect("txn");
-        let refs: Vec<_> = entries.iter().map(|(i, e)| (*i, e)).collect();
+        let refs: Vec<_> = entries.iter().map(|(i, e)| (*i, &**e)).collect();
         write(&txn, &refs).expect("write");
         txn.commit().expect("commit");
     }

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use bytes::Bytes;
 use openraft::entry::RaftEntry;
 
 use crate::types::{Entry, LogId};
@@ -18,9 +19,10 @@ pub(super) const MAX_WRITTEN_IN_MEMORY: usize = 16_384;
 
 struct Slot {
     entry: Arc<Entry>,
-    /// The entry as the log table stores it, encoded by the appender so that the storage writer
-    /// (which every write waits on) only copies bytes.
-    encoded: Arc<[u8]>,
+    /// The entry as the log table stores it and the append stream sends it: encoded once, by
+    /// the appender or the leader that sent it, so that the storage writer (which every write
+    /// waits on) and the replication streams only copy bytes.
+    encoded: Bytes,
     /// Written to redb by a committed, fsynced transaction.
     written: bool,
 }
@@ -28,7 +30,7 @@ struct Slot {
 /// An appended entry with its encoding for the log table.
 pub(super) struct EncodedEntry {
     pub entry: Entry,
-    pub encoded: Arc<[u8]>,
+    pub encoded: Bytes,
 }
 
 /// The entries, keyed by index. Written entries always form a prefix of the map: the writer
@@ -45,7 +47,7 @@ pub(super) struct MemoryLog {
 pub(super) struct Unwritten {
     pub entries: Vec<Arc<Entry>>,
     /// Each entry's encoding, in the same order.
-    pub encoded: Vec<Arc<[u8]>>,
+    pub encoded: Vec<Bytes>,
     pub appended_seq: u64,
 }
 
@@ -143,6 +145,18 @@ impl MemoryLog {
         Some(self.slots.range(range).map(|(_, s)| Entry::clone(&s.entry)).collect())
     }
 
+    /// The encoding of each of `entries` that memory holds, if it holds that very entry.
+    pub fn encodings_of(&self, entries: &[Entry]) -> Vec<Option<Bytes>> {
+        entries
+            .iter()
+            .map(|e| {
+                let slot = self.slots.get(&e.index())?;
+                // Raft's log matching: the same log id at the same index is the same entry.
+                (slot.entry.log_id() == e.log_id()).then(|| slot.encoded.clone())
+            })
+            .collect()
+    }
+
     pub fn last_log_id(&self) -> Option<LogId> {
         self.slots.values().next_back().map(|s| s.entry.log_id())
     }
@@ -167,7 +181,7 @@ mod tests {
         range
             .map(|i| EncodedEntry {
                 entry: blank_ent::<TypeConfig>(1, 1u64.into(), i),
-                encoded: Arc::from(Vec::new()),
+                encoded: Bytes::new(),
             })
             .collect()
     }

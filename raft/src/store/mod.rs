@@ -9,6 +9,7 @@
 
 mod log_runs;
 mod memory;
+mod received;
 mod snapshot;
 mod writer;
 
@@ -22,6 +23,7 @@ use std::{
     sync::{Arc, Mutex, mpsc},
 };
 
+use bytes::Bytes;
 use causeway_catalog::CatalogSnapshot;
 use futures::StreamExt;
 use openraft::{
@@ -116,6 +118,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
     let log = Arc::new(Shared {
         db: db.clone(),
         memory: Mutex::new(MemoryLog::default()),
+        received: Mutex::new(Default::default()),
         committed: Mutex::new(None),
         applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
         handed: Arc::new(AtomicU64::new(0)),
@@ -208,6 +211,36 @@ impl StorageWriter {
 pub struct LogStore {
     log: Arc<Shared>,
     writer: StorageWriter,
+}
+
+impl LogStore {
+    /// The handle the append streams use to send and keep entries' encodings.
+    pub fn entry_encodings(&self) -> EntryEncodings {
+        EntryEncodings(self.log.clone())
+    }
+}
+
+/// Entries' log encodings, shared with the append streams: a leader sends each entry as it
+/// encoded it for its own log, and a follower keeps the bytes it received for its log, so that
+/// an entry is encoded once in the whole cluster instead of once per node and per stream.
+#[derive(Clone)]
+pub struct EntryEncodings(Arc<Shared>);
+
+impl EntryEncodings {
+    /// The encoding of each of `entries` that this node's log still holds in memory.
+    pub fn for_sending(&self, entries: &[Entry]) -> Vec<Option<Bytes>> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        lock(&self.0.memory).encodings_of(entries)
+    }
+
+    /// Keeps encodings received from the leader for the append that stores their entries.
+    pub fn received(&self, received: Vec<(LogId, Bytes)>) {
+        if !received.is_empty() {
+            lock(&self.0.received).add(received);
+        }
+    }
 }
 
 impl LogStore {
@@ -324,13 +357,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The Raft core does not wait for the fsync under way, so the appends made during one
         // round all go into the next.
         // Encoded here, on the appender's thread, before the memory log is locked.
-        let entries = entries
-            .into_iter()
-            .map(|entry| {
-                let encoded = Arc::from(enc(&entry)?);
-                Ok(memory::EncodedEntry { entry, encoded })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        // A follower stores the bytes its leader sent where it kept them.
+        let entries = {
+            let mut received = lock(&self.log.received);
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let encoded = match received.take(&entry) {
+                        Some(bytes) => bytes,
+                        None => Bytes::from(enc(&entry)?),
+                    };
+                    Ok(memory::EncodedEntry { entry, encoded })
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        };
         let seq = lock(&self.log.memory).append(entries);
         self.writer.send(Job::Flush(seq, callback))
     }

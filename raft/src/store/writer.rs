@@ -25,6 +25,7 @@ use openraft::{
 use redb::{Database, Durability, WriteTransaction};
 
 use super::memory::{MemoryLog, Unwritten, lock};
+use super::received::ReceivedEncodings;
 use super::{KEY_APPLIED, KEY_COMMITTED, KEY_MEMBERSHIP, META, SM_META, enc, io_err, log_runs, put, write_txn};
 use crate::types::{StoredMembership, TypeConfig};
 
@@ -53,6 +54,8 @@ pub(super) enum Job {
 pub(super) struct Shared {
     pub db: Arc<Database>,
     pub memory: Mutex<MemoryLog>,
+    /// Encodings of entries received from the leader, for the appends that store them.
+    pub received: Mutex<ReceivedEncodings>,
     /// The newest committed log id not yet written, encoded; a durable round persists it once
     /// `COMMITTED_WRITE_INTERVAL` has passed since the last write, and so does the stop.
     pub committed: Mutex<Option<Vec<u8>>>,
@@ -254,7 +257,7 @@ fn write_log(txn: &WriteTransaction, unwritten: &Unwritten) -> io::Result<()> {
         .entries
         .iter()
         .map(|e| e.index())
-        .zip(&unwritten.encoded)
+        .zip(unwritten.encoded.iter().map(|b| b.as_ref()))
         .collect();
     log_runs::write(txn, &entries)
 }

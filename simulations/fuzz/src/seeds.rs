@@ -17,7 +17,7 @@ use causeway_raft::{
     MemberNode, TypeConfig,
     status::{ClusterStatus, MemberStatus, Role},
     types::{Entry, SnapshotMeta, Vote},
-    wire::{ForwardRequest, ForwardResponse, RaftRequest, RaftResponse},
+    wire::{ForwardRequest, ForwardResponse, RaftRequest, RaftResponse, StreamKind},
 };
 use openraft::{
     EntryPayload, Membership, StoredMembership,
@@ -504,6 +504,12 @@ pub fn all() -> Vec<Seed> {
         let mut b = vec![kind];
         b.extend(pc(&req));
         add("raft_wire", &format!("request-{name}"), b);
+        // The same request as one frame of an append stream.
+        if let RaftRequest::Append(append) = &req {
+            let mut b = vec![StreamKind::Append as u8];
+            b.extend(pc(append));
+            add("raft_wire", &format!("append-stream-{name}"), b);
+        }
     }
     for (name, resp) in raft_responses() {
         add("raft_wire", &format!("response-{name}"), pc(&resp));

@@ -372,6 +372,9 @@ pub fn raft_wire(data: &[u8]) {
                 if let Some(req) = decode_framed::<RaftRequest>(body, k.limit()) {
                     raft_request(&req, body.len());
                 }
+                if k == StreamKind::Append {
+                    append_frame(body);
+                }
             }
             None => assert!(kind != 1 && kind != 2),
         }
@@ -397,6 +400,27 @@ pub fn raft_wire(data: &[u8]) {
                 let _ = e.len();
             }
         }
+    }
+}
+
+/// One request of an append stream, read into its entries' own bytes: whatever is accepted is
+/// written back from those slices into a frame that reads back to the same entries and slices
+/// (its other fields may come out in postcard's shortest form), and each slice is its entry.
+fn append_frame(body: &[u8]) {
+    let Ok((req, received)) = causeway_raft::append_frame::decode(bytes::Bytes::copy_from_slice(body), MAX_RPC_FRAME)
+    else {
+        return;
+    };
+    assert_eq!(received.len(), req.entries.len());
+    let encodings: Vec<_> = received.iter().map(|(_, b)| Some(b.clone())).collect();
+    let frame = causeway_raft::append_frame::encode(&req, &encodings, MAX_RPC_FRAME).expect("re-encode");
+    let again = bytes::Bytes::copy_from_slice(&frame[causeway_proto::frame::PREFIX_LEN..]);
+    let (_, received_again) = causeway_raft::append_frame::decode(again, MAX_RPC_FRAME).expect("own frame");
+    assert_eq!(received_again, received);
+    for ((id, bytes), entry) in received.iter().zip(&req.entries) {
+        assert_eq!(*id, entry.log_id);
+        let back: causeway_raft::types::Entry = postcard::from_bytes(bytes).expect("entry slice");
+        assert_eq!(back.log_id, entry.log_id);
     }
 }
 
