@@ -42,6 +42,15 @@ async fn shutdown_then_immediate_reopen_of_the_same_dir() {
             assert!(!matches!(again, CommandResult::ResourceRegistered(_)), "{again:?}");
         }
         cluster.shutdown().await;
+        // Shutdown returned because every other holder let go, not because it gave up waiting:
+        // only the node's handle and this one hold the database now.
+        let db = cluster.database();
+        assert_eq!(
+            std::sync::Arc::strong_count(&db),
+            2,
+            "round {round}: database still held"
+        );
+        drop(db);
         drop(cluster);
         ep.close().await;
     }

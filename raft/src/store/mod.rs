@@ -20,7 +20,7 @@ use std::{
     ops::{Bound, RangeBounds},
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, Weak, mpsc},
 };
 
 use bytes::Bytes;
@@ -216,29 +216,34 @@ pub struct LogStore {
 impl LogStore {
     /// The handle the append streams use to send and keep entries' encodings.
     pub fn entry_encodings(&self) -> EntryEncodings {
-        EntryEncodings(self.log.clone())
+        EntryEncodings(Arc::downgrade(&self.log))
     }
 }
 
 /// Entries' log encodings, shared with the append streams: a leader sends each entry as it
 /// encoded it for its own log, and a follower keeps the bytes it received for its log, so that
 /// an entry is encoded once in the whole cluster instead of once per node and per stream.
+///
+/// Weak, so that a stream still open does not keep a stopped node's database open: a node's
+/// shutdown waits for every other holder of its database to let go.
 #[derive(Clone)]
-pub struct EntryEncodings(Arc<Shared>);
+pub struct EntryEncodings(Weak<Shared>);
 
 impl EntryEncodings {
     /// The encoding of each of `entries` that this node's log still holds in memory.
     pub fn for_sending(&self, entries: &[Entry]) -> Vec<Option<Bytes>> {
-        if entries.is_empty() {
-            return Vec::new();
+        match self.0.upgrade() {
+            Some(log) if !entries.is_empty() => lock(&log.memory).encodings_of(entries),
+            _ => Vec::new(),
         }
-        lock(&self.0.memory).encodings_of(entries)
     }
 
     /// Keeps encodings received from the leader for the append that stores their entries.
     pub fn received(&self, received: Vec<(LogId, Bytes)>) {
-        if !received.is_empty() {
-            lock(&self.0.received).add(received);
+        if let Some(log) = self.0.upgrade()
+            && !received.is_empty()
+        {
+            lock(&log.received).add(received);
         }
     }
 }
