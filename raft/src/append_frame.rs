@@ -19,34 +19,27 @@ type Request = AppendEntriesRequest<TypeConfig>;
 /// The whole frame (length prefix and body) of `request`. `encodings[i]`, when given, is the
 /// log encoding of `request.entries[i]`; entries without one are encoded here.
 pub fn encode(request: &Request, encodings: &[Option<Bytes>], limit: usize) -> Result<Vec<u8>, FrameError> {
-    let fresh = request
+    // A given encoding is shared (a reference count), not copied, until the frame is built.
+    let entries = request
         .entries
         .iter()
         .enumerate()
         .map(|(i, entry)| match encodings.get(i) {
-            Some(Some(_)) => Ok(None),
-            _ => frame::encode(entry, limit).map(Some),
+            Some(Some(bytes)) => Ok(bytes.clone()),
+            _ => frame::encode(entry, limit).map(Bytes::from),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let head = frame::encode(&(&request.vote, &request.prev_log_id, request.entries.len()), limit)?;
     let tail = frame::encode(&request.leader_commit, limit)?;
-    let entry_bytes = |i: usize| -> &[u8] {
-        match (&fresh[i], encodings.get(i)) {
-            (Some(bytes), _) => bytes,
-            (None, Some(Some(bytes))) => bytes,
-            // `fresh` holds an encoding wherever `encodings` does not.
-            (None, _) => &[],
-        }
-    };
-    let len = head.len() + tail.len() + (0..fresh.len()).map(|i| entry_bytes(i).len()).sum::<usize>();
+    let len = head.len() + tail.len() + entries.iter().map(Bytes::len).sum::<usize>();
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
     let mut out = Vec::with_capacity(frame::PREFIX_LEN + len);
     out.extend_from_slice(&frame::prefix(len));
     out.extend_from_slice(&head);
-    for i in 0..fresh.len() {
-        out.extend_from_slice(entry_bytes(i));
+    for bytes in &entries {
+        out.extend_from_slice(bytes);
     }
     out.extend_from_slice(&tail);
     Ok(out)

@@ -43,10 +43,10 @@ impl ReceivedEncodings {
             if front.index() > index {
                 return None;
             }
-            let at_or_before = front.index() == index;
+            let at_index = front.index() == index;
             let (id, encoded) = self.queue.pop_front()?;
             self.bytes -= encoded.len();
-            if at_or_before {
+            if at_index {
                 // Raft's log matching: the same log id at the same index is the same entry.
                 return (id == entry.log_id()).then_some(encoded);
             }
