@@ -101,10 +101,9 @@ fn read_key_in<T: DeserializeOwned>(
         .transpose()
 }
 
-/// Opens (or creates) the node's database and returns its log store and state machine.
-pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
-    let db = Arc::new(Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?);
-    let txn = write_txn(&db, Durability::Immediate)?;
+/// Creates the tables a node's database holds, moving older layouts into the current one.
+fn create_tables(db: &Database) -> io::Result<()> {
+    let txn = write_txn(db, Durability::Immediate)?;
     {
         log_runs::create(&txn)?;
         txn.open_table(META).map_err(io_err)?;
@@ -112,7 +111,13 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         txn.delete_table(STORED_SNAPSHOT).map_err(io_err)?;
         causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
     }
-    txn.commit().map_err(io_err)?;
+    txn.commit().map_err(io_err)
+}
+
+/// Opens (or creates) the node's database and returns its log store and state machine.
+pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
+    let db = Arc::new(Database::create(path).map_err(|e| io_err(format!("open {}: {e}", path.display())))?);
+    create_tables(&db)?;
     let (tx, rx) = mpsc::channel::<Job>();
     let (applied, _) = applied_state(&db)?;
     let log = Arc::new(Shared {

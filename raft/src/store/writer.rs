@@ -1,8 +1,9 @@
 //! The storage writer: one thread that makes every routine write to the node's redb file, so
 //! log flushes and state-machine applies share transactions instead of contending for redb's
-//! single write lock. Each round takes whatever is queued: it writes the unwritten log entries
-//! and applies the committed entries handed over since the last round, in one transaction that
-//! is fsynced when it carries log entries (group commit) and not otherwise.
+//! single write lock. Each round takes whatever is queued, and whatever arrives while it
+//! works: it applies the committed entries handed over, then writes the log entries appended so
+//! far, in one transaction that is fsynced when it carries log entries (group commit) and not
+//! otherwise.
 //!
 //! Openraft hands over committed entries one apply at a time and waits for each; the writer
 //! takes them without making openraft wait for the round, so the applies queued behind one
@@ -107,39 +108,50 @@ struct Progress {
     entries_written: u64,
 }
 
+/// The jobs one round has taken, besides its applies (which it does as it takes them).
+#[derive(Default)]
+struct Taken {
+    flushes: Vec<(u64, IOFlushed<TypeConfig>)>,
+    barriers: Vec<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    /// Jobs taken so far, against [`MAX_JOBS_PER_ROUND`].
+    jobs: usize,
+    stop: bool,
+}
+
+impl Taken {
+    /// Whether the round may take another job.
+    fn open(&self) -> bool {
+        !self.stop && self.jobs < MAX_JOBS_PER_ROUND
+    }
+
+    /// Keeps `job` for the round; an apply is handed back, to be done at once.
+    fn take(&mut self, job: Job) -> Option<Vec<EntryResponder<TypeConfig>>> {
+        self.jobs += 1;
+        match job {
+            Job::Flush(seq, done) => self.flushes.push((seq, done)),
+            Job::Apply(entries) => return Some(entries),
+            Job::Barrier(done) => self.barriers.push(done),
+            Job::Stop => self.stop = true,
+        }
+        None
+    }
+}
+
 /// Runs rounds until told to stop or every sender is gone.
 pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
     let mut progress = Progress::default();
-    let mut stop = false;
-    while !stop {
+    loop {
         let Some(first) = next_job(&rx) else { break };
-        let mut flushes = Vec::new();
-        let mut applies = Vec::new();
-        let mut barriers = Vec::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(job) = next.take() {
-            match job {
-                Job::Flush(seq, done) => flushes.push((seq, done)),
-                Job::Apply(entries) => applies.push(entries),
-                Job::Barrier(done) => barriers.push(done),
-                Job::Stop => {
-                    stop = true;
-                    break;
-                }
-            }
-            taken += 1;
-            if taken < MAX_JOBS_PER_ROUND {
-                next = rx.try_recv().ok();
-            }
-        }
-        round(shared, &mut progress, flushes, applies);
-        if stop {
+        let taken = round(shared, &mut progress, &rx, first);
+        if taken.stop {
             write_committed_on_stop(shared);
         }
-        for done in barriers {
+        for done in taken.barriers {
             // The receiver is gone only when its caller stopped waiting.
             let _ = done.send(shared.failure());
+        }
+        if taken.stop {
+            break;
         }
     }
 }
@@ -160,32 +172,25 @@ fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-/// One transaction for everything taken: the log entries (when an append is not yet durable)
-/// and the applies, in the order openraft handed them over.
-fn round(
-    shared: &Shared,
-    progress: &mut Progress,
-    flushes: Vec<(u64, IOFlushed<TypeConfig>)>,
-    applies: Vec<Vec<EntryResponder<TypeConfig>>>,
-) {
-    if flushes.is_empty() && applies.is_empty() {
-        return;
-    }
-    // An append an earlier round already wrote (a round takes every unwritten entry, not only
-    // those of its own requests) needs no fsync of its own.
-    let durable = flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
+/// One transaction, starting with `first`, for everything queued until the round picks its log
+/// entries: the applies in the order openraft handed them over, then the entries appended so
+/// far (when an append is not yet durable). Returns what it took besides the applies.
+fn round(shared: &Shared, progress: &mut Progress, rx: &mpsc::Receiver<Job>, first: Job) -> Taken {
+    let mut taken = Taken::default();
     let written_before = progress.entries_written;
-    let applies_taken = applies.len();
-    let entries_applied = applies.iter().map(Vec::len).sum::<usize>();
+    let mut counts = RoundCounts::default();
+    // Taken before anything can fail, so that a failed round still answers the job's flush,
+    // barrier or stop (an apply's clients learn of the failure from their dropped responders).
+    let first_apply = taken.take(first);
     let result = shared
         .failure()
-        .and_then(|()| write_round(shared, progress, durable, applies));
+        .and_then(|()| write_round(shared, progress, rx, first_apply, &mut taken, &mut counts));
     tracing::debug!(
-        appends = flushes.len(),
+        appends = taken.flushes.len(),
         entries_written = progress.entries_written - written_before,
-        applies = applies_taken,
-        entries_applied,
-        fsync = durable,
+        applies = counts.applies,
+        entries_applied = counts.entries_applied,
+        fsync = counts.fsync,
         ok = result.is_ok(),
         "raft storage round"
     );
@@ -200,31 +205,66 @@ fn round(
             Err(e.to_string())
         }
     };
-    for (_, done) in flushes {
+    for (_, done) in std::mem::take(&mut taken.flushes) {
         done.io_completed(outcome.clone().map_err(io_err));
     }
+    taken
+}
+
+/// What a round did, for the debug log.
+#[derive(Default)]
+struct RoundCounts {
+    applies: usize,
+    entries_applied: usize,
+    fsync: bool,
 }
 
 /// Writes one round, answering each applied entry's client as soon as its result is known.
+///
+/// Jobs that arrive while the round works join it until it commits. Under load that is what
+/// keeps a write to two rounds: the apply of the entries the last round made durable arrives
+/// just after that round, while this one is writing, and would otherwise wait out this round's
+/// fsync too; and the writes of clients answered early in this round are made durable with it.
+/// The log entries are picked last, after the write lock is taken and after every job the round
+/// took, so every entry an apply refers to (appended before its apply was handed over) is
+/// written no later than in this transaction, and a truncation that removes picked entries from
+/// memory waits for this commit and then deletes them from redb too.
 fn write_round(
     shared: &Shared,
     progress: &mut Progress,
-    durable: bool,
-    applies: Vec<Vec<EntryResponder<TypeConfig>>>,
+    rx: &mpsc::Receiver<Job>,
+    first_apply: Option<Vec<EntryResponder<TypeConfig>>>,
+    taken: &mut Taken,
+    counts: &mut RoundCounts,
 ) -> io::Result<()> {
-    let txn = write_txn(
-        &shared.db,
-        if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        },
-    )?;
-    // Picked after the write lock is taken: a truncation that removes entries from memory after
-    // this point waits for this commit and then deletes them from redb too.
-    let unwritten = durable.then(|| lock(&shared.memory).unwritten());
-    if let Some(unwritten) = &unwritten {
-        write_log(&txn, unwritten)?;
+    let mut txn = write_txn(&shared.db, Durability::None)?;
+    let mut newest_applied = progress.applied;
+    let mut catalog = StateWriter::new(&txn);
+    let mut apply = first_apply;
+    loop {
+        if let Some(entries) = apply.take() {
+            counts.applies += 1;
+            counts.entries_applied += entries.len();
+            if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
+                newest_applied = Some(last);
+            }
+        }
+        if !taken.open() {
+            break;
+        }
+        match rx.try_recv() {
+            Ok(job) => apply = taken.take(job),
+            Err(_) => break,
+        }
+    }
+    drop(catalog);
+    // An append an earlier round already wrote (a round takes every unwritten entry, not only
+    // those of its own requests) needs no fsync of its own.
+    counts.fsync = taken.flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
+    let unwritten = if counts.fsync {
+        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+        let unwritten = lock(&shared.memory).unwritten();
+        write_log(&txn, &unwritten)?;
         let due = progress
             .committed_written_at
             .is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL);
@@ -232,17 +272,12 @@ fn write_round(
             progress.committed_written_at = Some(Instant::now());
         }
         progress.entries_written += unwritten.entries.len() as u64;
-    }
-    let mut applied = progress.applied;
-    let mut catalog = StateWriter::new(&txn);
-    for entries in applies {
-        if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
-            applied = Some(last);
-        }
-    }
-    drop(catalog);
+        Some(unwritten)
+    } else {
+        None
+    };
     txn.commit().map_err(io_err)?;
-    progress.applied = applied;
+    progress.applied = newest_applied;
     let mut memory = lock(&shared.memory);
     if let Some(unwritten) = unwritten {
         memory.mark_written(&unwritten.entries);
@@ -325,4 +360,151 @@ fn apply_entries(
         put(txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
     }
     Ok(last.map(|l| l.index()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use openraft::{testing::blank_ent, type_config::TypeConfigExt};
+    use redb::ReadableDatabase;
+
+    use super::super::memory::EncodedEntry;
+    use super::*;
+    use crate::types::Entry;
+
+    fn shared(dir: &std::path::Path) -> Shared {
+        let db = Arc::new(Database::create(dir.join("node.redb")).unwrap());
+        super::super::create_tables(&db).unwrap();
+        Shared {
+            db,
+            memory: Mutex::new(MemoryLog::default()),
+            received: Mutex::new(Default::default()),
+            committed: Mutex::new(None),
+            applied: tokio::sync::watch::channel(None).0,
+            handed: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range.map(|i| blank_ent::<TypeConfig>(1, 1u64.into(), i)).collect()
+    }
+
+    /// Appends `entries` to memory the way the log store does and queues their flush.
+    fn append(
+        shared: &Shared,
+        tx: &mpsc::Sender<Job>,
+        entries: &[Entry],
+    ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
+        let encoded = entries.iter().map(|e| EncodedEntry {
+            entry: e.clone(),
+            encoded: enc(e).unwrap().into(),
+        });
+        let seq = lock(&shared.memory).append(encoded);
+        let (done, flushed) = TypeConfig::oneshot();
+        tx.send(Job::Flush(seq, IOFlushed::signal(done))).unwrap();
+        flushed
+    }
+
+    fn apply(tx: &mpsc::Sender<Job>, entries: Vec<Entry>) {
+        tx.send(Job::Apply(entries.into_iter().map(|e| (e, None)).collect()))
+            .unwrap();
+    }
+
+    /// Everything queued goes into one transaction, and the log entries are picked after the
+    /// applies: an apply handed over after a later append still finds every entry it refers to
+    /// written with it, and every flush and barrier is answered once that transaction commits.
+    #[test]
+    fn a_round_applies_what_it_takes_and_writes_every_entry_appended_before_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let (tx, rx) = mpsc::channel();
+        let first = append(&shared, &tx, &entries(1..=3));
+        apply(&tx, entries(1..=3));
+        let second = append(&shared, &tx, &entries(4..=5));
+        apply(&tx, entries(4..=5));
+        let (done, barrier) = tokio::sync::oneshot::channel();
+        tx.send(Job::Barrier(done)).unwrap();
+        tx.send(Job::Stop).unwrap();
+
+        let mut progress = Progress::default();
+        let job = rx.recv().unwrap();
+        let taken = round(&shared, &mut progress, &rx, job);
+        assert!(taken.stop, "the round took every queued job, the stop too");
+        assert_eq!(taken.barriers.len(), 1);
+        assert_eq!(progress.entries_written, 5);
+        assert_eq!(progress.durable_seq, 2);
+        assert_eq!(*shared.applied.borrow(), Some(5));
+        for done in taken.barriers {
+            done.send(shared.failure()).unwrap();
+        }
+        for flushed in [first, second, barrier] {
+            flushed.blocking_recv().unwrap().unwrap();
+        }
+        // Applied and written entries leave memory; the log and the applied index are in redb.
+        assert!(lock(&shared.memory).last_log_id().is_none());
+        let read = shared.db.begin_read().unwrap();
+        let log = log_runs::read(
+            &read,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            u64::MAX,
+        )
+        .unwrap();
+        assert_eq!(log.iter().map(|e| e.index()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        let (applied, _) = super::super::applied_state_in(&read).unwrap();
+        assert_eq!(applied.map(|l| l.index()), Some(5));
+    }
+
+    /// A round writes every unwritten entry, so the flush of a later append is answered by an
+    /// earlier round; a round that only applies entries written already writes no log.
+    #[test]
+    fn a_round_writes_each_entry_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let (tx, rx) = mpsc::channel();
+        let mut progress = Progress::default();
+        let first = append(&shared, &tx, &entries(1..=2));
+        let second = append(&shared, &tx, &entries(3..=3));
+        // Both appends' entries are written by the round of the first flush.
+        let job = rx.recv().unwrap();
+        round(&shared, &mut progress, &rx, job);
+        assert_eq!((progress.entries_written, progress.durable_seq), (3, 2));
+        first.blocking_recv().unwrap().unwrap();
+        second.blocking_recv().unwrap().unwrap();
+
+        apply(&tx, entries(1..=3));
+        let job = rx.recv().unwrap();
+        round(&shared, &mut progress, &rx, job);
+        assert_eq!(progress.entries_written, 3, "an apply-only round writes no log");
+        assert_eq!(*shared.applied.borrow(), Some(3));
+    }
+
+    /// After a failure every job is still answered, each with the failure: openraft waits for
+    /// a flush's report, `settle` for a barrier's, and a stop must end the writer.
+    #[test]
+    fn after_a_failure_every_job_is_answered_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        *lock(&shared.failed) = Some("the disk is gone".into());
+        let (tx, rx) = mpsc::channel();
+        let flushed = append(&shared, &tx, &entries(1..=1));
+        let (done, barrier) = tokio::sync::oneshot::channel();
+        tx.send(Job::Barrier(done)).unwrap();
+        let (done, second_barrier) = tokio::sync::oneshot::channel();
+        tx.send(Job::Barrier(done)).unwrap();
+        tx.send(Job::Stop).unwrap();
+        let flushed_after_stop = append(&shared, &tx, &entries(2..=2));
+        drop(tx);
+        run(&shared, rx);
+
+        for answer in [flushed, barrier, second_barrier] {
+            let e = answer.blocking_recv().expect("answered").expect_err("with the failure");
+            assert!(e.to_string().contains("the disk is gone"), "{e}");
+        }
+        assert!(
+            flushed_after_stop.blocking_recv().is_err(),
+            "the writer ended at the stop"
+        );
+    }
 }
