@@ -79,8 +79,8 @@ pub fn kind(kind: &str) -> Result<(), String> {
             && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
     };
-    let segments: Vec<&str> = kind.split('/').collect();
-    if segments.len() > 2 || !segments.iter().all(|s| ok_segment(s)) {
+    // Checked without collecting the segments: this runs in every register's apply.
+    if kind.split('/').count() > 2 || !kind.split('/').all(ok_segment) {
         return Err(format!(
             "invalid kind {kind:?}: use lowercase words like \"artifact\" or \"forge/repo\""
         ));

@@ -258,6 +258,10 @@ fn write_round(
         }
     }
     drop(catalog);
+    if counts.applies == 0 && taken.flushes.is_empty() {
+        // Only barriers or a stop: nothing to commit.
+        return Ok(());
+    }
     // An append an earlier round already wrote (a round takes every unwritten entry, not only
     // those of its own requests) needs no fsync of its own.
     counts.fsync = taken.flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
