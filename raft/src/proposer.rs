@@ -67,6 +67,18 @@ async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(LogCommand, Reply)>)
         if rx.recv_many(&mut batch, MAX_PROPOSAL_BATCH).await == 0 {
             return;
         }
+        // Writers are answered one by one as the storage writer applies their entries, and each
+        // writes again at once: woken by the first, this task would propose about one command
+        // per batch (1.25 on average at 256 writers). Letting the other woken tasks run first
+        // gathers what they queue meanwhile (43 on average), for one yield's cost to a lone
+        // writer.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_PROPOSAL_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
         let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         tracing::debug!(commands = commands.len(), "proposing");
         match raft.client_write_many(commands).await {
