@@ -221,10 +221,11 @@ struct RoundCounts {
 
 /// Writes one round, answering each applied entry's client as soon as its result is known.
 ///
-/// Jobs that arrive while the round works join it until it commits. Under load that is what
-/// keeps a write to two rounds: the apply of the entries the last round made durable arrives
-/// just after that round, while this one is writing, and would otherwise wait out this round's
-/// fsync too; and the writes of clients answered early in this round are made durable with it.
+/// Jobs that arrive while the round works join it, until the round finds the queue empty or
+/// has taken [`MAX_JOBS_PER_ROUND`]. Under load that is what keeps a write to two rounds: the
+/// apply of the entries the last round made durable arrives just after that round, while this
+/// one is writing, and would otherwise wait out this round's fsync too; and the writes of
+/// clients answered early in this round are made durable with it.
 /// The log entries are picked last, after the write lock is taken and after every job the round
 /// took, so every entry an apply refers to (appended before its apply was handed over) is
 /// written no later than in this transaction, and a truncation that removes picked entries from
