@@ -56,6 +56,45 @@ fn three_nodes_replicate_survive_leader_loss_and_full_restart() {
     }
 }
 
+/// A leader fsyncs its own log after it replicates, so its followers can commit an entry it
+/// loses when killed. Restored as leader in the same term, it would write other entries under
+/// log ids the followers already hold and the replicas would diverge (seen in a chaos run); a
+/// restarted leader must instead wait for an election, which brings a later term.
+#[test]
+fn a_killed_leader_restarted_does_not_lead_again_in_its_old_term() {
+    let h = Harness::new();
+    // Followers that time out this late still follow the old term when the leader is back: a
+    // leader restored in that term would go on leading it.
+    let mut nodes = h.three_node_cluster(|c| {
+        c.raft.election_min_ms = 4_000;
+        c.raft.election_max_ms = 5_000;
+    });
+    nodes[0].register("before");
+    let status = wait_for_voters(&nodes[0], 3);
+    let old_leader = status["leader"].as_str().unwrap().to_string();
+    let old_term = status["term"].as_u64().unwrap();
+    let li = nodes.iter().position(|n| n.endpoint_id() == old_leader).unwrap();
+
+    nodes[li].kill9();
+    nodes[li].start();
+    let new_term = wait_for("a leader in a later term", || {
+        let s = nodes[li].try_json(&["cluster", "status"])?;
+        let (leader, term) = (s["leader"].as_str(), s["term"].as_u64()?);
+        assert!(
+            !(leader == Some(old_leader.as_str()) && term == old_term),
+            "the restarted node leads again in its old term {old_term}"
+        );
+        (leader.is_some() && term > old_term).then_some(term)
+    });
+    assert!(new_term > old_term);
+    nodes[(li + 1) % 3].register("after");
+    for n in &nodes {
+        wait_for("both writes everywhere", || {
+            n.resource_names().filter(|names| names == &["after", "before"])
+        });
+    }
+}
+
 #[test]
 fn lagging_node_catches_up_through_a_snapshot() {
     let h = Harness::new();

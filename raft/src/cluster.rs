@@ -162,6 +162,14 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.keep_logs,
             install_snapshot_timeout: 60_000,
+            // A leader replicates entries before its own fsync of them (the log flush is
+            // asynchronous), so its followers can commit an entry the leader loses in a crash.
+            // Restored as leader in the same term after a restart, it would write different
+            // entries under log ids its followers already hold, and they would keep theirs (same
+            // log id, same entry, by Raft's log matching): the replicas diverge. A restarted
+            // leader therefore waits for an election, which a node missing committed entries
+            // cannot win.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
