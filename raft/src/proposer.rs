@@ -8,7 +8,10 @@
 
 use causeway_catalog::CommandResult;
 use futures::StreamExt;
+use openraft::OptionalSend;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResult;
+use openraft::raft::responder::Responder;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::leader_named;
@@ -34,6 +37,29 @@ pub enum Proposed {
 }
 
 type Reply = oneshot::Sender<Proposed>;
+
+/// Answers a write proposed on its own straight from where openraft completes it (the storage
+/// writer, as it applies the entry), instead of through a task that forwards the answer.
+pub struct WriteReply<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T: OptionalSend + 'static> Responder<TypeConfig, T> for WriteReply<T> {
+    fn on_complete(self, result: T) {
+        (self.0)(result)
+    }
+}
+
+impl WriteReply<ClientWriteResult<TypeConfig>> {
+    fn to(reply: Reply) -> Self {
+        WriteReply(Box::new(move |result: ClientWriteResult<TypeConfig>| {
+            let answer = match result {
+                Ok(response) => Proposed::Applied(response.data),
+                Err(e) => not_leader_or_failed(RaftError::APIError(e)),
+            };
+            // A writer that stopped waiting no longer needs its answer.
+            let _ = reply.send(answer);
+        }))
+    }
+}
 
 /// The queue writers put their commands on.
 #[derive(Clone)]
@@ -78,6 +104,14 @@ async fn propose_queued(raft: Raft, mut rx: mpsc::Receiver<(LogCommand, Reply)>)
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
+        }
+        if batch.len() == 1 {
+            if let Some((command, reply)) = batch.pop() {
+                // Its answer needs no forwarding task; a dropped reply tells the writer the node
+                // stopped.
+                let _ = raft.write(command).responder(WriteReply::to(reply)).await;
+            }
+            continue;
         }
         let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         tracing::debug!(commands = commands.len(), "proposing");

@@ -64,14 +64,32 @@ impl<'de> Deserialize<'de> for LogCommand {
     }
 }
 
-openraft::declare_raft_types!(
-    /// Causeway's Raft types.
-    pub TypeConfig:
-        D = LogCommand,
-        R = CommandResult,
-        NodeId = EndpointKey,
-        Node = MemberNode,
-);
+/// Causeway's Raft types. Written out rather than declared with openraft's macro, whose type
+/// list cannot name a generic responder.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = LogCommand;
+    type R = CommandResult;
+    type NodeId = EndpointKey;
+    type Node = MemberNode;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry = openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Responder<T>
+        = crate::proposer::WriteReply<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type AsyncRuntime = openraft::impls::TokioRuntime;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
 
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
