@@ -128,6 +128,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         applied: tokio::sync::watch::channel(applied.map(|l| l.index())).0,
         handed: Arc::new(AtomicU64::new(0)),
         failed: Arc::new(Mutex::new(None)),
+        apply_hold: writer::APPLY_HOLD,
     });
     let writer_log = log.clone();
     let thread = std::thread::Builder::new()
@@ -445,16 +446,20 @@ impl StateMachineStore {
         ApplyProgress {
             handed: self.log.handed.clone(),
             failed: self.log.failed.clone(),
+            writer: self.writer.tx.clone(),
         }
     }
 }
 
 /// The applies handed to the writer, and whether it has failed. It holds no part of the store,
-/// so that it does not keep the database open after a shutdown.
+/// so that it does not keep the database open after a shutdown (its sender to the writer does
+/// not keep the writer running: the writer stops on `StorageWriter::stop`).
 #[derive(Clone)]
 pub struct ApplyProgress {
     handed: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
+    /// For asking the writer to publish what it has applied.
+    writer: mpsc::Sender<Job>,
 }
 
 impl ApplyProgress {
@@ -467,6 +472,13 @@ impl ApplyProgress {
     /// Why the storage writer stopped applying, if it has: nothing handed over is applied after.
     pub fn failure(&self) -> io::Result<()> {
         writer::failure_of(&self.failed)
+    }
+
+    /// Asks the writer to commit its round now if the round is waiting for a log flush to
+    /// share its commit: a reader waits for an entry it has applied.
+    pub fn publish(&self) {
+        // A send error means the writer stopped; the reader learns of it from the applied index.
+        let _ = self.writer.send(Job::Publish);
     }
 }
 
