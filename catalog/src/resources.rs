@@ -88,12 +88,12 @@ fn record_change(
         shares_before: before.map(|r| r.shares.clone()).unwrap_or_default(),
         after: after.map(ResourceSummary::from),
     };
-    let t = w.changes()?;
-    t.insert(seq.to_be_bytes().as_slice(), encode(&change)?.as_slice())?;
+    w.push_change(seq, encode(&change)?)?;
     if seq % CHANGE_PRUNE_STEP == 0 && seq > MAX_CHANGES {
         // Every replica prunes at the same sequence numbers, so their feeds stay identical.
+        w.flush_changes()?;
         let cutoff = (seq - MAX_CHANGES + 1).to_be_bytes();
-        t.retain_in(..cutoff.as_slice(), |_, _| false)?;
+        w.changes()?.retain_in(..cutoff.as_slice(), |_, _| false)?;
     }
     Ok(())
 }
@@ -435,7 +435,7 @@ mod tests {
             for _ in 0..n {
                 record_change(&mut w, "dash", ChangeKind::Registered, None, None, 1).unwrap();
             }
-            drop(w);
+            w.finish().unwrap();
             txn.commit().unwrap();
         };
         record(CHANGE_PRUNE_STEP - 1);

@@ -113,7 +113,10 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
 /// state machine cannot skip an entry); rule violations become `CommandResult::Rejected`.
 /// To apply many in one transaction, use one [`crate::StateWriter`] for all of them.
 pub fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
-    crate::StateWriter::new(txn).apply(cmd)
+    let mut writer = crate::StateWriter::new(txn);
+    let result = writer.apply(cmd)?;
+    writer.finish()?;
+    Ok(result)
 }
 
 /// Applies a command about the cluster itself: its identity, invites and card.

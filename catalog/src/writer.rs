@@ -1,6 +1,9 @@
 //! Applying many commands in one write transaction: the resource and change-feed tables, which
 //! every resource command touches, are opened once for the whole batch instead of once or twice
-//! per command (opening a redb table costs about as much as the write itself).
+//! per command (opening a redb table costs about as much as the write itself), and the batch's
+//! change-feed rows are appended together at the feed's end instead of one B-tree insert each.
+
+use std::ops::Bound;
 
 use redb::{Table, WriteTransaction};
 
@@ -16,7 +19,13 @@ pub struct StateWriter<'txn> {
     changes: Option<RowTable<'txn>>,
     /// The change feed's newest sequence number, read once per writer instead of once per change.
     newest_change: Option<u64>,
+    /// Change-feed rows recorded and not yet in the table, in sequence order, all newer than the
+    /// table's: appended through one cursor at the table's end (see [`Self::flush_changes`]).
+    pending_changes: Vec<(u64, Vec<u8>)>,
 }
+
+/// Most change-feed rows a writer keeps before appending them to the table.
+const MAX_PENDING_CHANGES: usize = 4096;
 
 impl<'txn> StateWriter<'txn> {
     pub fn new(txn: &'txn WriteTransaction) -> Self {
@@ -25,7 +34,14 @@ impl<'txn> StateWriter<'txn> {
             resources: None,
             changes: None,
             newest_change: None,
+            pending_changes: Vec::new(),
         }
+    }
+
+    /// Appends the change-feed rows still pending; call before committing, to see its error (a
+    /// writer dropped without it appends them too, but can only log a failure).
+    pub fn finish(mut self) -> Result<(), CatalogError> {
+        self.flush_changes()
     }
 
     /// Applies one committed command. Storage errors are returned (the caller must stop, as the
@@ -42,25 +58,27 @@ impl<'txn> StateWriter<'txn> {
             Command::AddLink { .. }
             | Command::PinLink { .. }
             | Command::UpdatePeerCard { .. }
-            | Command::RemoveLink { .. } => crate::links::apply(self.uncached(), cmd),
+            | Command::RemoveLink { .. } => crate::links::apply(self.uncached()?, cmd),
             Command::PeerCatalogUpdate { .. } | Command::PeerCatalogSync { .. } => {
-                crate::peer_views::apply(self.uncached(), cmd)
+                crate::peer_views::apply(self.uncached()?, cmd)
             }
             Command::InitCluster { .. }
             | Command::CreateInvite { .. }
             | Command::RedeemInvite { .. }
-            | Command::SetOwnCard { .. } => crate::state::apply_cluster(self.uncached(), cmd),
+            | Command::SetOwnCard { .. } => crate::state::apply_cluster(self.uncached()?, cmd),
         }
     }
 
     /// The transaction for code that opens the tables it needs itself: redb refuses to open a
     /// table twice, so the cached ones are closed first.
-    fn uncached(&mut self) -> &'txn WriteTransaction {
+    fn uncached(&mut self) -> Result<&'txn WriteTransaction, CatalogError> {
+        // Pending rows go in while the feed is still ours: that code may open it itself.
+        self.flush_changes()?;
         self.resources = None;
         self.changes = None;
         // Code given the bare transaction may record changes of its own.
         self.newest_change = None;
-        self.txn
+        Ok(self.txn)
     }
 
     pub(crate) fn txn(&self) -> &'txn WriteTransaction {
@@ -86,6 +104,41 @@ impl<'txn> StateWriter<'txn> {
 
     pub(crate) fn changes(&mut self) -> Result<&mut RowTable<'txn>, CatalogError> {
         open(self.txn, &mut self.changes, CHANGES)
+    }
+
+    /// Records change `seq` (the number [`Self::next_change_seq`] gave), encoded as `row`.
+    pub(crate) fn push_change(&mut self, seq: u64, row: Vec<u8>) -> Result<(), CatalogError> {
+        self.pending_changes.push((seq, row));
+        if self.pending_changes.len() >= MAX_PENDING_CHANGES {
+            self.flush_changes()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the pending change-feed rows at the table's end, through one cursor: their keys
+    /// are newer than every key in the table, so they fill the last leaf and new ones after it
+    /// instead of walking the tree once per row.
+    pub(crate) fn flush_changes(&mut self) -> Result<(), CatalogError> {
+        if self.pending_changes.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_changes);
+        let table = self.changes()?;
+        let mut end = table.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
+        for (seq, row) in &pending {
+            end.insert_before(seq.to_be_bytes().as_slice(), row.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        end.close()?;
+        Ok(())
+    }
+}
+
+impl Drop for StateWriter<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_changes() {
+            tracing::error!(error = %e, "could not append the catalog's change-feed rows");
+        }
     }
 }
 
@@ -142,7 +195,7 @@ mod tests {
         let txn = batched.begin_write().unwrap();
         let mut writer = StateWriter::new(&txn);
         let together: Vec<_> = mixed().iter().map(|c| writer.apply(c).unwrap()).collect();
-        drop(writer);
+        writer.finish().unwrap();
         txn.commit().unwrap();
 
         let (_d2, single) = db();
@@ -151,5 +204,25 @@ mod tests {
         assert_eq!(together, apart);
         let export = |db: &redb::Database| crate::state::export(&db.begin_read().unwrap()).unwrap();
         assert_eq!(export(&batched), export(&single));
+        let feed = |db: &redb::Database| crate::resources::changes_after(&db.begin_read().unwrap(), 0, 100).unwrap();
+        assert!(!feed(&batched).0.is_empty());
+        assert_eq!(feed(&batched), feed(&single));
+    }
+
+    /// A batch's change-feed rows are appended in bounded chunks, and every one lands, in order.
+    #[test]
+    fn a_batch_beyond_the_pending_bound_keeps_every_change_in_order() {
+        let (_d, db) = db();
+        let n = MAX_PENDING_CHANGES * 2 + 10;
+        let txn = db.begin_write().unwrap();
+        let mut writer = StateWriter::new(&txn);
+        for i in 0..n {
+            writer.apply(&register(&format!("r{i}"))).unwrap();
+        }
+        writer.finish().unwrap();
+        txn.commit().unwrap();
+        let (changes, _) = crate::resources::changes_after(&db.begin_read().unwrap(), 0, n + 1).unwrap();
+        let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
     }
 }

@@ -313,7 +313,7 @@ fn write_round(
             None => break,
         }
     }
-    drop(catalog);
+    catalog.finish().map_err(io_err)?;
     if counts.applies == 0 && taken.flushes.is_empty() {
         // Only barriers, publishes or a stop: nothing to commit.
         return Ok(());
@@ -581,7 +581,10 @@ mod tests {
             let job = rx.recv().unwrap();
             round(&shared, &mut progress, &rx, job);
         });
-        assert_eq!(progress.entries_written, 2, "the apply's round wrote the next entry too");
+        assert_eq!(
+            progress.entries_written, 2,
+            "the apply's round wrote the next entry too"
+        );
         assert_eq!(*shared.applied.borrow(), Some(1));
         assert!(started.elapsed() < Duration::from_secs(30), "the flush ended the wait");
     }
@@ -606,7 +609,10 @@ mod tests {
         });
         assert_eq!(*shared.applied.borrow(), Some(1));
         assert_eq!(progress.entries_written, 1);
-        assert!(started.elapsed() < Duration::from_secs(30), "the publish request ended the wait");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the publish request ended the wait"
+        );
     }
 
     /// After a failure every job is still answered, each with the failure: openraft waits for
