@@ -26,6 +26,10 @@ pub struct StateWriter<'txn> {
 
 /// Most change-feed rows a writer keeps before appending them to the table.
 const MAX_PENDING_CHANGES: usize = 4096;
+/// Up to this many pending rows are inserted one by one: for a few rows, setting up and closing
+/// the cursor costs more than it saves (a single client's 3-node write, one row per round:
+/// p50 0.885 ms with inserts against 0.965 ms through the cursor, six interleaved runs each).
+const MAX_CHANGES_INSERTED_ONE_BY_ONE: usize = 8;
 
 impl<'txn> StateWriter<'txn> {
     pub fn new(txn: &'txn WriteTransaction) -> Self {
@@ -124,6 +128,12 @@ impl<'txn> StateWriter<'txn> {
         }
         let pending = std::mem::take(&mut self.pending_changes);
         let table = self.changes()?;
+        if pending.len() <= MAX_CHANGES_INSERTED_ONE_BY_ONE {
+            for (seq, row) in &pending {
+                table.insert(seq.to_be_bytes().as_slice(), row.as_slice())?;
+            }
+            return Ok(());
+        }
         let mut end = table.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
         for (seq, row) in &pending {
             end.insert_before(seq.to_be_bytes().as_slice(), row.as_slice())
