@@ -559,60 +559,50 @@ mod tests {
         assert_eq!(*shared.applied.borrow(), Some(3));
     }
 
+    /// Writes entry 1 on a [`holding`] writer, then runs the round of its apply while
+    /// `meanwhile` sends the next job, 20 ms in: meant to arrive after the round found its queue
+    /// empty (arriving earlier only makes a test pass without showing the wait). Returns the
+    /// entries written, the applied index published and how long the round took.
+    fn held_apply_round(meanwhile: impl FnOnce(&Shared, &mpsc::Sender<Job>) + Send) -> (u64, Option<u64>, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = holding(dir.path());
+        let mut progress = Progress::default();
+        written(&shared, &mut progress, 1..=1);
+        let (tx, rx) = mpsc::channel();
+        apply(&tx, entries(1..=1));
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                meanwhile(&shared, &tx);
+            });
+            let job = rx.recv().unwrap();
+            round(&shared, &mut progress, &rx, job);
+        });
+        let applied = *shared.applied.borrow();
+        (progress.entries_written, applied, started.elapsed())
+    }
+
     /// With one client the next write's flush comes a moment after the apply of the last one:
     /// the apply's round waits for it and commits both in one transaction (one fsync) instead of
     /// committing on its own first.
     #[test]
     fn an_apply_only_round_waits_for_the_next_flush_and_commits_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = holding(dir.path());
-        let mut progress = Progress::default();
-        written(&shared, &mut progress, 1..=1);
-        let (tx, rx) = mpsc::channel();
-        apply(&tx, entries(1..=1));
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // Meant to arrive after the round found its queue empty; arriving earlier only
-                // makes the test pass without showing the wait.
-                std::thread::sleep(Duration::from_millis(20));
-                append(&shared, &tx, &entries(2..=2))
-            });
-            let job = rx.recv().unwrap();
-            round(&shared, &mut progress, &rx, job);
+        let (written, applied, took) = held_apply_round(|shared, tx| {
+            append(shared, tx, &entries(2..=2));
         });
-        assert_eq!(
-            progress.entries_written, 2,
-            "the apply's round wrote the next entry too"
-        );
-        assert_eq!(*shared.applied.borrow(), Some(1));
-        assert!(started.elapsed() < Duration::from_secs(30), "the flush ended the wait");
+        assert_eq!(written, 2, "the apply's round wrote the next entry too");
+        assert_eq!(applied, Some(1));
+        assert!(took < Duration::from_secs(30), "the flush ended the wait");
     }
 
     /// A reader waiting for an applied entry does not wait out the hold.
     #[test]
     fn a_publish_request_ends_the_wait_for_a_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = holding(dir.path());
-        let mut progress = Progress::default();
-        written(&shared, &mut progress, 1..=1);
-        let (tx, rx) = mpsc::channel();
-        apply(&tx, entries(1..=1));
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(20));
-                tx.send(Job::Publish).unwrap();
-            });
-            let job = rx.recv().unwrap();
-            round(&shared, &mut progress, &rx, job);
-        });
-        assert_eq!(*shared.applied.borrow(), Some(1));
-        assert_eq!(progress.entries_written, 1);
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the publish request ended the wait"
-        );
+        let (written, applied, took) = held_apply_round(|_, tx| tx.send(Job::Publish).unwrap());
+        assert_eq!(applied, Some(1));
+        assert_eq!(written, 1);
+        assert!(took < Duration::from_secs(30), "the publish request ended the wait");
     }
 
     /// After a failure every job is still answered, each with the failure: openraft waits for
