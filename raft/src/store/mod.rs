@@ -47,6 +47,7 @@ const STORED_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+/// Where earlier versions kept the applied log id; now in the log's table (see `log_runs`).
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 
@@ -108,10 +109,24 @@ fn create_tables(db: &Database) -> io::Result<()> {
         log_runs::create(&txn)?;
         txn.open_table(META).map_err(io_err)?;
         txn.open_table(SM_META).map_err(io_err)?;
+        move_applied_into_log(&txn)?;
         txn.delete_table(STORED_SNAPSHOT).map_err(io_err)?;
         causeway_catalog::state::create_tables(&txn).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)
+}
+
+/// Moves an applied log id an earlier version kept in `SM_META` to the log's table.
+fn move_applied_into_log(txn: &WriteTransaction) -> io::Result<()> {
+    if log_runs::has_applied(txn)? {
+        return Ok(());
+    }
+    let mut t = txn.open_table(SM_META).map_err(io_err)?;
+    let Some(bytes) = t.remove(KEY_APPLIED).map_err(io_err)?.map(|v| v.value().to_vec()) else {
+        return Ok(());
+    };
+    drop(t);
+    log_runs::write(txn, &[], Some(&bytes))
 }
 
 /// Opens (or creates) the node's database and returns its log store and state machine.
@@ -488,7 +503,7 @@ fn applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)>
 
 /// The applied log id and membership as `txn` shows them.
 fn applied_state_in(txn: &redb::ReadTransaction) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let applied = read_key_in::<Option<LogId>>(txn, SM_META, KEY_APPLIED)?.flatten();
+    let applied = log_runs::applied(txn)?.flatten();
     let membership = read_key_in(txn, SM_META, KEY_MEMBERSHIP)?.unwrap_or_default();
     Ok((applied, membership))
 }
@@ -551,7 +566,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let catalog: CatalogSnapshot = dec(&bytes, MAX_SNAPSHOT)?;
             let txn = write_txn(&db, Durability::Immediate)?;
             causeway_catalog::state::import(&txn, &catalog).map_err(io_err)?;
-            put(&txn, SM_META, KEY_APPLIED, &enc(&meta.last_log_id)?)?;
+            log_runs::write(&txn, &[], Some(&enc(&meta.last_log_id)?))?;
             put(&txn, SM_META, KEY_MEMBERSHIP, &enc(&meta.last_membership)?)?;
             txn.commit().map_err(io_err)?;
             tracing::info!(last = ?meta.last_log_id, bytes = bytes.len(), "installed snapshot");
@@ -610,5 +625,22 @@ mod tests {
         let b = enc(&m).unwrap();
         let d: Entry = dec(&b, MAX_RECORD).unwrap();
         assert_eq!(d.log_id(), m.log_id());
+    }
+
+    #[test]
+    fn an_applied_log_id_kept_by_an_earlier_version_moves_into_the_log_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("node.redb")).unwrap();
+        let applied = Some(blank_ent::<TypeConfig>(2, 1u64.into(), 41).log_id());
+        let txn = db.begin_write().unwrap();
+        put(&txn, SM_META, KEY_APPLIED, &enc(&applied).unwrap()).unwrap();
+        txn.commit().unwrap();
+
+        create_tables(&db).unwrap();
+        assert_eq!(applied_state(&db).unwrap().0, applied);
+        assert!(read_key::<Option<LogId>>(&db, SM_META, KEY_APPLIED).unwrap().is_none());
+        // Opening again finds it where it moved.
+        create_tables(&db).unwrap();
+        assert_eq!(applied_state(&db).unwrap().0, applied);
     }
 }

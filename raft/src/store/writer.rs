@@ -28,13 +28,18 @@ use redb::{Database, Durability, WriteTransaction};
 
 use super::memory::{MemoryLog, Unwritten, lock};
 use super::received::ReceivedEncodings;
-use super::{KEY_APPLIED, KEY_COMMITTED, KEY_MEMBERSHIP, META, SM_META, enc, io_err, log_runs, put, write_txn};
-use crate::types::{StoredMembership, TypeConfig};
+use super::{KEY_COMMITTED, KEY_MEMBERSHIP, META, SM_META, enc, io_err, log_runs, put, write_txn};
+use crate::types::{LogId, StoredMembership, TypeConfig};
 
 /// Most queued requests taken into one round.
 const MAX_JOBS_PER_ROUND: usize = 4096;
-/// How long the writer polls for the next request after a round before it sleeps.
-const IDLE_POLL: Duration = Duration::from_micros(100);
+/// How long the writer polls for the next request after a round (or while a round holds for a
+/// flush) before it sleeps. On a 3-node cluster with one client the next request comes a few
+/// hundred microseconds after a round: a follower's next append follows the leader's round
+/// trip, and the leader's apply follows a follower's fsync. At 100 µs the writer was asleep by
+/// then more often than not. The cost is CPU: a node that writes without pause keeps its writer
+/// polling, at most this long per round.
+const IDLE_POLL: Duration = Duration::from_micros(400);
 /// Longest an apply-only round keeps its transaction open for a log flush to join it. A
 /// commit of its own costs an apply a second transaction, whose pages and allocation records the
 /// next fsync then carries as well (15 pages per fsync at one client instead of 12); with one
@@ -178,9 +183,9 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
 }
 
 /// Waits for the next request: first by polling for `IDLE_POLL`, giving the CPU away between
-/// polls, then asleep. The next request usually comes within tens of microseconds of a round
-/// (the apply of the entries just flushed, the client's next write), and waking a sleeping
-/// thread costs about that much again on every round of a lightly loaded node.
+/// polls, then asleep. The next request usually comes within a few hundred microseconds of a
+/// round (the apply of the entries just flushed, the client's next write), and waking a
+/// sleeping thread costs tens of microseconds on every round of a lightly loaded node.
 fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
     match poll(rx, Instant::now() + IDLE_POLL) {
         Polled::Job(job) => Some(job),
@@ -285,6 +290,8 @@ fn write_round(
 ) -> io::Result<()> {
     let mut txn = write_txn(&shared.db, Durability::None)?;
     let mut newest_applied = progress.applied;
+    // Written once per round, with the log entries.
+    let mut applied_id: Option<LogId> = None;
     let mut catalog = StateWriter::new(&txn);
     let mut apply = first_apply;
     // When an apply-only round stops waiting for a flush to share its commit.
@@ -294,7 +301,8 @@ fn write_round(
             counts.applies += 1;
             counts.entries_applied += entries.len();
             if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
-                newest_applied = Some(last);
+                newest_applied = Some(last.index());
+                applied_id = Some(last);
             }
         }
         if !taken.open() {
@@ -321,10 +329,11 @@ fn write_round(
     // An append an earlier round already wrote (a round takes every unwritten entry, not only
     // those of its own requests) needs no fsync of its own.
     counts.fsync = taken.flushes.iter().any(|(seq, _)| *seq > progress.durable_seq);
+    let applied = applied_id.map(|id| enc(&Some(id))).transpose()?;
     let unwritten = if counts.fsync {
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
         let unwritten = lock(&shared.memory).unwritten();
-        write_log(&txn, &unwritten)?;
+        write_log(&txn, &unwritten, applied.as_deref())?;
         let due = progress
             .committed_written_at
             .is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL);
@@ -334,6 +343,7 @@ fn write_round(
         progress.entries_written += unwritten.entries.len() as u64;
         Some(unwritten)
     } else {
+        log_runs::write(&txn, &[], applied.as_deref())?;
         None
     };
     txn.commit().map_err(io_err)?;
@@ -347,14 +357,14 @@ fn write_round(
     Ok(())
 }
 
-fn write_log(txn: &WriteTransaction, unwritten: &Unwritten) -> io::Result<()> {
+fn write_log(txn: &WriteTransaction, unwritten: &Unwritten, applied: Option<&[u8]>) -> io::Result<()> {
     let entries: Vec<_> = unwritten
         .entries
         .iter()
         .map(|e| e.index())
         .zip(unwritten.encoded.iter().map(|b| b.as_ref()))
         .collect();
-    log_runs::write(txn, &entries)
+    log_runs::write(txn, &entries, applied)
 }
 
 /// Writes the pending committed index, if there is one; says whether there was. It rides along
@@ -382,8 +392,8 @@ fn write_committed_on_stop(shared: &Shared) {
     }
 }
 
-/// Applies committed entries to the catalog and records the newest applied log id (and
-/// membership) in the same transaction; returns the newest applied index.
+/// Applies committed entries to the catalog, recording a new membership in the same
+/// transaction; returns the newest applied log id, which the round writes with its log entries.
 ///
 /// Each client is answered as soon as its entry is applied, before the transaction commits, so
 /// the first clients of a large round write again while the rest is applied. That is safe: the
@@ -396,7 +406,7 @@ fn apply_entries(
     txn: &WriteTransaction,
     catalog: &mut StateWriter<'_>,
     entries: Vec<EntryResponder<TypeConfig>>,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<LogId>> {
     let mut last = None;
     let mut membership = None;
     for (entry, responder) in entries {
@@ -413,13 +423,10 @@ fn apply_entries(
             r.send(result);
         }
     }
-    if last.is_some() {
-        put(txn, SM_META, KEY_APPLIED, &enc(&last)?)?;
-    }
     if let Some(m) = membership {
         put(txn, SM_META, KEY_MEMBERSHIP, &enc(&m)?)?;
     }
-    Ok(last.map(|l| l.index()))
+    Ok(last)
 }
 
 #[cfg(test)]
