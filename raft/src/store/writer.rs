@@ -33,13 +33,20 @@ use crate::types::{LogId, StoredMembership, TypeConfig};
 
 /// Most queued requests taken into one round.
 const MAX_JOBS_PER_ROUND: usize = 4096;
-/// How long the writer polls for the next request after a round (or while a round holds for a
-/// flush) before it sleeps. On a 3-node cluster with one client the next request comes a few
-/// hundred microseconds after a round: a follower's next append follows the leader's round
-/// trip, and the leader's apply follows a follower's fsync. At 100 µs the writer was asleep by
-/// then more often than not. The cost is CPU: a node that writes without pause keeps its writer
-/// polling, at most this long per round.
+/// How long the writer polls for the next request after a round of at most [`FEW_ENTRIES`] (or
+/// while a round holds for a flush) before it sleeps. On a 3-node cluster with one client the
+/// next request comes a few hundred microseconds after a round: a follower's next append follows
+/// the leader's round trip, and the leader's apply follows a follower's fsync. At 100 µs the
+/// writer was asleep by then more often than not.
 const IDLE_POLL: Duration = Duration::from_micros(400);
+/// How long the writer polls after a round of more than [`FEW_ENTRIES`]. Under load the next request
+/// comes sooner, or not before the other threads (on a small machine, the ones polling compete
+/// with) have done their share; polling as long as after a small round cost about a tenth more
+/// CPU per write at three nodes × 256 writers.
+const BUSY_POLL: Duration = Duration::from_micros(100);
+/// The most entries written and applied in a round that still counts as a lightly loaded
+/// node's (one client: the apply of its last write and the flush of its next).
+const FEW_ENTRIES: u64 = 4;
 /// Longest an apply-only round keeps its transaction open for a log flush to join it. A
 /// commit of its own costs an apply a second transaction, whose pages and allocation records the
 /// next fsync then carries as well (15 pages per fsync at one client instead of 12); with one
@@ -134,6 +141,8 @@ struct Taken {
     jobs: usize,
     /// A reader asked for the round's applies to be published.
     publish: bool,
+    /// Entries the round wrote and applied.
+    entries: u64,
     stop: bool,
 }
 
@@ -166,9 +175,11 @@ impl Taken {
 /// Runs rounds until told to stop or every sender is gone.
 pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
     let mut progress = Progress::default();
+    let mut poll_for = IDLE_POLL;
     loop {
-        let Some(first) = next_job(&rx) else { break };
+        let Some(first) = next_job(&rx, poll_for) else { break };
         let taken = round(shared, &mut progress, &rx, first);
+        poll_for = poll_after(taken.entries);
         if taken.stop {
             write_committed_on_stop(shared);
         }
@@ -182,12 +193,17 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Waits for the next request: first by polling for `IDLE_POLL`, giving the CPU away between
+/// How long to poll for the next request after a round of `entries` written and applied.
+fn poll_after(entries: u64) -> Duration {
+    if entries <= FEW_ENTRIES { IDLE_POLL } else { BUSY_POLL }
+}
+
+/// Waits for the next request: first by polling for `poll_for`, giving the CPU away between
 /// polls, then asleep. The next request usually comes within a few hundred microseconds of a
 /// round (the apply of the entries just flushed, the client's next write), and waking a
 /// sleeping thread costs tens of microseconds on every round of a lightly loaded node.
-fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
-    match poll(rx, Instant::now() + IDLE_POLL) {
+fn next_job(rx: &mpsc::Receiver<Job>, poll_for: Duration) -> Option<Job> {
+    match poll(rx, Instant::now() + poll_for) {
         Polled::Job(job) => Some(job),
         Polled::Gone => None,
         Polled::Nothing => rx.recv().ok(),
@@ -233,6 +249,7 @@ fn round(shared: &Shared, progress: &mut Progress, rx: &mpsc::Receiver<Job>, fir
     let result = shared
         .failure()
         .and_then(|()| write_round(shared, progress, rx, first_apply, &mut taken, &mut counts));
+    taken.entries = progress.entries_written - written_before + counts.entries_applied as u64;
     tracing::debug!(
         appends = taken.flushes.len(),
         entries_written = progress.entries_written - written_before,
@@ -439,6 +456,15 @@ mod tests {
     use super::super::memory::EncodedEntry;
     use super::*;
     use crate::types::Entry;
+
+    #[test]
+    fn a_lightly_loaded_writer_polls_longer_than_a_busy_one() {
+        // One client: the apply of its last write and the flush of its next.
+        assert_eq!(poll_after(2), IDLE_POLL);
+        assert_eq!(poll_after(FEW_ENTRIES), IDLE_POLL);
+        assert_eq!(poll_after(FEW_ENTRIES + 1), BUSY_POLL);
+        assert!(BUSY_POLL < IDLE_POLL);
+    }
 
     fn shared(dir: &std::path::Path) -> Shared {
         let db = Arc::new(Database::create(dir.join("node.redb")).unwrap());
