@@ -249,10 +249,11 @@ fn round(shared: &Shared, progress: &mut Progress, rx: &mpsc::Receiver<Job>, fir
     let result = shared
         .failure()
         .and_then(|()| write_round(shared, progress, rx, first_apply, &mut taken, &mut counts));
-    taken.entries = progress.entries_written - written_before + counts.entries_applied as u64;
+    let entries_written = progress.entries_written - written_before;
+    taken.entries = entries_written + counts.entries_applied as u64;
     tracing::debug!(
         appends = taken.flushes.len(),
-        entries_written = progress.entries_written - written_before,
+        entries_written,
         applies = counts.applies,
         entries_applied = counts.entries_applied,
         fsync = counts.fsync,
@@ -306,8 +307,7 @@ fn write_round(
     counts: &mut RoundCounts,
 ) -> io::Result<()> {
     let mut txn = write_txn(&shared.db, Durability::None)?;
-    let mut newest_applied = progress.applied;
-    // Written once per round, with the log entries.
+    // The newest entry this round applies; written once, with the log entries.
     let mut applied_id: Option<LogId> = None;
     let mut catalog = StateWriter::new(&txn);
     let mut apply = first_apply;
@@ -318,7 +318,6 @@ fn write_round(
             counts.applies += 1;
             counts.entries_applied += entries.len();
             if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
-                newest_applied = Some(last.index());
                 applied_id = Some(last);
             }
         }
@@ -349,22 +348,23 @@ fn write_round(
     let applied = applied_id.map(|id| enc(&Some(id))).transpose()?;
     let unwritten = if counts.fsync {
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
-        let unwritten = lock(&shared.memory).unwritten();
-        write_log(&txn, &unwritten, applied.as_deref())?;
         let due = progress
             .committed_written_at
             .is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL);
         if due && write_committed(&txn, shared)? {
             progress.committed_written_at = Some(Instant::now());
         }
+        let unwritten = lock(&shared.memory).unwritten();
         progress.entries_written += unwritten.entries.len() as u64;
         Some(unwritten)
     } else {
-        log_runs::write(&txn, &[], applied.as_deref())?;
         None
     };
+    write_log(&txn, unwritten.as_ref(), applied.as_deref())?;
     txn.commit().map_err(io_err)?;
-    progress.applied = newest_applied;
+    if let Some(last) = applied_id {
+        progress.applied = Some(last.index());
+    }
     let mut memory = lock(&shared.memory);
     if let Some(unwritten) = unwritten {
         memory.mark_written(&unwritten.entries);
@@ -374,12 +374,17 @@ fn write_round(
     Ok(())
 }
 
-fn write_log(txn: &WriteTransaction, unwritten: &Unwritten, applied: Option<&[u8]>) -> io::Result<()> {
+/// Writes the round's unwritten log entries, if it flushes, and its applied log id, if it applied
+/// any, in one visit of the log's table.
+fn write_log(txn: &WriteTransaction, unwritten: Option<&Unwritten>, applied: Option<&[u8]>) -> io::Result<()> {
     let entries: Vec<_> = unwritten
-        .entries
-        .iter()
-        .map(|e| e.index())
-        .zip(unwritten.encoded.iter().map(|b| b.as_ref()))
+        .into_iter()
+        .flat_map(|u| {
+            u.entries
+                .iter()
+                .map(|e| e.index())
+                .zip(u.encoded.iter().map(|b| b.as_ref()))
+        })
         .collect();
     log_runs::write(txn, &entries, applied)
 }
