@@ -489,7 +489,8 @@ impl ClusterNode {
         self.0.applied.clone()
     }
 
-    /// Returns once the database shows every entry up to `index` applied.
+    /// Returns once the database shows every entry up to `index` applied, or with the storage's
+    /// failure once the storage has failed short of it.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
         let mut applied = self.applied_watch();
         let published = applied.borrow().is_some_and(|a| a >= index);
@@ -497,11 +498,18 @@ impl ClusterNode {
             // Applied, but possibly held in a round that waits for a log flush to commit with.
             self.0.apply_progress.publish();
         }
-        let waited = tokio::time::timeout(timeout, applied.wait_for(|a| a.is_some_and(|a| a >= index)))
+        // A failed storage never applies `index`: the writer wakes the watch when it fails. A
+        // client of the failed apply can see its error and ask before the failure is recorded.
+        let progress = &self.0.apply_progress;
+        let done = |a: &Option<u64>| a.is_some_and(|a| a >= index) || progress.failure().is_err();
+        let waited = tokio::time::timeout(timeout, applied.wait_for(done))
             .await
             .map(|r| r.is_ok());
         match waited {
-            Ok(true) => Ok(()),
+            Ok(true) => match progress.failure() {
+                Err(e) if !applied.borrow().is_some_and(|a| a >= index) => Err(ClusterError::Storage(e)),
+                _ => Ok(()),
+            },
             Ok(false) => Err(ClusterError::Raft("raft storage stopped".into())),
             Err(_) => Err(ClusterError::Raft(format!(
                 "entry {index} not applied within {timeout:?} (applied: {:?})",

@@ -268,6 +268,9 @@ fn round(shared: &Shared, progress: &mut Progress, rx: &mpsc::Receiver<Job>, fir
         Err(e) => {
             tracing::error!(error = %e, "raft storage round failed; this node's storage stops here");
             lock(&shared.failed).get_or_insert_with(|| e.to_string());
+            // The failed apply's clients already saw their dropped responders; readers waiting
+            // for the applied index learn of the failure here (see `ClusterNode::wait_applied`).
+            shared.applied.send_modify(|_| {});
             Err(e.to_string())
         }
     };
