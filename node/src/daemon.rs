@@ -23,6 +23,7 @@ pub async fn run(data_dir: &Path, config: Config) -> Result<(), NodeError> {
         let node = node.clone();
         tokio::spawn(async move { control.serve(node).await })
     };
+    let release = tokio::spawn(release_freed_memory());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %socket.display(), "daemon ready");
     let signal_name = tokio::select! {
@@ -33,6 +34,18 @@ pub async fn run(data_dir: &Path, config: Config) -> Result<(), NodeError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     serve.abort();
     let _ = serve.await;
+    release.abort();
     node.shutdown().await;
     Ok(())
+}
+
+/// Gives freed memory back to the system once its delay has passed, even while the node is
+/// quiet (see [`crate::allocator::RELEASE_EVERY`]).
+async fn release_freed_memory() {
+    let mut tick = tokio::time::interval(crate::allocator::RELEASE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::allocator::release_expired();
+    }
 }

@@ -55,8 +55,9 @@ pub fn tally<'a>(goals: impl IntoIterator<Item = &'a Goal>) -> (usize, usize) {
 }
 
 /// This process's resident set size (`VmRSS` in /proc/self/status), if the system reports it,
-/// after glibc's allocator has handed its free memory back: otherwise RSS would go on counting
-/// memory that an earlier benchmark freed and nothing uses.
+/// after the allocators have handed their free memory back: otherwise RSS would go on counting
+/// memory that an earlier benchmark freed and nothing uses (mimalloc keeps it a while for reuse,
+/// see `causeway::allocator::PURGE_DELAY`).
 pub fn rss_bytes() -> Option<u64> {
     trim_heap();
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -65,8 +66,10 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Hands the allocator's free memory back to the system (glibc keeps it otherwise).
+/// Hands the allocators' free memory back to the system: mimalloc's (Rust's allocations) and
+/// glibc's (C libraries'), which keep it otherwise.
 fn trim_heap() {
+    causeway::allocator::release_all();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the system; it has no preconditions.
     unsafe {
