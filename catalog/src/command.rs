@@ -120,6 +120,11 @@ pub enum Command {
         name: String,
         now_ms: u64,
     },
+    /// Several commands in one log entry, applied in order, each with its own result (see
+    /// [`CommandResult::Batch`]): a busy leader proposes the writes queued on it this way, so
+    /// that the log, replication and apply handle one entry for all of them. Holds single
+    /// commands only: a batch inside a batch is rejected, and so is nothing else in it.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -143,6 +148,7 @@ impl Command {
             Command::PinLink { .. } => "pin-link",
             Command::UpdatePeerCard { .. } => "update-peer-card",
             Command::RemoveLink { .. } => "remove-link",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -169,6 +175,8 @@ pub enum CommandResult {
     InviteRedeemed,
     Link(crate::links::LinkRecord),
     Rejected(Rejection),
+    /// The results of a [`Command::Batch`], one per command, in its order.
+    Batch(Vec<CommandResult>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -219,6 +227,8 @@ pub enum Rejection {
     },
     #[error("card is not valid: {0}")]
     BadCard(String),
+    #[error("a batch of commands cannot hold another batch")]
+    NestedBatch,
 }
 
 /// A resource registered for federation.

@@ -7,7 +7,7 @@ use std::ops::Bound;
 
 use redb::{Table, WriteTransaction};
 
-use crate::command::{Command, CommandResult};
+use crate::command::{Command, CommandResult, Rejection};
 use crate::state::{CHANGES, CatalogError, RESOURCES};
 
 type RowTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
@@ -70,6 +70,14 @@ impl<'txn> StateWriter<'txn> {
             | Command::CreateInvite { .. }
             | Command::RedeemInvite { .. }
             | Command::SetOwnCard { .. } => crate::state::apply_cluster(self.uncached()?, cmd),
+            Command::Batch(commands) => commands
+                .iter()
+                .map(|cmd| match cmd {
+                    Command::Batch(_) => Ok(CommandResult::Rejected(Rejection::NestedBatch)),
+                    cmd => self.apply(cmd),
+                })
+                .collect::<Result<_, _>>()
+                .map(CommandResult::Batch),
         }
     }
 
@@ -217,6 +225,45 @@ mod tests {
         let feed = |db: &redb::Database| crate::resources::changes_after(&db.begin_read().unwrap(), 0, 100).unwrap();
         assert!(!feed(&batched).0.is_empty());
         assert_eq!(feed(&batched), feed(&single));
+    }
+
+    /// A `Command::Batch` (one log entry for many writes) answers each command with what it
+    /// would have got as an entry of its own, and leaves the same catalog and change feed.
+    #[test]
+    fn a_batch_command_gives_each_command_its_own_result() {
+        let (_d1, batched) = db();
+        let result = run(&batched, Command::Batch(mixed()));
+        let (_d2, single) = db();
+        let apart: Vec<_> = mixed().into_iter().map(|c| run(&single, c)).collect();
+
+        assert!(
+            apart.iter().any(|r| matches!(r, CommandResult::Rejected(_))),
+            "{apart:?}"
+        );
+        assert_eq!(result, CommandResult::Batch(apart));
+        let export = |db: &redb::Database| crate::state::export(&db.begin_read().unwrap()).unwrap();
+        assert_eq!(export(&batched), export(&single));
+        let feed = |db: &redb::Database| crate::resources::changes_after(&db.begin_read().unwrap(), 0, 100).unwrap();
+        assert_eq!(feed(&batched), feed(&single));
+    }
+
+    /// A batch inside a batch is rejected and changes nothing; the commands around it still apply.
+    #[test]
+    fn a_batch_inside_a_batch_is_rejected_alone() {
+        let (_d, db) = db();
+        let result = run(
+            &db,
+            Command::Batch(vec![register("x"), Command::Batch(vec![register("y")]), register("z")]),
+        );
+        let CommandResult::Batch(results) = result else {
+            panic!("{result:?}")
+        };
+        assert!(matches!(&results[0], CommandResult::ResourceRegistered(r) if r.name == "x"));
+        assert_eq!(results[1], CommandResult::Rejected(Rejection::NestedBatch));
+        assert!(matches!(&results[2], CommandResult::ResourceRegistered(r) if r.name == "z"));
+        let txn = db.begin_read().unwrap();
+        assert!(crate::state::get_resource(&txn, "y").unwrap().is_none());
+        assert!(crate::state::get_resource(&txn, "z").unwrap().is_some());
     }
 
     /// A batch's change-feed rows are appended in bounded chunks, and every one lands, in order.
