@@ -11,8 +11,8 @@ pub use mimalloc::MiMalloc;
 /// which does not export it as a constant.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// How long freed memory stays mapped for reuse before mimalloc may give it back (mimalloc
-/// scales it up for whole arena regions). Giving it back at once (a delay of 0) made every
+/// How long freed memory stays mapped for reuse before mimalloc may give it back. Giving it
+/// back at once (a delay of 0) made every
 /// reuse fault fresh pages in again: at three nodes × 256 writers the kernel zeroing them took
 /// about a tenth of the CPU.
 pub const PURGE_DELAY: Duration = Duration::from_secs(1);
