@@ -123,8 +123,27 @@ pub enum Command {
     /// Several commands in one log entry, applied in order, each with its own result (see
     /// [`CommandResult::Batch`]): a busy leader proposes the writes queued on it this way, so
     /// that the log, replication and apply handle one entry for all of them. Holds single
-    /// commands only: a batch inside a batch is rejected, and so is nothing else in it.
-    Batch(Vec<Command>),
+    /// commands only: a batch inside a batch is refused when decoded, and rejected when applied.
+    Batch(#[serde(deserialize_with = "single_commands")] Vec<Command>),
+}
+
+/// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
+/// decoding recurses once per level, so a few bytes per level (from a member's append, or a
+/// forwarded write) could otherwise overflow the decoding thread's stack.
+fn single_commands<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    thread_local!(static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    /// Leaves the batch however its decoding ends.
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_BATCH.set(false);
+        }
+    }
+    if IN_BATCH.replace(true) {
+        return Err(serde::de::Error::custom(Rejection::NestedBatch));
+    }
+    let _leave = Leave;
+    Vec::<Command>::deserialize(d)
 }
 
 impl Command {
@@ -249,4 +268,51 @@ pub struct Resource {
     pub updated_at_ms: u64,
     /// Set when this resource is a mirror of a peer cluster's resource.
     pub mirror_of: Option<ClusterId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(name: &str) -> Command {
+        Command::RegisterResource {
+            name: name.into(),
+            kind: "artifact".into(),
+            owner: "ci".into(),
+            path: None,
+            metadata: Default::default(),
+            registered_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_batch_decodes_as_it_was_encoded() {
+        let batch = Command::Batch(vec![register("a"), register("b")]);
+        let bytes = postcard::to_stdvec(&batch).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), batch);
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), batch);
+        // A later batch decodes too: the first one left no mark behind.
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_is_refused_when_decoded() {
+        let nested = Command::Batch(vec![register("a"), Command::Batch(vec![register("b")])]);
+        let bytes = postcard::to_stdvec(&nested).unwrap();
+        assert!(postcard::from_bytes::<Command>(&bytes).is_err());
+        // Nor does the refusal leave a mark: a flat batch still decodes afterwards.
+        let flat = Command::Batch(vec![register("a")]);
+        let bytes = postcard::to_stdvec(&flat).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), flat);
+    }
+
+    #[test]
+    fn deeply_nested_batches_are_refused_without_recursing() {
+        // `Batch([Batch([...])])` a million levels deep: the variant's tag and a length of one,
+        // repeated, as a member could send it.
+        let tag = postcard::to_stdvec(&Command::Batch(Vec::new())).unwrap()[0];
+        let bytes: Vec<u8> = std::iter::repeat_n([tag, 1], 1_000_000).flatten().collect();
+        assert!(postcard::from_bytes::<Command>(&bytes).is_err());
+    }
 }
