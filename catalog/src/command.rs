@@ -273,17 +273,7 @@ pub struct Resource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn register(name: &str) -> Command {
-        Command::RegisterResource {
-            name: name.into(),
-            kind: "artifact".into(),
-            owner: "ci".into(),
-            path: None,
-            metadata: Default::default(),
-            registered_at_ms: 1,
-        }
-    }
+    use crate::test_support::register;
 
     #[test]
     fn a_batch_decodes_as_it_was_encoded() {

@@ -12,9 +12,8 @@ pub use mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed memory stays mapped for reuse before mimalloc may give it back. Giving it
-/// back at once (a delay of 0) made every
-/// reuse fault fresh pages in again: at three nodes × 256 writers the kernel zeroing them took
-/// about a tenth of the CPU.
+/// back at once (a delay of 0) made every reuse fault fresh pages in again: at three nodes ×
+/// 256 writers the kernel zeroing them took about a tenth of the CPU.
 pub const PURGE_DELAY: Duration = Duration::from_secs(1);
 
 /// How often the daemon asks mimalloc to give back memory whose delay has passed. mimalloc

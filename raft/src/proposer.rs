@@ -73,9 +73,7 @@ impl WriteReply<ClientWriteResult<TypeConfig>> {
             let _ = reply.send(answer);
         }))
     }
-}
 
-impl WriteReply<ClientWriteResult<TypeConfig>> {
     /// Answers each writer of a [`Command::Batch`] with its command's result.
     fn to_each(replies: Vec<Reply>) -> Self {
         WriteReply(Box::new(move |result: ClientWriteResult<TypeConfig>| {
@@ -224,17 +222,17 @@ impl Proposal {
     fn take(queued: &mut std::iter::Peekable<impl Iterator<Item = (LogCommand, Reply)>>) -> Self {
         let mut commands = Vec::new();
         let mut replies = Vec::new();
-        let mut bytes = 0;
+        let mut bytes = 0usize;
         while let Some((cmd, _)) = queued.peek() {
             let size = encoded_len(cmd);
             let alone = matches!(**cmd, Command::Batch(_));
-            if !commands.is_empty() && (alone || bytes + size > MAX_BATCH_BYTES) {
+            if !commands.is_empty() && (alone || bytes.saturating_add(size) > MAX_BATCH_BYTES) {
                 break;
             }
             let Some((cmd, reply)) = queued.next() else { break };
             commands.push(cmd);
             replies.push(reply);
-            bytes += size;
+            bytes = bytes.saturating_add(size);
             if alone {
                 break;
             }
