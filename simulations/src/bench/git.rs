@@ -3,7 +3,9 @@
 //! is written with `git fast-import` (incompressible random files over many commits), served by a
 //! `git daemon` this bench starts and stops, and registered at `a` as a `forge/repo`: publishing
 //! makes its bundle (timed on its own), `b`'s `sync_pull` fetches and applies it into the mirror
-//! (the figure compared with the clone).
+//! (the figure compared with the clone). Like the clone, the first sync is timed several times
+//! and its median compared; each round after the first syncs into a new pair of clusters, as
+//! only a peer that has never held the content makes a first sync.
 
 use std::{
     fs::File,
@@ -15,8 +17,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use causeway::{ShareMode, api::RegisterResource, content::store::parse_root};
+use causeway::{
+    ShareMode,
+    api::{RegisterResource, ResourceView},
+    content::store::parse_root,
+};
 use causeway_proto::ClusterId;
+use causeway_sync::git::RefMap;
 use serde::Serialize;
 
 use super::common::{self, Align, Table, at_most, median, stats};
@@ -41,6 +48,9 @@ pub struct GitPlan {
     pub commits: usize,
     /// Timed clones; the median is the baseline.
     pub clone_rounds: usize,
+    /// Timed first syncs, each into a peer of its own (a second sync into the same peer finds
+    /// the content there); the median is compared with the clones' median.
+    pub sync_rounds: usize,
 }
 
 impl GitPlan {
@@ -49,6 +59,7 @@ impl GitPlan {
             bytes: 200 << 20,
             commits: 300,
             clone_rounds: 3,
+            sync_rounds: 3,
         }
     }
 
@@ -57,6 +68,7 @@ impl GitPlan {
             bytes: 5 << 20,
             commits: 50,
             clone_rounds: 1,
+            sync_rounds: 1,
         }
     }
 }
@@ -77,6 +89,8 @@ pub struct GitFigures {
     pub clone: Stats,
     pub clone_secs: f64,
     pub publish_secs: f64,
+    /// The first syncs' times; `pull_secs` is their median.
+    pub pulls: Stats,
     pub pull_secs: f64,
     /// `b` applying the bundle to a mirror (what the pull ends with), timed again into a fresh
     /// mirror after the pull: the part of the pull that is git's work rather than the transfer.
@@ -134,7 +148,7 @@ impl GitReport {
         ]);
         t.row(vec![
             "causeway sync_pull (fetch + apply)".into(),
-            "1".into(),
+            f.pulls.count.to_string(),
             common::secs(f.pull_secs),
             mbs(f.pull_secs),
             common::times(f.pull_vs_clone),
@@ -381,36 +395,20 @@ pub async fn measure(plan: &GitPlan, root: &Path, pair: &Pair) -> Result<GitRepo
     let clone = stats(clones, clone_elapsed);
 
     eprintln!("git: causeway publish and first sync of the same repository");
-    pair.a
-        .register_resource(RegisterResource {
-            name: RESOURCE.into(),
-            kind: "forge/repo".into(),
-            owner: "bench".into(),
-            path: Some(path_str(&repo)?.to_string()),
-            metadata: Default::default(),
-        })
-        .await?;
-    remove_publish_hook(&repo)?;
-    let t = Instant::now();
-    let published = pair.a.publish(RESOURCE, None).await?;
-    let publish_secs = t.elapsed().as_secs_f64();
-    ensure!(published.version == 1, "publish made version {}", published.version);
-    pair.a.share(RESOURCE, TO_B, ShareMode::Pull, true).await?;
-    let t = Instant::now();
-    let mirror = pair.b.sync_pull(RESOURCE, TO_A).await?;
-    let pull_secs = t.elapsed().as_secs_f64();
-    ensure!(mirror.version == 1, "the mirror is at version {}", mirror.version);
-    let origin: ClusterId = mirror
-        .mirror_of
-        .as_deref()
-        .ok_or_else(|| anyhow!("{RESOURCE} at b is not a mirror"))?
-        .parse()
-        .map_err(|e| anyhow!("mirror origin: {e}"))?;
-    let path = causeway::transfer::mirror_path(pair.b.data_dir(), &origin, RESOURCE, "forge/repo");
-    ensure!(
-        causeway_sync::git::refs(&path)? == want,
-        "the mirror's refs differ from the repository's"
-    );
+    let first = first_sync(pair, &repo, &want).await?;
+    let mut pulls = vec![first.pull];
+    // Later rounds need peers that have never held the content: a pair of their own each.
+    for round in 1..plan.sync_rounds.max(1) {
+        eprintln!("git: first sync {} of {} into a new pair", round + 1, plan.sync_rounds);
+        let fresh = Pair::start(&base, &format!("git-sync-{round}")).await?;
+        let timed = first_sync(&fresh, &repo, &want).await;
+        fresh.shutdown().await;
+        pulls.push(timed?.pull);
+    }
+    let pull_secs = median(pulls.clone()).as_secs_f64();
+    let pulls_elapsed = pulls.iter().sum();
+    let pulls = stats(pulls, pulls_elapsed);
+    let (publish_secs, mirror) = (first.publish.as_secs_f64(), first.mirror);
     let root = parse_root(mirror.content.as_deref().unwrap_or_default())?;
     let again = base.join("applied-again.git");
     let t = Instant::now();
@@ -433,12 +431,56 @@ pub async fn measure(plan: &GitPlan, root: &Path, pair: &Pair) -> Result<GitRepo
             clone,
             clone_secs,
             publish_secs,
+            pulls,
             pull_secs,
             apply_secs,
             pull_vs_clone,
             goal,
         }),
     })
+}
+
+/// One first sync: what it timed and the mirror it made.
+struct FirstSync {
+    publish: Duration,
+    pull: Duration,
+    mirror: ResourceView,
+}
+
+/// Registers and publishes `repo` at `pair.a`, shares it with `b` and times `b`'s first pull,
+/// checking that the mirror has the repository's refs (`want`).
+async fn first_sync(pair: &Pair, repo: &Path, want: &RefMap) -> Result<FirstSync> {
+    pair.a
+        .register_resource(RegisterResource {
+            name: RESOURCE.into(),
+            kind: "forge/repo".into(),
+            owner: "bench".into(),
+            path: Some(path_str(repo)?.to_string()),
+            metadata: Default::default(),
+        })
+        .await?;
+    remove_publish_hook(repo)?;
+    let t = Instant::now();
+    let published = pair.a.publish(RESOURCE, None).await?;
+    let publish = t.elapsed();
+    ensure!(published.version == 1, "publish made version {}", published.version);
+    pair.a.share(RESOURCE, TO_B, ShareMode::Pull, true).await?;
+    let t = Instant::now();
+    let mirror = pair.b.sync_pull(RESOURCE, TO_A).await?;
+    let pull = t.elapsed();
+    ensure!(mirror.version == 1, "the mirror is at version {}", mirror.version);
+    let origin: ClusterId = mirror
+        .mirror_of
+        .as_deref()
+        .ok_or_else(|| anyhow!("{RESOURCE} at b is not a mirror"))?
+        .parse()
+        .map_err(|e| anyhow!("mirror origin: {e}"))?;
+    let path = causeway::transfer::mirror_path(pair.b.data_dir(), &origin, RESOURCE, "forge/repo");
+    ensure!(
+        causeway_sync::git::refs(&path)? == *want,
+        "the mirror's refs differ from the repository's"
+    );
+    Ok(FirstSync { publish, pull, mirror })
 }
 
 /// Times `rounds` mirror clones of `repo` (under `base`) over a `git daemon` started for them.

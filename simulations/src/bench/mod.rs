@@ -395,6 +395,8 @@ mod tests {
                 bytes: 256 << 10,
                 commits: 8,
                 clone_rounds: 1,
+                // Two, so that a round into a pair of its own runs too.
+                sync_rounds: 2,
             },
             ..Plan::quick()
         };
@@ -411,6 +413,8 @@ mod tests {
             (Some(f), None) => {
                 assert!(f.repo_bytes >= 256 << 10 && f.clone.count == 1, "{f:?}");
                 assert!(f.pull_secs > 0.0 && f.publish_secs > 0.0 && f.pull_vs_clone.is_finite());
+                // Both first syncs ran, the second into a pair of its own.
+                assert_eq!(f.pulls.count, 2, "{f:?}");
             }
             (None, Some(reason)) => println!("git bench skipped: {reason}"),
             other => panic!("git report is inconsistent: {other:?}"),
