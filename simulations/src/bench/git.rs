@@ -397,12 +397,16 @@ pub async fn measure(plan: &GitPlan, root: &Path, pair: &Pair) -> Result<GitRepo
     eprintln!("git: causeway publish and first sync of the same repository");
     let first = first_sync(pair, &repo, &want).await?;
     let mut pulls = vec![first.pull];
-    // Later rounds need peers that have never held the content: a pair of their own each.
+    // Later rounds need peers that have never held the content: a pair of their own each, in a
+    // directory removed after the round (each holds the repository three times over).
     for round in 1..plan.sync_rounds.max(1) {
         eprintln!("git: first sync {} of {} into a new pair", round + 1, plan.sync_rounds);
-        let fresh = Pair::start(&base, &format!("git-sync-{round}")).await?;
+        let dir = base.join(format!("sync-{round}"));
+        std::fs::create_dir_all(&dir)?;
+        let fresh = Pair::start(&dir, "git").await?;
         let timed = first_sync(&fresh, &repo, &want).await;
         fresh.shutdown().await;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
         pulls.push(timed?.pull);
     }
     let pull_secs = median(pulls.clone()).as_secs_f64();
