@@ -494,8 +494,12 @@ impl ClusterNode {
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
         let mut applied = self.applied_watch();
         let published = applied.borrow().is_some_and(|a| a >= index);
+        if !published {
+            self.0.apply_progress.want(index);
+        }
         if !published && self.0.apply_progress.handed().is_some_and(|h| h >= index) {
-            // Applied, but possibly held in a round that waits for a log flush to commit with.
+            // Handed over, but possibly held back or held in a round that waits for a log flush
+            // to commit with.
             self.0.apply_progress.publish();
         }
         // A failed storage never applies `index`: the writer wakes the watch when it fails. A

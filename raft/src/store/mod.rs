@@ -7,6 +7,7 @@
 //! redb's write lock. Votes and truncations are made durable before returning. Entries are
 //! applied only when openraft hands them over as committed.
 
+mod deferred;
 mod log_runs;
 mod memory;
 mod received;
@@ -144,6 +145,8 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         handed: Arc::new(AtomicU64::new(0)),
         failed: Arc::new(Mutex::new(None)),
         apply_hold: writer::APPLY_HOLD,
+        wanted: Arc::new(AtomicU64::new(0)),
+        apply_delay: deferred::MAX_APPLY_DELAY,
     });
     let writer_log = log.clone();
     let thread = std::thread::Builder::new()
@@ -460,6 +463,7 @@ impl StateMachineStore {
     pub fn apply_progress(&self) -> ApplyProgress {
         ApplyProgress {
             handed: self.log.handed.clone(),
+            wanted: self.log.wanted.clone(),
             failed: self.log.failed.clone(),
             writer: self.writer.tx.clone(),
         }
@@ -472,6 +476,8 @@ impl StateMachineStore {
 #[derive(Clone)]
 pub struct ApplyProgress {
     handed: Arc<AtomicU64>,
+    /// The newest index a reader waits for: the writer applies any entry it holds back up to it.
+    wanted: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
     /// For asking the writer to publish what it has applied.
     writer: mpsc::Sender<Job>,
@@ -481,12 +487,19 @@ impl ApplyProgress {
     /// Index of the newest entry handed over for applying: its client may have been answered
     /// (see `writer::apply_entries`) although the database may not show it yet.
     pub fn handed(&self) -> Option<u64> {
-        Some(self.handed.load(Ordering::Acquire)).filter(|i| *i > 0)
+        Some(self.handed.load(Ordering::SeqCst)).filter(|i| *i > 0)
     }
 
     /// Why the storage writer stopped applying, if it has: nothing handed over is applied after.
     pub fn failure(&self) -> io::Result<()> {
         writer::failure_of(&self.failed)
+    }
+
+    /// Tells the writer a reader waits for `index` to be applied. Call it before reading
+    /// [`Self::handed`]: an entry handed over later is then applied at once, not held back (see
+    /// `deferred`), and one handed over already is applied by the [`Self::publish`] that follows.
+    pub fn want(&self, index: u64) {
+        self.wanted.fetch_max(index, Ordering::SeqCst);
     }
 
     /// Asks the writer to commit its round now if the round is waiting for a log flush to
@@ -543,7 +556,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.log.failure()?;
         if let Some((last, _)) = batch.last() {
             // Before the send: the writer may answer a client as soon as it has the job.
-            self.log.handed.fetch_max(last.index(), Ordering::AcqRel);
+            self.log.handed.fetch_max(last.index(), Ordering::SeqCst);
         }
         self.writer.send(Job::Apply(batch))
     }

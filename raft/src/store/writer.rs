@@ -10,7 +10,9 @@
 //! takes them without making openraft wait for the round, so the applies queued behind one
 //! fsync all go into the next round instead of one round each. A client is answered as soon as
 //! its entry is applied (see [`apply_entries`]); the applied index that readers of the database
-//! wait on is published only once the round is committed.
+//! wait on is published only once the round is committed. Applies no client on this node waits
+//! for (a follower's) are held back while the log is being flushed, for at most
+//! [`super::deferred::MAX_APPLY_DELAY`] or until a reader asks (see [`DeferredApplies`]).
 
 use std::{
     io,
@@ -26,6 +28,7 @@ use openraft::{
 };
 use redb::{Database, Durability, WriteTransaction};
 
+use super::deferred::{DeferredApplies, Release};
 use super::memory::{MemoryLog, Unwritten, lock};
 use super::received::ReceivedEncodings;
 use super::{KEY_COMMITTED, KEY_MEMBERSHIP, META, SM_META, enc, io_err, log_runs, put, write_txn};
@@ -91,6 +94,11 @@ pub(super) struct Shared {
     pub failed: Arc<Mutex<Option<String>>>,
     /// How long an apply-only round waits for a flush to share its commit: [`APPLY_HOLD`].
     pub apply_hold: Duration,
+    /// The newest index a reader waits to see applied (0: none); held applies up to it are
+    /// applied at once (see [`DeferredApplies`]).
+    pub wanted: Arc<std::sync::atomic::AtomicU64>,
+    /// Longest an apply no client waits for is held back: [`super::deferred::MAX_APPLY_DELAY`].
+    pub apply_delay: Duration,
 }
 
 impl Shared {
@@ -130,6 +138,8 @@ struct Progress {
     applied: Option<u64>,
     /// Log entries written so far, for the debug log.
     entries_written: u64,
+    /// Applies held back while the writer flushes the log.
+    deferred: DeferredApplies,
 }
 
 /// The jobs one round has taken, besides its applies (which it does as it takes them).
@@ -177,7 +187,22 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
     let mut progress = Progress::default();
     let mut poll_for = IDLE_POLL;
     loop {
-        let Some(first) = next_job(&rx, poll_for) else { break };
+        let first = match progress.deferred.deadline(shared.apply_delay) {
+            // Held applies are due then even if nothing else comes: a publish applies them.
+            Some(due) => match poll(&rx, (Instant::now() + poll_for).min(due)) {
+                Polled::Job(job) => job,
+                Polled::Gone => break,
+                Polled::Nothing => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => Job::Publish,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            },
+            None => match next_job(&rx, poll_for) {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let taken = round(shared, &mut progress, &rx, first);
         poll_for = poll_after(taken.entries);
         if taken.stop {
@@ -318,10 +343,15 @@ fn write_round(
     let mut hold_until = None;
     loop {
         if let Some(entries) = apply.take() {
-            counts.applies += 1;
-            counts.entries_applied += entries.len();
-            if let Some(last) = apply_entries(&txn, &mut catalog, entries)? {
-                applied_id = Some(last);
+            if DeferredApplies::may_hold(&entries) {
+                progress.deferred.hold(entries, Instant::now());
+            } else {
+                // Held entries come first: the state machine applies in log order.
+                for entries in [progress.deferred.take(), entries] {
+                    if let Some(last) = apply_counted(&txn, &mut catalog, entries, counts)? {
+                        applied_id = Some(last);
+                    }
+                }
             }
         }
         if !taken.open() {
@@ -339,6 +369,18 @@ fn write_round(
             Some(job) => apply = taken.take(job),
             None => break,
         }
+    }
+    // Any flush, even of entries an earlier round wrote, says appends are streaming in: under
+    // load most rounds take one of those, and releasing on them would keep the holds short.
+    let busy = !taken.flushes.is_empty() && !taken.publish && taken.barriers.is_empty() && !taken.stop;
+    let wanted = shared.wanted.load(std::sync::atomic::Ordering::SeqCst);
+    let release = progress
+        .deferred
+        .release(busy, wanted, Instant::now(), shared.apply_delay);
+    if release == Release::Now
+        && let Some(last) = apply_counted(&txn, &mut catalog, progress.deferred.take(), counts)?
+    {
+        applied_id = Some(last);
     }
     catalog.finish().map_err(io_err)?;
     if counts.applies == 0 && taken.flushes.is_empty() {
@@ -417,6 +459,21 @@ fn write_committed_on_stop(shared: &Shared) {
     }
 }
 
+/// [`apply_entries`], counted for the debug log; nothing to apply is no apply.
+fn apply_counted(
+    txn: &WriteTransaction,
+    catalog: &mut StateWriter<'_>,
+    entries: Vec<EntryResponder<TypeConfig>>,
+    counts: &mut RoundCounts,
+) -> io::Result<Option<LogId>> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    counts.applies += 1;
+    counts.entries_applied += entries.len();
+    apply_entries(txn, catalog, entries)
+}
+
 /// Applies committed entries to the catalog, recording a new membership in the same
 /// transaction; returns the newest applied log id, which the round writes with its log entries.
 ///
@@ -486,16 +543,45 @@ mod tests {
             handed: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(Mutex::new(None)),
             apply_hold: APPLY_HOLD,
+            wanted: Arc::new(AtomicU64::new(0)),
+            apply_delay: super::super::deferred::MAX_APPLY_DELAY,
         }
     }
 
     /// A round that holds an apply-only transaction for a minute, so that a test sees whether it
-    /// waited without depending on how fast its helper thread runs.
+    /// waited without depending on how fast its helper thread runs. Its applies are never held
+    /// back past their round, as a leader's (whose clients wait) are not: openraft's responders
+    /// cannot be made outside it, so the tests' entries have none.
     fn holding(dir: &std::path::Path) -> Shared {
         Shared {
             apply_hold: Duration::from_secs(60),
+            apply_delay: Duration::ZERO,
             ..shared(dir)
         }
+    }
+
+    /// A follower's writer: applies are held back for up to a minute.
+    fn following(dir: &std::path::Path) -> Shared {
+        Shared {
+            apply_delay: Duration::from_secs(60),
+            ..shared(dir)
+        }
+    }
+
+    /// Appends `range`, hands over its apply, and runs one round that takes both.
+    fn flush_and_apply(shared: &Shared, progress: &mut Progress, range: std::ops::RangeInclusive<u64>) {
+        let (tx, rx) = mpsc::channel();
+        let flushed = append(shared, &tx, &entries(range.clone()));
+        apply(&tx, entries(range));
+        let job = rx.recv().unwrap();
+        round(shared, progress, &rx, job);
+        flushed.blocking_recv().unwrap().unwrap();
+    }
+
+    /// Runs one round of `job` alone.
+    fn round_of(shared: &Shared, progress: &mut Progress, job: Job) -> Taken {
+        let (_tx, rx) = mpsc::channel();
+        round(shared, progress, &rx, job)
     }
 
     /// Writes entries `range` and applies none of them, in a round of their own.
@@ -644,6 +730,101 @@ mod tests {
         assert_eq!(applied, Some(1));
         assert_eq!(written, 1);
         assert!(took < Duration::from_secs(30), "the publish request ended the wait");
+    }
+
+    /// A follower's rounds flush the log and hold the applies no client waits for, until a
+    /// reader asks for them; they are then applied in log order, in one transaction.
+    #[test]
+    fn applies_no_client_waits_for_are_held_while_the_log_is_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = following(dir.path());
+        let mut progress = Progress::default();
+        flush_and_apply(&shared, &mut progress, 1..=2);
+        flush_and_apply(&shared, &mut progress, 3..=3);
+        assert_eq!(progress.entries_written, 3, "the log is written at once");
+        assert_eq!(*shared.applied.borrow(), None, "the applies are held");
+
+        let taken = round_of(&shared, &mut progress, Job::Publish);
+        assert_eq!(taken.entries, 3, "all three applied in the reader's round");
+        assert_eq!(*shared.applied.borrow(), Some(3));
+        let read = shared.db.begin_read().unwrap();
+        let (applied, _) = super::super::applied_state_in(&read).unwrap();
+        assert_eq!(applied.map(|l| l.index()), Some(3));
+    }
+
+    /// A barrier (a snapshot, a stop) and a round with no flush to make apply what is held.
+    #[test]
+    fn a_barrier_or_an_idle_round_applies_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = following(dir.path());
+        let mut progress = Progress::default();
+        flush_and_apply(&shared, &mut progress, 1..=1);
+        let (done, _barrier) = tokio::sync::oneshot::channel();
+        round_of(&shared, &mut progress, Job::Barrier(done));
+        assert_eq!(*shared.applied.borrow(), Some(1), "the barrier's round applied it");
+
+        flush_and_apply(&shared, &mut progress, 2..=2);
+        written(&shared, &mut progress, 3..=3);
+        assert_eq!(*shared.applied.borrow(), Some(1), "2 is held through a flush");
+        // The apply of 3 comes alone: a round without a flush applies everything held.
+        let (tx, rx) = mpsc::channel();
+        apply(&tx, entries(3..=3));
+        drop(tx);
+        let job = rx.recv().unwrap();
+        round(&shared, &mut progress, &rx, job);
+        assert_eq!(*shared.applied.borrow(), Some(3), "an idle round applied 2 and 3");
+    }
+
+    /// A reader that announced the index it waits for has it applied in the next round, even
+    /// one that flushes (it may have looked before the entry was handed over, and sent no
+    /// publish).
+    #[test]
+    fn a_wanted_entry_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = following(dir.path());
+        let mut progress = Progress::default();
+        shared.wanted.store(2, std::sync::atomic::Ordering::SeqCst);
+        flush_and_apply(&shared, &mut progress, 1..=1);
+        assert_eq!(*shared.applied.borrow(), Some(1), "1 is at or below the wanted index");
+        flush_and_apply(&shared, &mut progress, 2..=3);
+        assert_eq!(
+            *shared.applied.borrow(),
+            Some(3),
+            "the hold started at 2, which is wanted"
+        );
+        flush_and_apply(&shared, &mut progress, 4..=4);
+        assert_eq!(*shared.applied.borrow(), Some(3), "nobody waits for 4");
+    }
+
+    /// With nothing else to do, the writer applies held entries once they are due.
+    #[test]
+    fn held_applies_are_applied_when_due_with_nothing_else_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared {
+            apply_delay: Duration::from_millis(20),
+            ..shared(dir.path())
+        };
+        let (tx, rx) = mpsc::channel();
+        let flushed = append(&shared, &tx, &entries(1..=1));
+        apply(&tx, entries(1..=1));
+        let mut applied = shared.applied.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let in_time = std::thread::scope(|s| {
+            s.spawn(|| run(&shared, rx));
+            let in_time = runtime.block_on(async {
+                flushed.await.unwrap().unwrap();
+                // The watch's borrow must end here: the writer's next publish waits for it.
+                let waited = tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|a| *a == Some(1)));
+                waited.await.is_ok_and(|r| r.is_ok())
+            });
+            // Stops the writer before the scope waits for it, whatever the outcome.
+            tx.send(Job::Stop).unwrap();
+            in_time
+        });
+        assert!(in_time, "applied within the deadline with no other request");
     }
 
     /// After a failure every job is still answered, each with the failure: openraft waits for
