@@ -188,16 +188,9 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Job>) {
     let mut poll_for = IDLE_POLL;
     loop {
         let first = match progress.deferred.deadline(shared.apply_delay) {
-            // Held applies are due then even if nothing else comes: a publish applies them.
-            Some(due) => match poll(&rx, (Instant::now() + poll_for).min(due)) {
-                Polled::Job(job) => job,
-                Polled::Gone => break,
-                Polled::Nothing => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                    Ok(job) => job,
-                    Err(mpsc::RecvTimeoutError::Timeout) => Job::Publish,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-            },
+            // Held applies are due then even if nothing else comes: a publish applies them (and
+            // if every sender is gone, the wait after that round ends the loop).
+            Some(due) => next_job_before(&rx, poll_for, due).unwrap_or(Job::Publish),
             None => match next_job(&rx, poll_for) {
                 Some(job) => job,
                 None => break,
@@ -236,8 +229,8 @@ fn next_job(rx: &mpsc::Receiver<Job>, poll_for: Duration) -> Option<Job> {
 }
 
 /// Like [`next_job`], but gives up at `until`.
-fn next_job_before(rx: &mpsc::Receiver<Job>, until: Instant) -> Option<Job> {
-    match poll(rx, (Instant::now() + IDLE_POLL).min(until)) {
+fn next_job_before(rx: &mpsc::Receiver<Job>, poll_for: Duration, until: Instant) -> Option<Job> {
+    match poll(rx, (Instant::now() + poll_for).min(until)) {
         Polled::Job(job) => Some(job),
         Polled::Gone => None,
         Polled::Nothing => rx.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
@@ -361,7 +354,7 @@ fn write_round(
             Ok(job) => Some(job),
             Err(mpsc::TryRecvError::Empty) if taken.holds_for_a_flush() => {
                 let until = *hold_until.get_or_insert_with(|| Instant::now() + shared.apply_hold);
-                next_job_before(rx, until)
+                next_job_before(rx, IDLE_POLL, until)
             }
             Err(_) => None,
         };
@@ -578,6 +571,13 @@ mod tests {
         flushed.blocking_recv().unwrap().unwrap();
     }
 
+    /// The applied index the database holds.
+    fn applied_in_redb(shared: &Shared) -> Option<u64> {
+        let read = shared.db.begin_read().unwrap();
+        let (applied, _) = super::super::applied_state_in(&read).unwrap();
+        applied.map(|l| l.index())
+    }
+
     /// Runs one round of `job` alone.
     fn round_of(shared: &Shared, progress: &mut Progress, job: Job) -> Taken {
         let (_tx, rx) = mpsc::channel();
@@ -658,8 +658,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log.iter().map(|e| e.index()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-        let (applied, _) = super::super::applied_state_in(&read).unwrap();
-        assert_eq!(applied.map(|l| l.index()), Some(5));
+        assert_eq!(applied_in_redb(&shared), Some(5));
     }
 
     /// A round writes every unwritten entry, so the flush of a later append is answered by an
@@ -747,9 +746,7 @@ mod tests {
         let taken = round_of(&shared, &mut progress, Job::Publish);
         assert_eq!(taken.entries, 3, "all three applied in the reader's round");
         assert_eq!(*shared.applied.borrow(), Some(3));
-        let read = shared.db.begin_read().unwrap();
-        let (applied, _) = super::super::applied_state_in(&read).unwrap();
-        assert_eq!(applied.map(|l| l.index()), Some(3));
+        assert_eq!(applied_in_redb(&shared), Some(3));
     }
 
     /// A barrier (a snapshot, a stop) and a round with no flush to make apply what is held.
