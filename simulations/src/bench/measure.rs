@@ -1,6 +1,6 @@
 //! The measurements: single-row commits on a raw redb file, and Raft writes through a node,
 //! either one client at a time or many concurrent writers. Each yields latency percentiles and
-//! a rate.
+//! a rate; a series repeated in several trials is summed up by its middle trial.
 
 use std::{
     path::Path,
@@ -66,6 +66,41 @@ pub struct Measured {
     pub stats: Stats,
     pub errors: usize,
     pub first_error: Option<String>,
+}
+
+/// A series measured in several trials: the middle one by the figure its goal reads, and that
+/// figure of every trial in the order they ran. The middle trial, not a mean, because one trial
+/// that a busy moment of the machine slowed should not move the result.
+#[derive(Clone, Debug)]
+pub struct Trials<T> {
+    pub middle: T,
+    pub figures: Vec<f64>,
+}
+
+impl<T> Trials<T> {
+    /// The middle of `trials` by `figure` (the lower middle of an even count); `None` when there
+    /// are no trials.
+    pub fn middle_by(trials: Vec<T>, figure: impl Fn(&T) -> f64) -> Option<Self> {
+        let figures: Vec<f64> = trials.iter().map(&figure).collect();
+        let mut order: Vec<usize> = (0..trials.len()).collect();
+        order.sort_by(|&a, &b| figures[a].total_cmp(&figures[b]));
+        let pick = *order.get(order.len().checked_sub(1)? / 2)?;
+        let middle = trials.into_iter().nth(pick)?;
+        Some(Trials { middle, figures })
+    }
+}
+
+impl Trials<Measured> {
+    /// As [`Trials::middle_by`], with the failed writes of every trial counted in the middle
+    /// one: a failure in any trial makes the series suspect.
+    pub fn of_writes(trials: Vec<Measured>, figure: impl Fn(&Stats) -> f64) -> Option<Self> {
+        let errors = trials.iter().map(|m| m.errors).sum();
+        let first_error = trials.iter().find_map(|m| m.first_error.clone());
+        let mut t = Self::middle_by(trials, |m| figure(&m.stats))?;
+        t.middle.errors = errors;
+        t.middle.first_error = first_error;
+        Some(t)
+    }
 }
 
 /// Hands out resource names that are unique for the whole run, so no write is rejected as a
@@ -240,5 +275,39 @@ mod tests {
         assert_eq!(percentile_ms(&samples, 99.0), 99.0);
         assert_eq!(percentile_ms(&[ms(7)], 99.0), 7.0);
         assert!(percentile_ms(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn the_middle_trial_is_picked_by_its_figure_and_every_failure_counts() {
+        let t = Trials::middle_by(vec![5.0, 1.0, 9.0], |v| *v).unwrap();
+        assert_eq!((t.middle, t.figures), (5.0, vec![5.0, 1.0, 9.0]));
+        // An even count takes the lower middle.
+        assert_eq!(Trials::middle_by(vec![4.0, 2.0], |v| *v).unwrap().middle, 2.0);
+        assert!(Trials::middle_by(Vec::<f64>::new(), |v| *v).is_none());
+
+        let run = |rate: f64, errors: usize, first: Option<&str>| Measured {
+            stats: Stats {
+                count: 10,
+                secs: 1.0,
+                per_sec: rate,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+            },
+            errors,
+            first_error: first.map(str::to_string),
+        };
+        let t = Trials::of_writes(
+            vec![
+                run(300.0, 0, None),
+                run(100.0, 2, Some("timeout")),
+                run(200.0, 1, Some("gone")),
+            ],
+            |s| s.per_sec,
+        )
+        .unwrap();
+        assert_eq!(t.middle.stats.per_sec, 200.0);
+        assert_eq!(t.middle.errors, 3);
+        assert_eq!(t.middle.first_error.as_deref(), Some("timeout"));
+        assert_eq!(t.figures, [300.0, 100.0, 200.0]);
     }
 }

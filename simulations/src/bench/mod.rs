@@ -30,7 +30,7 @@ use catalog::CatalogPlan;
 use cluster::LocalCluster;
 use fanout::FanoutPlan;
 use git::GitPlan;
-use measure::{Budget, Measured, Names};
+use measure::{Budget, Measured, Names, Trials};
 use pair::Pair;
 use report::Report;
 use summary::Summary;
@@ -87,13 +87,24 @@ pub struct BenchArgs {
     /// Run only these benchmarks (repeat the flag or separate with commas); all by default.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "BENCH")]
     pub only: Vec<Section>,
+    /// How many times each Raft series runs, the trials interleaved; each figure is the middle
+    /// trial's (default 3, 1 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_TRIALS))]
+    pub trials: Option<u16>,
 }
+
+/// The most trials `--trials` accepts: each is a full round of every Raft series.
+const MAX_TRIALS: i64 = 15;
 
 /// How much work each measurement does.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub mode: &'static str,
     pub raw_commits: usize,
+    /// Rounds of every Raft series (the raw commits included), one after the other, so that the
+    /// trials of each series see the same stretches of the machine's load; see
+    /// [`measure::Trials`].
+    pub trials: usize,
     /// Untimed operations before each timed series (connections, caches, file growth).
     pub warmup: usize,
     pub latency_writes: usize,
@@ -110,6 +121,7 @@ impl Plan {
         Plan {
             mode: "full",
             raw_commits: 2000,
+            trials: 3,
             warmup: 100,
             latency_writes: 2000,
             writer_counts: vec![1, 64, 256],
@@ -128,6 +140,7 @@ impl Plan {
         Plan {
             mode: "quick",
             raw_commits: 200,
+            trials: 1,
             warmup: 10,
             latency_writes: 200,
             writer_counts: vec![1, 64, 256],
@@ -144,7 +157,10 @@ impl Plan {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
+    if let Some(trials) = args.trials {
+        plan.trials = usize::from(trials);
+    }
     let mut sections = if args.only.is_empty() {
         Section::ALL.to_vec()
     } else {
@@ -255,32 +271,51 @@ pub async fn measure_all(plan: &Plan, root: &Path, sections: &[Section]) -> Summ
     summary.finish()
 }
 
-/// Runs the raft measurements of `plan` with scratch data under `root`. Progress goes to stderr.
+/// Runs the raft measurements of `plan` with scratch data under `root`, in `plan.trials` rounds
+/// of every series, and reports each series' middle trial. Progress goes to stderr.
 pub async fn measure_raft(plan: &Plan, root: &Path) -> Result<Report> {
-    eprintln!(
-        "raw redb: {} single-row commits in {}",
-        plan.raw_commits,
-        root.display()
-    );
-    let raw_path = root.join("raw.redb");
-    let (warmup, n) = (plan.warmup, plan.raw_commits);
-    let raw = tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n)).await??;
-
     let names = Arc::new(Names::default());
+    let series: Vec<(usize, Series)> = [1, 3]
+        .into_iter()
+        .flat_map(|nodes| {
+            std::iter::once(Series::OneClient)
+                .chain(plan.writer_counts.iter().map(|&w| Series::Writers(w)))
+                .map(move |s| (nodes, s))
+        })
+        .collect();
+    let mut raw = Vec::with_capacity(plan.trials);
+    let mut runs: Vec<Vec<Measured>> = series.iter().map(|_| Vec::with_capacity(plan.trials)).collect();
+    for trial in 1..=plan.trials {
+        eprintln!(
+            "raw redb, trial {trial} of {}: {} single-row commits in {}",
+            plan.trials,
+            plan.raw_commits,
+            root.display()
+        );
+        let raw_path = root.join(format!("raw-{trial}.redb"));
+        let (warmup, n) = (plan.warmup, plan.raw_commits);
+        raw.push(tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n)).await??);
+        for (&(nodes, s), trials) in series.iter().zip(&mut runs) {
+            trials.push(on_fresh_cluster(plan, root, nodes, s, &names, trial).await?);
+        }
+    }
+    let no_trials = || anyhow!("the plan has no trials");
+    let raw = Trials::middle_by(raw, |s| s.p50_ms).ok_or_else(no_trials)?;
     let mut latency = Vec::new();
     let mut throughput = Vec::new();
-    for nodes in [1, 3] {
-        let series = std::iter::once(Series::OneClient).chain(plan.writer_counts.iter().map(|&w| Series::Writers(w)));
-        for series in series {
-            let m = on_fresh_cluster(plan, root, nodes, series, &names).await?;
-            match series {
-                Series::OneClient => latency.push((nodes, m)),
-                Series::Writers(w) => throughput.push((nodes, w, m)),
-            }
+    for ((nodes, s), trials) in series.into_iter().zip(runs) {
+        match s {
+            Series::OneClient => latency.push((nodes, Trials::of_writes(trials, |s| s.p50_ms).ok_or_else(no_trials)?)),
+            Series::Writers(w) => throughput.push((
+                nodes,
+                w,
+                Trials::of_writes(trials, |s| s.per_sec).ok_or_else(no_trials)?,
+            )),
         }
     }
     Ok(Report::new(
         plan.mode,
+        plan.trials,
         root.display().to_string(),
         raw,
         latency,
@@ -305,10 +340,11 @@ async fn on_fresh_cluster(
     nodes: usize,
     series: Series,
     names: &Arc<Names>,
+    trial: usize,
 ) -> Result<Measured> {
     let label = match series {
-        Series::OneClient => format!("bench-{nodes}n-1client"),
-        Series::Writers(w) => format!("bench-{nodes}n-{w}w"),
+        Series::OneClient => format!("bench-{nodes}n-1client-t{trial}"),
+        Series::Writers(w) => format!("bench-{nodes}n-{w}w-t{trial}"),
     };
     eprintln!("{label}: forming a {nodes}-node cluster");
     let mut cluster = LocalCluster::start(root, &label, nodes).await?;
@@ -344,6 +380,8 @@ mod tests {
         let plan = Plan {
             mode: "test",
             raw_commits: 20,
+            // Two, so that every series runs twice and each figure is picked from its trials.
+            trials: 2,
             warmup: 2,
             latency_writes: 20,
             writer_counts: vec![1, 64, 256],
@@ -357,25 +395,32 @@ mod tests {
         let report = measure_raft(&plan, dir.path()).await.unwrap();
 
         assert_eq!(report.errors, 0, "{:?}", report.first_error);
-        assert_eq!(report.raw.count, 20);
+        assert_eq!((report.raw.count, report.trials), (20, 2));
         assert!(report.raw.p50_ms > 0.0 && report.raw.per_sec > 0.0);
+        assert_eq!(report.raw_trials_p50_ms.len(), 2);
+        assert!(report.raw_trials_p50_ms.contains(&report.raw.p50_ms));
         let nodes: Vec<usize> = report.latency.iter().map(|r| r.nodes).collect();
         assert_eq!(nodes, [1, 3]);
         for r in &report.latency {
             assert_eq!(r.stats.count, 20);
             assert!(r.stats.p50_ms.is_finite() && r.stats.p99_ms >= r.stats.p50_ms);
             assert!(r.goal.is_some());
+            assert_eq!(r.trials_p50_ms.len(), 2);
+            assert!(r.trials_p50_ms.contains(&r.stats.p50_ms), "{r:?}");
         }
         assert_eq!(report.throughput.len(), 6);
         for r in &report.throughput {
             // Every writer writes at least once even when the cap is lower than their number.
             assert!(r.stats.count >= r.writers.max(20), "{r:?}");
             assert!(r.stats.per_sec > 0.0 && r.vs_one_writer.is_some());
+            assert_eq!(r.trials_per_sec.len(), 2);
+            assert!(r.trials_per_sec.contains(&r.stats.per_sec), "{r:?}");
         }
         assert_eq!(report.goals_total, 4);
 
         let table = report.table();
         assert!(table.contains("raw redb commit") && table.contains("goal"), "{table}");
+        assert!(table.contains("2 trials per series") && table.contains("–"), "{table}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["throughput"][5]["writers"], 256);
     }

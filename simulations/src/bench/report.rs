@@ -1,10 +1,11 @@
 //! The bench's results: every figure next to the raw commit it is compared with, the goals of
-//! the issue checked against them, and their two renderings (a plain-text table and JSON).
+//! the issue checked against them, and their two renderings (a plain-text table and JSON). Each
+//! figure is its series' middle trial; the table shows the spread of the trials beside it.
 
 use serde::Serialize;
 
 use super::common::{Align, Table};
-use super::measure::Stats;
+use super::measure::{Measured, Stats, Trials};
 
 /// 1-node p50 may exceed the raw commit p50 by this much.
 const ONE_NODE_SLACK_MS: f64 = 0.3;
@@ -20,8 +21,12 @@ pub struct Report {
     pub mode: String,
     pub dir: String,
     pub cpus: usize,
+    /// Rounds of every series; each figure below is the middle trial's.
+    pub trials: usize,
     /// Single-row redb commits with the default (immediate) durability.
     pub raw: Stats,
+    /// The raw commit's p50 in every trial, in the order they ran.
+    pub raw_trials_p50_ms: Vec<f64>,
     pub latency: Vec<LatencyRow>,
     pub throughput: Vec<ThroughputRow>,
     pub goals_met: usize,
@@ -38,6 +43,8 @@ pub struct LatencyRow {
     #[serde(flatten)]
     pub stats: Stats,
     pub errors: usize,
+    /// p50 in every trial, in the order they ran.
+    pub trials_p50_ms: Vec<f64>,
     pub p50_vs_raw: f64,
     pub p99_vs_raw: f64,
     pub goal: Option<Goal>,
@@ -51,6 +58,8 @@ pub struct ThroughputRow {
     #[serde(flatten)]
     pub stats: Stats,
     pub errors: usize,
+    /// Writes per second in every trial, in the order they ran.
+    pub trials_per_sec: Vec<f64>,
     /// Writes per second over raw commits per second.
     pub vs_raw: f64,
     /// Writes per second over the same cluster's 1-writer writes per second.
@@ -68,17 +77,22 @@ pub struct Goal {
 }
 
 impl Report {
-    /// Works out ratios and goals from the raw figures.
+    /// Works out ratios and goals from the middle trials.
     pub fn new(
         mode: &str,
+        trials: usize,
         dir: String,
-        raw: Stats,
-        latency: Vec<(usize, super::measure::Measured)>,
-        throughput: Vec<(usize, usize, super::measure::Measured)>,
+        raw: Trials<Stats>,
+        latency: Vec<(usize, Trials<Measured>)>,
+        throughput: Vec<(usize, usize, Trials<Measured>)>,
     ) -> Self {
+        let Trials {
+            middle: raw,
+            figures: raw_trials_p50_ms,
+        } = raw;
         let mut errors = 0;
         let mut first_error = None;
-        let mut note = |m: &super::measure::Measured| {
+        let mut note = |m: &Measured| {
             errors += m.errors;
             if first_error.is_none() {
                 first_error = m.first_error.clone();
@@ -86,7 +100,7 @@ impl Report {
         };
         let latency: Vec<LatencyRow> = latency
             .into_iter()
-            .map(|(nodes, m)| {
+            .map(|(nodes, Trials { middle: m, figures })| {
                 note(&m);
                 let goal = match nodes {
                     1 => Some((
@@ -111,6 +125,7 @@ impl Report {
                     p99_vs_raw: m.stats.p99_ms / raw.p99_ms,
                     stats: m.stats,
                     errors: m.errors,
+                    trials_p50_ms: figures,
                     goal,
                 }
             })
@@ -119,11 +134,11 @@ impl Report {
             throughput
                 .iter()
                 .find(|(n, w, _)| *n == nodes && *w == 1)
-                .map(|(_, _, m)| m.stats.per_sec)
+                .map(|(_, _, t)| t.middle.stats.per_sec)
         };
         let throughput: Vec<ThroughputRow> = throughput
             .iter()
-            .map(|(nodes, writers, m)| {
+            .map(|(nodes, writers, Trials { middle: m, figures })| {
                 note(m);
                 let base = one_writer(*nodes);
                 let goal = base.filter(|_| *writers == GROUP_COMMIT_WRITERS).map(|base| {
@@ -140,6 +155,7 @@ impl Report {
                     writers: *writers,
                     stats: m.stats.clone(),
                     errors: m.errors,
+                    trials_per_sec: figures.clone(),
                     vs_raw: m.stats.per_sec / raw.per_sec,
                     vs_one_writer: base.map(|b| m.stats.per_sec / b),
                     goal,
@@ -155,7 +171,9 @@ impl Report {
             mode: mode.to_string(),
             dir,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            trials,
             raw,
+            raw_trials_p50_ms,
             latency,
             throughput,
             goals_met,
@@ -168,8 +186,12 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str("causeway bench — raft writes vs raw redb commit (same disk, same run)\n");
+        let trials = match self.trials {
+            1 => "1 trial".to_string(),
+            n => format!("{n} trials per series, the middle one shown"),
+        };
         out.push_str(&format!(
-            "{} run, {} cpus, data in {}\n\n",
+            "{} run, {} cpus, {trials}, data in {}\n\n",
             self.mode, self.cpus, self.dir
         ));
 
@@ -181,6 +203,7 @@ impl Report {
             ("writes/s", Align::Right),
             ("p50 vs raw", Align::Right),
             ("p99 vs raw", Align::Right),
+            ("p50 of trials", Align::Right),
             ("goal", Align::Left),
         ]);
         lat.row(vec![
@@ -191,6 +214,7 @@ impl Report {
             rate(self.raw.per_sec),
             "1.00×".into(),
             "1.00×".into(),
+            spread(&self.raw_trials_p50_ms, ms),
             "baseline".into(),
         ]);
         for r in &self.latency {
@@ -202,6 +226,7 @@ impl Report {
                 rate(r.stats.per_sec),
                 times(r.p50_vs_raw),
                 times(r.p99_vs_raw),
+                spread(&r.trials_p50_ms, ms),
                 goal(r.goal.as_ref()),
             ]);
         }
@@ -217,6 +242,7 @@ impl Report {
             ("vs 1 writer", Align::Right),
             ("p50", Align::Right),
             ("p99", Align::Right),
+            ("writes/s of trials", Align::Right),
             ("goal", Align::Left),
         ]);
         for r in &self.throughput {
@@ -229,6 +255,7 @@ impl Report {
                 r.vs_one_writer.map_or_else(|| "-".into(), times),
                 ms(r.stats.p50_ms),
                 ms(r.stats.p99_ms),
+                spread(&r.trials_per_sec, rate),
                 goal(r.goal.as_ref()),
             ]);
         }
@@ -263,6 +290,17 @@ fn rate(v: f64) -> String {
 
 fn times(v: f64) -> String {
     if v.is_finite() { format!("{v:.2}×") } else { "-".into() }
+}
+
+/// The lowest and highest of a series' trials, or `-` for a single trial.
+fn spread(figures: &[f64], show: fn(f64) -> String) -> String {
+    let lowest = figures.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = figures.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if figures.len() < 2 {
+        "-".into()
+    } else {
+        format!("{}–{}", show(lowest), show(highest))
+    }
 }
 
 fn with_errors(count: usize, errors: usize) -> String {
