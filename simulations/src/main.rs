@@ -57,4 +57,21 @@ mod tests {
     fn command_line_is_well_formed() {
         super::Cli::command().debug_assert();
     }
+
+    #[test]
+    fn bench_trials_must_be_between_one_and_the_limit() {
+        use clap::Parser;
+        let trials = |n: &str| match super::Cli::try_parse_from(["causeway-simulations", "bench", "--trials", n]) {
+            Ok(super::Cli {
+                command: super::Cmd::Bench(args),
+            }) => Ok(args.trials),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(trials("1"), Ok(Some(1)));
+        assert_eq!(trials("15"), Ok(Some(15)));
+        for bad in ["0", "16", "-1", "three"] {
+            assert!(trials(bad).is_err(), "--trials {bad} was accepted");
+        }
+    }
 }
