@@ -293,8 +293,9 @@ pub async fn measure_raft(plan: &Plan, root: &Path) -> Result<Report> {
             root.display()
         );
         let raw_path = root.join(format!("raw-{trial}.redb"));
-        let (warmup, n) = (plan.warmup, plan.raw_commits);
-        raw.push(tokio::task::spawn_blocking(move || measure::raw_commits(&raw_path, warmup, n)).await??);
+        let (warmup, n, path) = (plan.warmup, plan.raw_commits, raw_path.clone());
+        raw.push(tokio::task::spawn_blocking(move || measure::raw_commits(&path, warmup, n)).await??);
+        report_unremoved(&raw_path, std::fs::remove_file(&raw_path));
         for (&(nodes, s), trials) in series.iter().zip(&mut runs) {
             trials.push(on_fresh_cluster(plan, root, nodes, s, &names, trial).await?);
         }
@@ -347,7 +348,9 @@ async fn on_fresh_cluster(
         Series::Writers(w) => format!("bench-{nodes}n-{w}w-t{trial}"),
     };
     eprintln!("{label}: forming a {nodes}-node cluster");
-    let mut cluster = LocalCluster::start(root, &label, nodes).await?;
+    let dir = root.join(&label);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut cluster = LocalCluster::start(&dir, &label, nodes).await?;
     let result = async {
         // Writing on the leader keeps the client's hop out of the figures: a write sent to a
         // follower is forwarded, which is a different (and serialized) path.
@@ -366,7 +369,17 @@ async fn on_fresh_cluster(
     }
     .await;
     cluster.shutdown().await;
+    // Each trial's clusters would otherwise hold their data on disk until the whole run ends.
+    report_unremoved(&dir, std::fs::remove_dir_all(&dir));
     result.with_context(|| format!("{label} on a {nodes}-node cluster"))
+}
+
+/// Reports a series' scratch data that could not be removed once measured: it only costs disk
+/// space until the run's scratch dir goes, so the run goes on.
+fn report_unremoved(path: &Path, removed: std::io::Result<()>) {
+    if let Err(e) = removed {
+        eprintln!("could not remove {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +406,12 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let report = measure_raft(&plan, dir.path()).await.unwrap();
+        // Every series' clusters and raw database were removed once measured.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
 
         assert_eq!(report.errors, 0, "{:?}", report.first_error);
         assert_eq!((report.raw.count, report.trials), (20, 2));
