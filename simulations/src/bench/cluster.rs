@@ -9,10 +9,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use causeway::{Config, Discovery, Node, NodeError, join::join_cluster};
+use causeway::{Config, Discovery, Node, NodeError, endpoint::EndpointError, join::join_cluster};
 use causeway_proto::InviteTicket;
 use causeway_raft::{ClusterStatus, Role};
 
+/// Attempts at forming one cluster (see [`LocalCluster::start`]).
+const FORM_ATTEMPTS: usize = 3;
 /// How long forming the cluster (election, join, promotion) may take before the bench gives up.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Attempts at binding a port that was free a moment ago.
@@ -28,8 +30,32 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Forms a cluster of `size` voters whose data dirs are `root/<name>-<i>`.
+    /// Forms a cluster of `size` voters whose data dirs are `root/<name>-<i>`. Two races of
+    /// forming one in a busy process can leave data dirs that cannot start; the cluster is then
+    /// formed again as `<name>-<attempt>` (see [`FormAgain`]).
     pub async fn start(root: &Path, name: &str, size: usize) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            let label = if attempt == 1 {
+                name.to_string()
+            } else {
+                format!("{name}-{attempt}")
+            };
+            match Self::form(root, &label, size).await {
+                Err(e)
+                    if attempt < FORM_ATTEMPTS
+                        && let Some(why) = FormAgain::after(&e) =>
+                {
+                    eprintln!("{label}: {why}; forming the cluster again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at [`Self::start`]; stops whatever it started if it fails.
+    async fn form(root: &Path, name: &str, size: usize) -> Result<Self> {
         let mut cluster = LocalCluster { nodes: Vec::new() };
         match cluster.grow(root, name, size).await {
             Ok(()) => Ok(cluster),
@@ -131,5 +157,65 @@ where
             Err(NodeError::Endpoint(_)) if attempt < BIND_ATTEMPTS => attempt += 1,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Why a cluster that failed to form is worth forming again in a new data dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FormAgain {
+    /// `init` or `join` returned while its Raft store still held the database (its writer
+    /// thread lets go a moment later), and starting the node failed to lock the file.
+    DatabaseHeld,
+    /// The port `init` or `join` picked and recorded was taken by another socket before the
+    /// node bound it, and stayed taken (another test's endpoint may hold it for its whole run).
+    PortTaken,
+}
+
+impl FormAgain {
+    fn after(e: &anyhow::Error) -> Option<Self> {
+        let port_taken = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<NodeError>(),
+                Some(NodeError::Endpoint(EndpointError::Bind(..)))
+            ) || matches!(c.downcast_ref::<EndpointError>(), Some(EndpointError::Bind(..)))
+        });
+        if port_taken {
+            Some(FormAgain::PortTaken)
+        } else if format!("{e:#}").contains("Database already open") {
+            Some(FormAgain::DatabaseHeld)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for FormAgain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FormAgain::DatabaseHeld => "the database was still held after init or join",
+            FormAgain::PortTaken => "the port recorded at init or join was taken before the node bound it",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_two_races_of_forming_are_worth_forming_again() {
+        let taken = NodeError::Endpoint(EndpointError::Bind(
+            "127.0.0.1:40000".parse().unwrap(),
+            "Address already in use".into(),
+        ));
+        let started = Err::<(), _>(taken).context("start node /tmp/c0-0").unwrap_err();
+        assert_eq!(FormAgain::after(&started), Some(FormAgain::PortTaken));
+
+        let held = anyhow!("Database already open. Cannot acquire lock.").context("start node /tmp/c0-0");
+        assert_eq!(FormAgain::after(&held), Some(FormAgain::DatabaseHeld));
+
+        let bad_bind = NodeError::Endpoint(EndpointError::BadBind("127.0.0.1:0".parse().unwrap(), "port 0".into()));
+        assert_eq!(FormAgain::after(&anyhow::Error::from(bad_bind)), None);
+        assert_eq!(FormAgain::after(&anyhow!("waited 60s for the first node leads")), None);
     }
 }

@@ -18,7 +18,6 @@ use tokio::task::JoinSet;
 use super::cluster::LocalCluster;
 use super::common::{self, Align, Table, at_most, poll_until, stats};
 use super::measure::Stats;
-use super::pair::start_cluster;
 use super::report::Goal;
 
 /// The figure the goal is about: p99 at the largest number of peers.
@@ -178,7 +177,7 @@ async fn form_clusters(dir: &Path, count: usize, out: &mut Vec<LocalCluster>) ->
     loop {
         while running.len() < FORM_CONCURRENCY && first_error.is_none() {
             let Some((i, d)) = pending.next() else { break };
-            running.spawn(async move { (i, start_cluster(&d, &format!("c{i}")).await) });
+            running.spawn(async move { (i, LocalCluster::start(&d, &format!("c{i}"), 1).await) });
         }
         let Some(done) = running.join_next().await else { break };
         match done {
