@@ -173,6 +173,8 @@ enum FormAgain {
 
 impl FormAgain {
     fn after(e: &anyhow::Error) -> Option<Self> {
+        // `NodeError::Endpoint` is transparent: it does not name its `EndpointError` as a
+        // source, so the chain holds one or the other, never both.
         let port_taken = e.chain().any(|c| {
             matches!(
                 c.downcast_ref::<NodeError>(),
