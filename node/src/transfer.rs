@@ -285,8 +285,9 @@ impl Mirroring {
             other => return Err(NodeError::Refused(format!("unexpected result {other:?}"))),
         };
         self.with_transfer(name, peer_label, Direction::Pull, |t| match refused {
-            // Recorded (every other ref moved), but the divergent refs are reported.
-            Some(problem) => t.failed(problem, now_ms()),
+            // Recorded (every other ref moved), but the divergent refs are reported, and stay so
+            // when another pull finds the mirror already at this version.
+            Some(problem) => t.refused(resource.version, problem, now_ms()),
             None => t.synced(resource.version, now_ms()),
         });
         tracing::info!(resource = name, version = resource.version, origin = %origin, "mirror synced");

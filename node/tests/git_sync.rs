@@ -135,6 +135,19 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     assert_eq!(status["state"], "failed", "{status}");
     assert_eq!(head(&mirror), before, "a divergent ref must never be overwritten");
     git(&mirror, &["fsck", "--strict"]);
+
+    // Another pull (an admin's `sync`, or a reconcile racing the first) finds the mirror at the
+    // recorded version: the refusal must stay reported, not read as synced.
+    let version = status["version"].as_u64().expect("version");
+    assert_eq!(b.json(&["sync", "shared-lib", "--from", "a"])["version"], version);
+    let t = b.json(&["sync", "status"]);
+    let t = t
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["resource"] == "shared-lib"))
+        .expect("shared-lib's row");
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(t["reason"].as_str().is_some_and(|r| r.contains("divergent")), "{t}");
+    assert_eq!(head(&mirror), before);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! One [`Transfer`] tracks one `(resource, peer, direction)`. The caller feeds it events
 //! ([`Transfer::want`], [`Transfer::start`], [`Transfer::progress`], [`Transfer::synced`],
-//! [`Transfer::failed`], [`Transfer::denied`]) with the current time in milliseconds, and reads a
+//! [`Transfer::refused`], [`Transfer::failed`], [`Transfer::denied`]) with the current time in milliseconds, and reads a
 //! [`TransferStatus`] for any time with [`Transfer::status`]. Nothing here reads a clock, so the
 //! simulator can drive it with simulated time.
 //!
@@ -33,6 +33,12 @@
 //!   newer version is running records `v` but leaves that transfer `transferring`.
 //! * **Failures.** `failed` and `denied` are taken in any state (an explicit outcome of the latest
 //!   attempt); they stay until the next `start` or `synced`. A `want` does not hide them.
+//! * **Refused.** `refused(v)` is a version recorded with part of it refused (a git mirror that
+//!   moved every ref but the divergent ones): `v` counts as synced for the wanted versions and
+//!   the lag, but the transfer reads `failed` with the reason. A later `synced` of `v` or an older
+//!   version (a pull that finds the mirror already at `v`) leaves it `failed`: only a `start` or
+//!   the `synced` of a newer version clears it, so the refusal stays reported until something
+//!   newer arrives.
 //! * **Version shown.** `transferring` / `stalled`: the version being transferred. `synced` and
 //!   `pending`: the last synced version (0 before the first). `failed` / `denied`: the version of
 //!   the attempt that failed, else the newest wanted version, else the last synced one.
@@ -173,6 +179,8 @@ pub struct Transfer {
     /// When the stall clock last restarted.
     last_progress_ms: u64,
     reason: Option<String>,
+    /// A version recorded with part of it refused: it reads failed until something newer.
+    refused: Option<u64>,
     /// Time of the last event (for callers that expire old rows).
     updated_ms: u64,
 }
@@ -192,6 +200,7 @@ impl Transfer {
             bytes_total: None,
             last_progress_ms: now_ms,
             reason: None,
+            refused: None,
             updated_ms: now_ms,
         }
     }
@@ -257,6 +266,7 @@ impl Transfer {
         self.bytes_total = bytes_total;
         self.last_progress_ms = now_ms;
         self.reason = None;
+        self.refused = None;
     }
 
     /// Bytes moved so far in the running transfer. Restarts the stall clock only when
@@ -289,6 +299,10 @@ impl Transfer {
         }
         self.synced = Some(version);
         self.wanted.retain(|&(w, _)| w > version);
+        if self.refused.is_some_and(|r| version <= r) {
+            return;
+        }
+        self.refused = None;
         if self.phase == Phase::Transferring && self.attempt.is_some_and(|a| a > version) {
             return;
         }
@@ -307,6 +321,19 @@ impl Transfer {
     /// The latest attempt failed.
     pub fn failed(&mut self, reason: String, now_ms: u64) {
         self.touch(now_ms);
+        self.phase = Phase::Failed;
+        self.reason = Some(reason);
+    }
+
+    /// `version` is recorded here, but part of it was refused (`reason` says which).
+    pub fn refused(&mut self, version: u64, reason: String, now_ms: u64) {
+        self.touch(now_ms);
+        if self.synced.is_none_or(|s| s < version) {
+            self.synced = Some(version);
+        }
+        self.wanted.retain(|&(w, _)| w > version);
+        self.attempt = Some(version);
+        self.refused = Some(version);
         self.phase = Phase::Failed;
         self.reason = Some(reason);
     }
@@ -510,6 +537,41 @@ mod tests {
         t.synced(3, 7_000);
         let s = t.status(7_000, &CFG);
         assert_eq!((s.state, s.reason, s.lag_ms), (TransferState::Synced, None, 0));
+    }
+
+    #[test]
+    fn a_refused_version_stays_failed_until_something_newer() {
+        let mut t = t0();
+        t.synced(2, 1_000);
+        t.want(3, 2_000);
+        t.start(3, Some(10), 2_000);
+        t.refused(
+            3,
+            "divergent refs refused, not overwritten: refs/heads/main".into(),
+            3_000,
+        );
+        let s = t.status(3_000, &CFG);
+        assert_eq!((s.state, s.version, s.lag_ms), (TransferState::Failed, 3, 0));
+        assert!(s.reason.as_deref().is_some_and(|r| r.contains("divergent")));
+        // A second pull that finds the mirror already at 3 (or a stale report) hides nothing.
+        t.synced(3, 4_000);
+        t.synced(2, 4_100);
+        let s = t.status(4_200, &CFG);
+        assert_eq!((s.state, s.version), (TransferState::Failed, 3));
+        assert!(s.reason.is_some());
+        // Version 4 wanted: still failed, the lag counts from 4's arrival.
+        t.want(4, 5_000);
+        let s = t.status(6_000, &CFG);
+        assert_eq!((s.state, s.lag_ms), (TransferState::Failed, 1_000));
+        // Version 4 synced cleanly clears it.
+        t.synced(4, 7_000);
+        let s = t.status(7_000, &CFG);
+        assert_eq!((s.state, s.version, s.reason), (TransferState::Synced, 4, None));
+        // A new attempt clears a refusal too.
+        t.refused(5, "divergent".into(), 8_000);
+        t.start(6, None, 9_000);
+        t.synced(6, 9_500);
+        assert_eq!(t.status(9_500, &CFG).state, TransferState::Synced);
     }
 
     #[test]

@@ -229,9 +229,23 @@ impl NodeProc {
     }
 }
 
+/// How many of a node's last log lines a failed test prints.
+const LOG_LINES_ON_FAILURE: usize = 80;
+
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill9();
+        // The data dirs go with the harness: a failing test shows what its nodes logged, or CI
+        // would keep only the assertion.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+            eprintln!("---- last {} log lines of {} ----", tail.len(), self.name);
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
