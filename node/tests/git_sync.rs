@@ -124,9 +124,12 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     git(&work, &["reset", "-q", "--hard", "HEAD~1"]);
     commit(&work, "other.rs", "rewritten");
     git(&work, &["push", "-q", "--force", "origin", "main"]);
+    let row = || {
+        let all = b.try_json(&["sync", "status"])?;
+        all.as_array()?.iter().find(|t| t["resource"] == "shared-lib").cloned()
+    };
     let status = wait_for("the divergence to be reported", || {
-        let t = b.try_json(&["sync", "status"])?;
-        let t = t.as_array()?.iter().find(|t| t["resource"] == "shared-lib")?.clone();
+        let t = row()?;
         t["reason"]
             .as_str()
             .is_some_and(|r| r.contains("divergent"))
@@ -140,11 +143,7 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     // recorded version: the refusal must stay reported, not read as synced.
     let version = status["version"].as_u64().expect("version");
     assert_eq!(b.json(&["sync", "shared-lib", "--from", "a"])["version"], version);
-    let t = b.json(&["sync", "status"]);
-    let t = t
-        .as_array()
-        .and_then(|all| all.iter().find(|t| t["resource"] == "shared-lib"))
-        .expect("shared-lib's row");
+    let t = row().expect("shared-lib's row");
     assert_eq!(t["state"], "failed", "{t}");
     assert!(t["reason"].as_str().is_some_and(|r| r.contains("divergent")), "{t}");
     assert_eq!(head(&mirror), before);

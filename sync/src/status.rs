@@ -2,8 +2,8 @@
 //!
 //! One [`Transfer`] tracks one `(resource, peer, direction)`. The caller feeds it events
 //! ([`Transfer::want`], [`Transfer::start`], [`Transfer::progress`], [`Transfer::synced`],
-//! [`Transfer::refused`], [`Transfer::failed`], [`Transfer::denied`]) with the current time in milliseconds, and reads a
-//! [`TransferStatus`] for any time with [`Transfer::status`]. Nothing here reads a clock, so the
+//! [`Transfer::refused`], [`Transfer::failed`], [`Transfer::denied`]) with the current time in
+//! milliseconds, and reads a [`TransferStatus`] for any time with [`Transfer::status`]. Nothing here reads a clock, so the
 //! simulator can drive it with simulated time.
 //!
 //! # Rules
