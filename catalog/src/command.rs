@@ -125,6 +125,12 @@ pub enum Command {
     /// that the log, replication and apply handle one entry for all of them. Holds single
     /// commands only: a batch inside a batch is refused when decoded, and rejected when applied.
     Batch(#[serde(deserialize_with = "single_commands")] Vec<Command>),
+    /// A member was removed: every invite it made and nobody used is revoked, so a ticket it
+    /// kept cannot bring it (or anyone it gave the ticket to) back in.
+    RevokeInvitesOf {
+        member: EndpointKey,
+        now_ms: u64,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -168,6 +174,7 @@ impl Command {
             Command::UpdatePeerCard { .. } => "update-peer-card",
             Command::RemoveLink { .. } => "remove-link",
             Command::Batch(_) => "batch",
+            Command::RevokeInvitesOf { .. } => "revoke-invites-of",
         }
     }
 }
@@ -196,6 +203,8 @@ pub enum CommandResult {
     Rejected(Rejection),
     /// The results of a [`Command::Batch`], one per command, in its order.
     Batch(Vec<CommandResult>),
+    /// How many open invites a [`Command::RevokeInvitesOf`] revoked.
+    InvitesRevoked(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -248,6 +257,8 @@ pub enum Rejection {
     BadCard(String),
     #[error("a batch of commands cannot hold another batch")]
     NestedBatch,
+    #[error("invite ticket was revoked: the member that made it was removed from the cluster")]
+    InviteRevoked,
 }
 
 /// A resource registered for federation.

@@ -73,7 +73,14 @@ impl std::fmt::Debug for ClusterIdentity {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum InviteState {
     Open,
-    Used { by: EndpointKey, at_ms: u64 },
+    Used {
+        by: EndpointKey,
+        at_ms: u64,
+    },
+    /// Its maker was removed from the cluster before anyone used it.
+    Revoked {
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -175,8 +182,10 @@ pub(crate) fn apply_cluster(txn: &WriteTransaction, cmd: &Command) -> Result<Com
             if invite.secret_hash != *secret_hash {
                 return Ok(CommandResult::Rejected(Rejection::InviteForged));
             }
-            if invite.state != InviteState::Open {
-                return Ok(CommandResult::Rejected(Rejection::InviteUsed));
+            match invite.state {
+                InviteState::Open => {}
+                InviteState::Used { .. } => return Ok(CommandResult::Rejected(Rejection::InviteUsed)),
+                InviteState::Revoked { .. } => return Ok(CommandResult::Rejected(Rejection::InviteRevoked)),
             }
             if *now_ms > invite.expires_at_ms {
                 return Ok(CommandResult::Rejected(Rejection::InviteExpired));
@@ -187,6 +196,24 @@ pub(crate) fn apply_cluster(txn: &WriteTransaction, cmd: &Command) -> Result<Com
             };
             t.insert(invite_id.as_slice(), encode(&invite)?.as_slice())?;
             Ok(CommandResult::InviteRedeemed)
+        }
+        Command::RevokeInvitesOf { member, now_ms } => {
+            let mut t = txn.open_table(INVITES)?;
+            let mut revoked = Vec::new();
+            for row in t.range::<&[u8]>(..)? {
+                let (k, v) = row?;
+                let invite: Invite = decode(v.value())?;
+                if invite.created_by == *member && invite.state == InviteState::Open {
+                    revoked.push((k.value().to_vec(), invite));
+                }
+            }
+            for (key, mut invite) in revoked.iter().cloned() {
+                invite.state = InviteState::Revoked { at_ms: *now_ms };
+                t.insert(key.as_slice(), encode(&invite)?.as_slice())?;
+            }
+            Ok(CommandResult::InvitesRevoked(
+                u32::try_from(revoked.len()).unwrap_or(u32::MAX),
+            ))
         }
         Command::SetOwnCard { card } => {
             // Only a valid card of this very cluster, within the record size, may be stored.
@@ -488,6 +515,37 @@ mod tests {
             run(&db, redeem(3, 1, 1)),
             CommandResult::Rejected(Rejection::InviteUnknown)
         );
+    }
+
+    #[test]
+    fn a_removed_members_open_invites_are_revoked_and_others_kept() {
+        let (_d, db) = db();
+        let (gone, stays) = (EndpointKey([9; 32]), EndpointKey([8; 32]));
+        let create = |id: u8, by| Command::CreateInvite {
+            invite_id: [id; 16],
+            secret_hash: [1; 32],
+            expires_at_ms: 100,
+            created_by: by,
+        };
+        let redeem = |id: u8| Command::RedeemInvite {
+            invite_id: [id; 16],
+            secret_hash: [1; 32],
+            joiner: EndpointKey([7; 32]),
+            now_ms: 10,
+        };
+        for (id, by) in [(1, gone), (2, gone), (3, stays)] {
+            assert_eq!(run(&db, create(id, by)), CommandResult::InviteCreated);
+        }
+        assert_eq!(run(&db, redeem(2)), CommandResult::InviteRedeemed);
+        let revoke = Command::RevokeInvitesOf {
+            member: gone,
+            now_ms: 5,
+        };
+        // Only the open one: the used one stays a record of who joined.
+        assert_eq!(run(&db, revoke.clone()), CommandResult::InvitesRevoked(1));
+        assert_eq!(run(&db, redeem(1)), CommandResult::Rejected(Rejection::InviteRevoked));
+        assert_eq!(run(&db, redeem(3)), CommandResult::InviteRedeemed);
+        assert_eq!(run(&db, revoke), CommandResult::InvitesRevoked(0));
     }
 
     #[test]

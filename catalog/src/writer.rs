@@ -69,7 +69,8 @@ impl<'txn> StateWriter<'txn> {
             Command::InitCluster { .. }
             | Command::CreateInvite { .. }
             | Command::RedeemInvite { .. }
-            | Command::SetOwnCard { .. } => crate::state::apply_cluster(self.uncached()?, cmd),
+            | Command::SetOwnCard { .. }
+            | Command::RevokeInvitesOf { .. } => crate::state::apply_cluster(self.uncached()?, cmd),
             Command::Batch(commands) => commands
                 .iter()
                 .map(|cmd| match cmd {

@@ -244,8 +244,27 @@ impl Node {
         })
     }
 
+    /// Takes `node` out of the membership, then revokes the invites it made that nobody used:
+    /// it knows their secrets, and a ticket it kept must not let it join again. (The join
+    /// handler also refuses a ticket whose maker is no longer a member, in case this second
+    /// write is lost with a crash.)
     pub async fn remove_member(&self, node: EndpointKey) -> Result<(), NodeError> {
-        Ok(self.0.cluster.remove_member(node).await?)
+        self.0.cluster.remove_member(node).await?;
+        match self
+            .0
+            .cluster
+            .write(Command::RevokeInvitesOf {
+                member: node,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            CommandResult::InvitesRevoked(n) if n > 0 => {
+                tracing::info!(member = %node, revoked = n, "revoked the removed member's open invites");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     pub async fn register_resource(&self, req: RegisterResource) -> Result<ResourceView, NodeError> {
