@@ -17,6 +17,12 @@ pub const MAX_CHAIN: usize = 32;
 /// Bytes read at a time from a bundle blob until its header is complete (headers are usually
 /// a few hundred bytes; the pack after it is not read).
 const HEADER_READ_CHUNK: usize = 16 << 10;
+/// Longest chain accepted in a version's root. Publishing compacts at [`MAX_CHAIN`]; the margin
+/// is for a publisher with another setting. A peer chooses the chain, so it is bounded.
+pub const MAX_RECEIVED_CHAIN: usize = 4 * MAX_CHAIN;
+/// Most header bytes (refs and prerequisites) a whole chain may carry: every header is parsed
+/// and kept in memory while a version is applied, and a peer chooses them.
+pub const MAX_CHAIN_HEADER_BYTES: usize = 32 << 20;
 
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(format!("git: {e}"))
@@ -35,6 +41,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(err)?
 }
 
+/// A chain is refused if it is longer than [`MAX_RECEIVED_CHAIN`] or names a bundle twice
+/// (which no publisher makes, and which would make one blob's header count many times).
+fn check_chain(chain: &[Hash]) -> Result<(), NodeError> {
+    if chain.len() > MAX_RECEIVED_CHAIN {
+        return Err(NodeError::Refused(format!(
+            "a repository version of {} bundles; at most {MAX_RECEIVED_CHAIN} are accepted",
+            chain.len()
+        )));
+    }
+    let distinct: std::collections::HashSet<&Hash> = chain.iter().collect();
+    if distinct.len() != chain.len() {
+        return Err(NodeError::Refused("a repository version names one bundle twice".into()));
+    }
+    Ok(())
+}
+
 impl ContentStore {
     /// The bundle hashes of a repository version's root, in order.
     pub async fn bundle_chain(&self, root: HashAndFormat) -> Result<Vec<Hash>, NodeError> {
@@ -43,22 +65,40 @@ impl ContentStore {
                 "a repository version's root must be a hash sequence".into(),
             ));
         }
+        // Sized before it is read: the root is the peer's, and so is its length.
+        match self.store().blobs().status(root.hash).await.map_err(err)? {
+            BlobStatus::Complete { size } if size <= (MAX_RECEIVED_CHAIN * 32) as u64 => {}
+            BlobStatus::Complete { size } => {
+                return Err(NodeError::Refused(format!(
+                    "a repository version of {} bundles; at most {MAX_RECEIVED_CHAIN} are accepted",
+                    size / 32
+                )));
+            }
+            _ => return Err(err(format!("repository root {} is not complete here", root.hash))),
+        }
         let bytes = self.store().blobs().get_bytes(root.hash).await.map_err(err)?;
         let seq = HashSeq::new(bytes).ok_or_else(|| err("malformed hash sequence"))?;
-        Ok(seq.iter().collect())
+        let chain: Vec<Hash> = seq.iter().collect();
+        check_chain(&chain)?;
+        Ok(chain)
     }
 
     /// The header of each bundle of the chain, read from the first bytes of its blob (the
-    /// packs are not copied).
+    /// packs are not copied), at most [`MAX_CHAIN_HEADER_BYTES`] of them in all.
     pub async fn chain_headers(&self, chain: &[Hash]) -> Result<Vec<git::BundleInfo>, NodeError> {
+        check_chain(chain)?;
         let mut out = Vec::with_capacity(chain.len());
+        let mut budget = MAX_CHAIN_HEADER_BYTES;
         for h in chain {
-            out.push(self.bundle_header(*h).await?);
+            let (info, used) = self.bundle_header(*h, budget).await?;
+            budget -= used;
+            out.push(info);
         }
         Ok(out)
     }
 
-    async fn bundle_header(&self, hash: Hash) -> Result<git::BundleInfo, NodeError> {
+    /// One bundle's header and the bytes it took, refused past `budget` bytes.
+    async fn bundle_header(&self, hash: Hash, budget: usize) -> Result<(git::BundleInfo, usize), NodeError> {
         let total = match self.store().blobs().status(hash).await.map_err(err)? {
             BlobStatus::Complete { size } => size,
             _ => return Err(err(format!("bundle {hash} is not complete here"))),
@@ -68,14 +108,28 @@ impl ContentStore {
         let mut chunk = vec![0u8; HEADER_READ_CHUNK];
         loop {
             let n = reader.read(&mut chunk).await.map_err(err)?;
+            // Only the new bytes (and the one before them) are searched for the header's end:
+            // searching the whole prefix on every read made a large header cost its square.
+            let searched_to = prefix.len().saturating_sub(1);
             prefix.extend_from_slice(&chunk[..n]);
             let at_end = n == 0 || prefix.len() as u64 >= total;
-            if let Some(info) = git::bundle_info_from_prefix(&prefix, at_end, total).map_err(git_err)? {
-                return Ok(info);
+            let complete = prefix[searched_to..].windows(2).any(|w| w == b"\n\n");
+            if prefix.len() > budget {
+                return Err(NodeError::Refused(format!(
+                    "bundle headers of a repository version exceed {MAX_CHAIN_HEADER_BYTES} bytes"
+                )));
             }
-            if at_end {
-                return Err(err(format!("bundle {hash}: truncated header")));
+            if !(complete || at_end) {
+                continue;
             }
+            let used = prefix.len();
+            let parsed = tokio::task::spawn_blocking(move || git::bundle_info_from_prefix(&prefix, at_end, total))
+                .await
+                .map_err(err)?;
+            return match parsed.map_err(git_err)? {
+                Some(info) => Ok((info, used)),
+                None => Err(err(format!("bundle {hash}: truncated header"))),
+            };
         }
     }
 
@@ -279,6 +333,37 @@ mod tests {
         run(work, &["add", "f.txt"]);
         run(work, &["commit", "-q", "-m", &format!("v{n}")]);
         run(work, &["push", "-q", "origin", "main"]);
+    }
+
+    /// A peer's version root is refused before its bundles are read when it repeats a bundle,
+    /// is too long, or carries more header bytes than a chain may: each such root once cost
+    /// the receiver a quadratic scan of every header and memory for every copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_chains_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::open(&tmp.path().join("blobs")).await.expect("store");
+        let blobs = store.store().blobs();
+        let root_of = |hashes: Vec<Hash>| async {
+            let seq: HashSeq = hashes.into_iter().collect();
+            let tt = blobs.add_bytes(seq.into_inner()).await.expect("add");
+            HashAndFormat::hash_seq(tt.hash)
+        };
+        // One header far over the whole chain's budget, with no end line.
+        let mut big = b"# v2 git bundle\n".to_vec();
+        while big.len() <= MAX_CHAIN_HEADER_BYTES {
+            big.extend_from_slice(format!("{:040x} refs/heads/b{}\n", big.len(), big.len()).as_bytes());
+        }
+        let big = blobs.add_bytes(big).await.expect("add").hash;
+        let small = blobs.add_bytes(b"x".to_vec()).await.expect("add").hash;
+
+        let repeated = root_of(vec![small, small]).await;
+        assert!(matches!(store.bundle_chain(repeated).await, Err(NodeError::Refused(_))));
+        let long: Vec<Hash> = (0..=MAX_RECEIVED_CHAIN as u32)
+            .map(|i| Hash::new(i.to_le_bytes()))
+            .collect();
+        let long = root_of(long).await;
+        assert!(matches!(store.bundle_chain(long).await, Err(NodeError::Refused(_))));
+        assert!(matches!(store.chain_headers(&[big]).await, Err(NodeError::Refused(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
