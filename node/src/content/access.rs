@@ -23,6 +23,11 @@ const MAX_PENDING_DECISIONS: usize = 64;
 pub trait BlobAccess: Send + Sync + 'static {
     /// Whether `requester` may fetch through any of `roots`.
     fn may_fetch(&self, requester: EndpointKey, roots: Vec<HashAndFormat>) -> impl Future<Output = bool> + Send;
+    /// Whether `requester`'s requests skip the cap on decisions pending (this cluster's own
+    /// members, whose replication must not queue behind strangers).
+    fn exempt(&self, _requester: &EndpointKey) -> bool {
+        false
+    }
 }
 
 /// An event sender for `BlobsProtocol` that enforces `access` on every request.
@@ -59,8 +64,18 @@ pub fn guarded_events<A: BlobAccess>(access: Arc<A>) -> EventSender {
                         m.tx.send(Err(AbortReason::Permission)).await.ok();
                         continue;
                     };
-                    let Ok(permit) = pending.clone().acquire_owned().await else {
-                        break;
+                    // Never wait here for a decision slot: this loop also admits members'
+                    // connections, and a flood of requests must not hold them up. A request
+                    // beyond the slots is refused; its fetcher retries.
+                    let permit = match pending.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) if access.exempt(&peer) => None,
+                        Err(tokio::sync::TryAcquireError::NoPermits) => {
+                            tracing::debug!(%peer, "blob request refused: too many decisions pending");
+                            m.tx.send(Err(AbortReason::Permission)).await.ok();
+                            continue;
+                        }
+                        Err(tokio::sync::TryAcquireError::Closed) => break,
                     };
                     let access = access.clone();
                     tokio::spawn(async move {
@@ -107,9 +122,19 @@ pub struct CatalogAccess {
 }
 
 impl BlobAccess for CatalogAccess {
+    fn exempt(&self, requester: &EndpointKey) -> bool {
+        self.cluster.may_connect(requester)
+    }
+
     async fn may_fetch(&self, requester: EndpointKey, roots: Vec<HashAndFormat>) -> bool {
         if self.cluster.may_connect(&requester) {
             return true;
+        }
+        // Decided on local state first: a request this member would refuse is refused without
+        // the read barrier, so a stranger's stream of made-up hashes costs the cluster no quorum
+        // round. Only a grant is confirmed current, and decided again on the confirmed state.
+        if !roots.iter().any(|root| self.granted(&requester, root)) {
+            return false;
         }
         if let Err(reason) = self.fed.confirm_current().await {
             tracing::info!(peer = %requester, %reason, "blob request refused");
