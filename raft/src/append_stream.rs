@@ -188,6 +188,11 @@ async fn read_requests(
                 .transpose()?)
         });
         match read {
+            // Checked again once the frame is in: the wait for it can outlast a removal.
+            Ok(Some(_)) if !node.may_connect(&remote) => {
+                let _ = bad.send("not a member of this cluster".into());
+                return;
+            }
             Ok(Some((request, received))) => {
                 node.entry_encodings().received(received);
                 if requests.send(request).await.is_err() {
