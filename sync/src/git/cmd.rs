@@ -5,9 +5,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::GitError;
 
@@ -17,6 +18,10 @@ pub(crate) const MAX_STDOUT: usize = 64 << 20;
 pub(crate) const MAX_STDERR: usize = 64 << 10;
 /// Longest stdout line accepted when streaming lines.
 const MAX_LINE: usize = 64 << 10;
+/// Longest one git command may run before it is killed. Some of them work on a peer's pack or
+/// refs (`index-pack`, `rev-list`, `update-ref`), and one that never ends would hold a transfer
+/// slot and a blocking thread for good; an hour leaves room for the largest real repositories.
+pub(crate) const MAX_GIT_RUN: Duration = Duration::from_secs(3600);
 
 enum Input {
     Null,
@@ -62,6 +67,7 @@ pub(crate) struct GitCmd {
     /// The arguments after the global options, for error messages.
     shown: Vec<String>,
     input: Input,
+    deadline: Duration,
 }
 
 /// A finished command whose status the caller inspects.
@@ -109,7 +115,15 @@ impl GitCmd {
             cmd,
             shown: Vec::new(),
             input: Input::Null,
+            deadline: MAX_GIT_RUN,
         }
+    }
+
+    /// Kills the command if it runs longer than `deadline` (default [`MAX_GIT_RUN`]).
+    #[cfg(test)]
+    pub(crate) fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// A `-c key=value` before the subcommand.
@@ -178,11 +192,13 @@ impl GitCmd {
             .stderr
             .take()
             .map(|pipe| std::thread::spawn(move || read_capped(pipe, MAX_STDERR)));
+        let watchdog = Watchdog::arm(&child, self.deadline);
         Ok(Running {
             child,
             args,
             writer,
             stderr,
+            watchdog,
             started: Instant::now(),
         })
     }
@@ -281,7 +297,50 @@ struct Running {
     args: String,
     writer: Option<JoinHandle<()>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    watchdog: Option<Watchdog>,
     started: Instant,
+}
+
+/// Kills a git process that outlives its deadline. It signals through a pidfd, which names
+/// that one process even after it was reaped and its number reused; a process that ended in
+/// time is never signalled.
+struct Watchdog {
+    /// Dropped when the command ends, which wakes and ends the watchdog's thread.
+    _done: mpsc::Sender<()>,
+    fired: Arc<AtomicBool>,
+    deadline: Duration,
+}
+
+impl Watchdog {
+    fn arm(child: &Child, deadline: Duration) -> Option<Self> {
+        let pid = libc::pid_t::try_from(child.id()).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let Ok(fd) = libc::c_int::try_from(fd) else {
+            return None;
+        };
+        if fd < 0 {
+            tracing::debug!("pidfd_open failed; git runs without a deadline");
+            return None;
+        }
+        let (done, wait) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(deadline) {
+                flag.store(true, Ordering::SeqCst);
+                // SAFETY: `fd` is the pidfd opened above, owned by this thread.
+                unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0usize, 0u32) };
+            }
+            // SAFETY: closes the descriptor this thread owns, once.
+            unsafe { libc::close(fd) };
+        });
+        Some(Self {
+            _done: done,
+            fired,
+            deadline,
+        })
+    }
 }
 
 impl Running {
@@ -292,6 +351,17 @@ impl Running {
             .map_err(|e| GitError::Io(format!("waiting for git {}", self.args), e))?;
         if let Some(w) = self.writer.take() {
             let _ = w.join();
+        }
+        if let Some(dog) = self.watchdog.take()
+            && dog.fired.load(Ordering::SeqCst)
+        {
+            if let Some(h) = self.stderr.take() {
+                let _ = h.join();
+            }
+            return Err(GitError::TimedOut {
+                args: self.args.clone(),
+                secs: dog.deadline.as_secs(),
+            });
         }
         let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
         tracing::debug!(
@@ -349,6 +419,28 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_git_run_past_its_deadline_is_killed() {
+        if !is_executable(git_program()) {
+            return;
+        }
+        // Hashing an endless input never finishes by itself.
+        let endless = File::open("/dev/zero").expect("/dev/zero");
+        let err = GitCmd::new(None)
+            .args(["hash-object", "--stdin"])
+            .stdin_file(endless)
+            .deadline(Duration::from_millis(200))
+            .run()
+            .expect_err("an endless run must be stopped");
+        assert!(matches!(err, GitError::TimedOut { .. }), "{err}");
+        // A command that ends in time is unaffected.
+        let out = GitCmd::new(None)
+            .arg("--version")
+            .deadline(Duration::from_secs(60))
+            .run();
+        assert!(out.expect("git --version").starts_with(b"git version"));
+    }
 
     #[test]
     fn git_is_run_by_absolute_path_when_found() {

@@ -102,6 +102,8 @@ pub enum GitError {
     InvalidArgument(String),
     #[error("unexpected output from git {args}: {output}")]
     UnexpectedOutput { args: String, output: String },
+    #[error("git {args} was stopped after running for {secs} s")]
+    TimedOut { args: String, secs: u64 },
 }
 
 fn list(items: &[String]) -> String {
