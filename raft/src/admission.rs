@@ -71,16 +71,22 @@ impl JoinPeers {
     }
 }
 
-/// The standing of `peer` under `membership`, given the node's join peers.
+/// The standing of `peer` under the node's current memberships, given its join peers.
+///
+/// Both the effective membership (the newest, maybe not yet committed) and the last committed
+/// one count: a member being removed stays one until its removal commits, so that a leader
+/// removing itself can still have the change acknowledged and committed, and a node being added
+/// counts from the moment it is appended.
 pub(crate) fn standing_under(
-    membership: &openraft::Membership<EndpointKey, MemberNode>,
+    memberships: &[&openraft::Membership<EndpointKey, MemberNode>],
     join_peers: &JoinPeers,
     peer: &EndpointKey,
 ) -> Standing {
-    if membership.get_node(peer).is_some() {
+    if memberships.iter().any(|m| m.get_node(peer).is_some()) {
         return Standing::Member;
     }
-    if membership.nodes().next().is_none() && join_peers.contains(peer) {
+    let none_known = memberships.iter().all(|m| m.nodes().next().is_none());
+    if none_known && join_peers.contains(peer) {
         return Standing::JoinPeer;
     }
     Standing::Stranger
@@ -137,15 +143,25 @@ mod tests {
         let (a, b, x) = (EndpointKey([1; 32]), EndpointKey([2; 32]), EndpointKey([3; 32]));
         let peers = JoinPeers::new(BTreeSet::from([a, x]));
         let none = openraft::Membership::<EndpointKey, MemberNode>::default();
-        assert_eq!(standing_under(&none, &peers, &x), Standing::JoinPeer);
-        assert_eq!(standing_under(&none, &peers, &b), Standing::Stranger);
+        assert_eq!(standing_under(&[&none, &none], &peers, &x), Standing::JoinPeer);
+        assert_eq!(standing_under(&[&none, &none], &peers, &b), Standing::Stranger);
         // Once a membership is known, a join peer outside it is a stranger.
         let known = openraft::Membership::<EndpointKey, MemberNode>::new_with_defaults(
             vec![BTreeSet::from([a, b])],
             Vec::<EndpointKey>::new(),
         );
-        assert_eq!(standing_under(&known, &peers, &a), Standing::Member);
-        assert_eq!(standing_under(&known, &peers, &x), Standing::Stranger);
+        assert_eq!(standing_under(&[&known, &none], &peers, &a), Standing::Member);
+        assert_eq!(standing_under(&[&known, &none], &peers, &x), Standing::Stranger);
+        // Being removed: still in the committed membership, not in the newest.
+        let without_a = openraft::Membership::<EndpointKey, MemberNode>::new_with_defaults(
+            vec![BTreeSet::from([b])],
+            Vec::<EndpointKey>::new(),
+        );
+        assert_eq!(standing_under(&[&without_a, &known], &peers, &a), Standing::Member);
+        assert_eq!(
+            standing_under(&[&without_a, &without_a], &peers, &a),
+            Standing::Stranger
+        );
         assert!(Standing::JoinPeer.may_connect());
         assert!(!Standing::Stranger.may_connect());
     }

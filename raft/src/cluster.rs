@@ -269,11 +269,16 @@ impl ClusterNode {
     }
 
     /// What `peer` is to this node now (see [`Standing`]): decided on the current membership
-    /// every time, so a removed member loses its standing as soon as its removal is appended.
+    /// every time, so a removed member loses its standing as soon as this node learns that its
+    /// removal committed.
     pub fn standing(&self, peer: &EndpointKey) -> Standing {
         let metrics = self.0.raft.server_metrics();
         let m = metrics.borrow_watched();
-        standing_under(m.membership_config.membership(), &self.0.join_peers, peer)
+        let memberships = [
+            m.membership_config.membership(),
+            m.committed_membership_config.membership(),
+        ];
+        standing_under(&memberships, &self.0.join_peers, peer)
     }
 
     /// Whether `peer` may use the Raft protocol with this node at all.
