@@ -24,8 +24,9 @@ pub const BLOBS_DIR: &str = "blobs";
 pub struct NodeState {
     pub cluster_id: ClusterId,
     pub cluster_name: String,
-    /// Members that may send Raft traffic before this node has learned the membership
-    /// (the members at the time this node joined). Empty for a cluster's founder.
+    /// Voters that may replicate to this node before it has learned the membership (the voters
+    /// named when it joined). Emptied once the node knows a membership (see
+    /// [`forget_bootstrap_peers`]); always empty for a cluster's founder.
     #[serde(default)]
     pub bootstrap_peers: BTreeSet<EndpointKey>,
 }
@@ -94,6 +95,21 @@ pub fn read_state(dir: &Path) -> Result<Option<NodeState>, DataDirError> {
 pub fn write_state(dir: &Path, state: &NodeState) -> Result<(), DataDirError> {
     let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
     write_atomic(&dir.join(STATE_FILE), &bytes, 0o600)
+}
+
+/// Removes the bootstrap peers from `node.json` once the node knows its membership: from then on
+/// only the membership decides who may speak Raft with it, and a peer removed later must not
+/// regain trust from this file. Atomic like every write of the file; returns whether it changed.
+pub fn forget_bootstrap_peers(dir: &Path) -> Result<bool, DataDirError> {
+    let Some(mut state) = read_state(dir)? else {
+        return Ok(false);
+    };
+    if state.bootstrap_peers.is_empty() {
+        return Ok(false);
+    }
+    state.bootstrap_peers.clear();
+    write_state(dir, &state)?;
+    Ok(true)
 }
 
 pub fn read_key(dir: &Path) -> Result<iroh::SecretKey, DataDirError> {

@@ -1,8 +1,8 @@
-//! Joining a cluster with an invite ticket: the serving side on `causeway/join/1` (redeem the
-//! ticket through Raft, add the node as a learner) and the joining side that creates a new data
-//! dir for the node once the cluster has accepted it.
+//! Joining a cluster with an invite ticket: the serving side on `causeway/join/1` (throttle,
+//! check the ticket locally, redeem it through Raft, add the node as a learner) and the joining
+//! side that creates a new data dir for the node once the cluster has accepted it.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use causeway_catalog::{Command, CommandResult};
 use causeway_proto::{
@@ -22,6 +22,7 @@ use crate::config::{Config, Discovery};
 use crate::datadir::{self, NodeState};
 use crate::endpoint;
 use crate::error::NodeError;
+use crate::join_guard::{JoinGuard, check_ticket};
 use crate::node::{endpoint_key, now_ms};
 
 /// How long one join exchange may take on either side.
@@ -33,6 +34,7 @@ pub struct JoinService {
     cluster: ClusterNode,
     cluster_id: ClusterId,
     cluster_name: String,
+    guard: Arc<JoinGuard>,
 }
 
 impl std::fmt::Debug for JoinService {
@@ -49,23 +51,61 @@ impl JoinService {
             cluster,
             cluster_id,
             cluster_name,
+            guard: Arc::new(JoinGuard::default()),
         }
+    }
+
+    /// Logs a refusal that anyone can provoke, at most once per interval.
+    fn log_refusal(&self, joiner: &EndpointKey, reason: &dyn std::fmt::Display) {
+        if let Some(skipped) = self.guard.log.allow() {
+            tracing::warn!(%joiner, %reason, skipped, "join refused");
+        }
+    }
+
+    /// The ticket checked against this member's state, then (only if unknown here) against the
+    /// cluster's current state after a read barrier: a ticket made a moment ago may not have
+    /// reached this member yet. Nothing is written.
+    async fn precheck(&self, invite_id: &[u8; 16], secret_hash: &[u8; 32]) -> Result<(), String> {
+        let read = |cluster: &ClusterNode| -> Result<Option<causeway_catalog::Invite>, String> {
+            let txn = redb::ReadableDatabase::begin_read(&*cluster.database()).map_err(|e| e.to_string())?;
+            causeway_catalog::state::get_invite(&txn, invite_id).map_err(|e| e.to_string())
+        };
+        let invite = read(&self.cluster)?;
+        let invite = match invite {
+            Some(i) => Some(i),
+            None => {
+                self.cluster
+                    .read_barrier()
+                    .await
+                    .map_err(|e| format!("cluster unavailable: {e}"))?;
+                read(&self.cluster)?
+            }
+        };
+        check_ticket(invite.as_ref(), secret_hash, now_ms()).map_err(|r| r.to_string())
     }
 
     async fn handle(&self, joiner: EndpointKey, req: JoinRequest) -> JoinResponse {
         if req.addrs.len() > MAX_JOIN_ADDRS {
             return JoinResponse::Refused(format!("at most {MAX_JOIN_ADDRS} addresses may be announced"));
         }
+        let secret_hash = *blake3::hash(&req.secret).as_bytes();
+        // A forged ticket must not cost the cluster a committed entry: refuse it here.
+        if let Err(reason) = self.precheck(&req.invite_id, &secret_hash).await {
+            self.log_refusal(&joiner, &reason);
+            return JoinResponse::Refused(reason);
+        }
         let redeem = Command::RedeemInvite {
             invite_id: req.invite_id,
-            secret_hash: *blake3::hash(&req.secret).as_bytes(),
+            secret_hash,
             joiner,
             now_ms: now_ms(),
         };
+        // Raft stays the authority: two joiners racing with one ticket pass the check above,
+        // and only the first redeem applied wins.
         match self.cluster.write(redeem).await {
             Ok(CommandResult::InviteRedeemed) => {}
             Ok(CommandResult::Rejected(r)) => {
-                tracing::warn!(joiner = %joiner, reason = %r, "join refused");
+                self.log_refusal(&joiner, &r);
                 return JoinResponse::Refused(r.to_string());
             }
             Ok(other) => return JoinResponse::Refused(format!("unexpected result {other:?}")),
@@ -97,14 +137,22 @@ impl JoinService {
 impl ProtocolHandler for JoinService {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let joiner = endpoint_key(&conn.remote_id());
+        let admitted = self.guard.admit(joiner, remote_ip(&conn));
         let exchange = async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let response = match wire::read_frame::<JoinRequest>(&mut recv, MAX_JOIN_FRAME).await {
-                Ok(req) => self.handle(joiner, req).await,
-                Err(e) => {
-                    tracing::warn!(peer = %joiner, error = %e, "bad join request");
-                    JoinResponse::Refused(format!("bad join request: {e}"))
+            let response = match &admitted {
+                // Refused without reading the request: a throttled source costs nothing more.
+                Err(throttled) => {
+                    self.log_refusal(&joiner, throttled);
+                    JoinResponse::Refused(throttled.to_string())
                 }
+                Ok(_) => match wire::read_frame::<JoinRequest>(&mut recv, MAX_JOIN_FRAME).await {
+                    Ok(req) => self.handle(joiner, req).await,
+                    Err(e) => {
+                        self.log_refusal(&joiner, &format!("bad join request: {e}"));
+                        JoinResponse::Refused(format!("bad join request: {e}"))
+                    }
+                },
             };
             wire::write_frame(&mut send, &response, MAX_JOIN_FRAME)
                 .await
@@ -118,9 +166,21 @@ impl ProtocolHandler for JoinService {
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
             }
             Ok(Err(e)) => tracing::debug!(peer = %joiner, error = %e, "join exchange failed"),
-            Err(_) => tracing::warn!(peer = %joiner, "join exchange timed out"),
+            Err(_) => self.log_refusal(&joiner, &"join exchange timed out"),
         }
+        drop(admitted);
         Ok(())
+    }
+}
+
+/// The IP address the connection currently uses, for the per-address budget; None when it goes
+/// through a relay.
+fn remote_ip(conn: &Connection) -> Option<std::net::IpAddr> {
+    let paths = conn.paths();
+    let path = paths.iter().find(|p| p.is_selected()).or_else(|| paths.iter().next())?;
+    match path.remote_addr() {
+        iroh::TransportAddr::Ip(a) => Some(a.ip()),
+        _ => None,
     }
 }
 
@@ -197,6 +257,8 @@ pub async fn join_cluster(
                 ticket.cluster
             )));
         }
+        // The voters named in the answer: the leader's first appends come from one of them (see
+        // causeway_raft's `JoinPeers`). Trusted only until the membership is known, then pruned.
         let state = NodeState {
             cluster_id,
             cluster_name: cluster_name.clone(),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod federation;
 pub mod init;
 pub mod join;
+pub mod join_guard;
 pub mod node;
 pub mod sharing;
 pub mod transfer;

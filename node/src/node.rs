@@ -122,6 +122,13 @@ impl Node {
                 crate::endpoint::advertised_addrs(&endpoint),
             )),
         ];
+        let mut tasks = tasks;
+        if !state.bootstrap_peers.is_empty() {
+            tasks.push(tokio::spawn(forget_bootstrap_peers(
+                cluster.clone(),
+                data_dir.to_path_buf(),
+            )));
+        }
         tracing::info!(endpoint = %id, cluster = %state.cluster_id, bind = %config.bind, "node started");
         Ok(Node(Arc::new(Inner {
             data_dir: data_dir.to_path_buf(),
@@ -456,6 +463,23 @@ impl Node {
         self.0.cluster.shutdown().await;
         self.0.endpoint.close().await;
         tracing::info!("node stopped");
+    }
+}
+
+/// A joined node trusts the voters named at its join only until it learns the membership; then
+/// it drops them from `node.json`, so they never outlive a later removal.
+async fn forget_bootstrap_peers(cluster: ClusterNode, data_dir: PathBuf) {
+    if !cluster.wait_membership_known().await {
+        return;
+    }
+    let forgotten = tokio::task::spawn_blocking(move || datadir::forget_bootstrap_peers(&data_dir)).await;
+    match forgotten {
+        Ok(Ok(true)) => tracing::info!("membership known: forgot the peers named at join"),
+        Ok(Ok(false)) => {}
+        // The Raft layer already ignores them once a membership is known; the file is rewritten
+        // at the next start.
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the join peers from the data dir"),
+        Err(e) => tracing::warn!(error = %e, "could not remove the join peers from the data dir"),
     }
 }
 

@@ -20,6 +20,7 @@ use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::admission::{JoinPeers, Standing, standing_under};
 use crate::network::{CallError, NetworkFactory, PeerClient};
 use crate::proposer::{Proposed, Proposer};
 use crate::status::{ClusterStatus, MemberStatus, Role};
@@ -126,8 +127,8 @@ struct Inner {
     applied: tokio::sync::watch::Receiver<Option<u64>>,
     apply_progress: store::ApplyProgress,
     settings: RaftSettings,
-    /// Members a freshly joined node accepts Raft traffic from before it knows the membership.
-    bootstrap_peers: Mutex<BTreeSet<EndpointKey>>,
+    /// Voters a freshly joined node accepts appends from before it knows the membership.
+    join_peers: JoinPeers,
     /// Batches the writes this node proposes while it leads.
     proposer: Proposer,
     /// Cached connection to the leader, for forwarding.
@@ -182,6 +183,12 @@ impl ClusterNode {
         let raft = Raft::new(id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let join_peers = JoinPeers::new(bootstrap_peers);
+        // The metrics show no membership until the Raft core first reports them: ask the core
+        // itself, so a restarted member never accepts its old join peers in that moment.
+        if !join_peers.is_empty() && membership_known(&raft).await? {
+            join_peers.forget();
+        }
         let (proposer, proposing) = Proposer::start(raft.clone());
         let node = ClusterNode(Arc::new(Inner {
             app: std::sync::RwLock::new(None),
@@ -194,7 +201,7 @@ impl ClusterNode {
             applied,
             apply_progress,
             settings,
-            bootstrap_peers: Mutex::new(bootstrap_peers),
+            join_peers,
             proposer,
             leader_client: tokio::sync::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
@@ -261,20 +268,53 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Raft(e.to_string()))
     }
 
-    /// Whether `peer` may use the Raft protocol with this node: a member of the current
-    /// (possibly joint) membership, or a bootstrap peer while this node has no membership yet.
-    pub fn may_connect(&self, peer: &EndpointKey) -> bool {
-        let metrics = self.0.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        if membership.get_node(peer).is_some() {
-            return true;
-        }
-        let bootstrap = self.0.bootstrap_peers.lock().unwrap_or_else(|e| e.into_inner());
-        bootstrap.contains(peer)
+    /// What `peer` is to this node now (see [`Standing`]): decided on the current membership
+    /// every time, so a removed member loses its standing as soon as this node learns that its
+    /// removal committed.
+    pub fn standing(&self, peer: &EndpointKey) -> Standing {
+        let metrics = self.0.raft.server_metrics();
+        let m = metrics.borrow_watched();
+        let memberships = [
+            m.membership_config.membership(),
+            m.committed_membership_config.membership(),
+        ];
+        standing_under(&memberships, &self.0.join_peers, peer)
     }
 
-    /// Runs a request on this node, which must be the leader.
-    pub async fn execute_local(&self, req: ForwardRequest) -> ForwardResponse {
+    /// Whether `peer` may use the Raft protocol with this node at all.
+    pub fn may_connect(&self, peer: &EndpointKey) -> bool {
+        self.standing(peer).may_connect()
+    }
+
+    /// Whether `peer` is in the current (possibly joint) membership, voter or learner. What was
+    /// stored about it before (a join peer, a former member) does not count.
+    pub fn is_member(&self, peer: &EndpointKey) -> bool {
+        self.standing(peer) == Standing::Member
+    }
+
+    /// Returns true once this node knows a membership, and forgets its join peers from then on
+    /// (the node layer then removes them from its data dir); false if Raft stopped before.
+    pub async fn wait_membership_known(&self) -> bool {
+        let mut server = self.0.raft.server_metrics();
+        while server
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_none()
+        {
+            if server.changed().await.is_err() {
+                return false;
+            }
+        }
+        self.0.join_peers.forget();
+        true
+    }
+
+    /// Runs a request on this node, which must be the leader, for member `from` (this node's
+    /// own ID for its own requests).
+    pub async fn execute_local(&self, from: EndpointKey, req: ForwardRequest) -> ForwardResponse {
         let raft = &self.0.raft;
         macro_rules! not_leader_or_failed {
             ($e:expr) => {{
@@ -303,6 +343,11 @@ impl ClusterNode {
                 Err(e) => not_leader_or_failed!(e),
             },
             ForwardRequest::UpdateAddrs { id, node } => {
+                // Only a member itself says where it listens: another could otherwise point the
+                // cluster (and the next tickets) at addresses it controls, or cut the member off.
+                if id != from {
+                    return ForwardResponse::Failed(format!("only {id} itself may change its addresses"));
+                }
                 let metrics = raft.metrics().borrow_watched().clone();
                 match metrics.membership_config.membership().get_node(&id) {
                     None => return ForwardResponse::Failed(format!("{id} is not a member of this cluster")),
@@ -382,13 +427,15 @@ impl ClusterNode {
         loop {
             let leader = self.known_leader();
             let resp = match leader {
-                Some((id, _)) if id == self.0.id => Ok(self.execute_local(req.clone()).await),
+                Some((id, _)) if id == self.0.id => Ok(self.execute_local(self.0.id, req.clone()).await),
                 Some((id, node)) => self.forward_to(id, node, req.clone()).await,
                 None => Ok(ForwardResponse::NotLeader(None)),
             };
             match resp {
                 Ok(ForwardResponse::NotLeader(_)) => {}
                 Ok(other) => return Ok(other),
+                // The leader no longer counts this node as a member: retrying cannot help.
+                Err(e @ ClusterError::Call(CallError::NotMember(_))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "forward to leader failed; retrying");
                     last_err = Some(e);
@@ -665,6 +712,13 @@ impl ClusterNode {
             tokio::time::sleep(SHUTDOWN_POLL).await;
         }
     }
+}
+
+/// Whether the Raft core holds a membership (the log or a snapshot gave it one).
+async fn membership_known(raft: &Raft) -> Result<bool, ClusterError> {
+    raft.with_raft_state(|st| st.membership_state.effective().membership().nodes().next().is_some())
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))
 }
 
 /// On the leader: promotes every learner whose log is within `promote_lag` of the leader's.

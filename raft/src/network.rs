@@ -41,6 +41,17 @@ pub enum CallError {
     Remote(EndpointKey, String),
     #[error("rpc to {0} timed out")]
     Timeout(EndpointKey),
+    #[error("member {0} refused this node: it is not a member of the cluster (removed?)")]
+    NotMember(EndpointKey),
+}
+
+/// Whether the peer closed `conn` because this node is not a member of its cluster.
+fn closed_as_not_member(conn: &Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(iroh::endpoint::ConnectionError::ApplicationClosed(c))
+            if c.error_code == crate::server::CLOSE_NOT_MEMBER.into()
+    )
 }
 
 /// Turns a stored member key into an iroh endpoint address.
@@ -128,8 +139,10 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<RaftResponse, CallError> {
         let target = self.target;
+        let mut used: Option<Connection> = None;
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connection().await?;
+            used = Some(conn.clone());
             // Until the answer is in, the connection is suspect: if it does not come (or the
             // caller gives up: openraft's own timeouts drop this future), it is closed so the
             // next call dials afresh instead of writing into a connection the peer forgot.
@@ -149,6 +162,9 @@ impl PeerClient {
         })
         .await
         .unwrap_or(Err(CallError::Timeout(target)));
+        if result.is_err() && used.as_ref().is_some_and(closed_as_not_member) {
+            return Err(CallError::NotMember(target));
+        }
         match result? {
             RaftResponse::Error(msg) => Err(CallError::Remote(target, msg)),
             other => Ok(other),

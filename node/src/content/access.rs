@@ -1,7 +1,7 @@
 //! Who may fetch which blob: the iroh-blobs provider asks for every connection and request,
 //! and this answers through the cluster's membership and the policy decision. A peer gets a
 //! blob only if it is the content root of a resource version policy lets that peer pull, decided
-//! on state at least as new as every committed write; members of this cluster may fetch
+//! on state at least as new as every committed write; current members of this cluster may fetch
 //! anything (they replicate each other). Requests for many blobs at once, pushes and observing
 //! which blobs exist are refused outright.
 
@@ -127,7 +127,9 @@ impl BlobAccess for CatalogAccess {
     }
 
     async fn may_fetch(&self, requester: EndpointKey, roots: Vec<HashAndFormat>) -> bool {
-        if self.cluster.may_connect(&requester) {
+        // The current membership only: a node removed from it, or trusted at a join, is a
+        // stranger here like any other and gets only what policy grants it.
+        if self.cluster.is_member(&requester) {
             return true;
         }
         // Decided on local state first: a request this member would refuse is refused without
