@@ -81,7 +81,15 @@ impl JoinService {
                 read(&self.cluster)?
             }
         };
-        check_ticket(invite.as_ref(), secret_hash, now_ms()).map_err(|r| r.to_string())
+        check_ticket(invite.as_ref(), secret_hash, now_ms()).map_err(|r| r.to_string())?;
+        // The maker of a ticket must still be a member: a removed member knows the secrets of
+        // the invites it made, and their revocation is a second write that a crash can lose.
+        match invite {
+            Some(i) if !self.cluster.is_member(&i.created_by) => {
+                Err(causeway_catalog::Rejection::InviteRevoked.to_string())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn handle(&self, joiner: EndpointKey, req: JoinRequest) -> JoinResponse {

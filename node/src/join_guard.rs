@@ -195,8 +195,10 @@ pub fn check_ticket(invite: Option<&Invite>, secret_hash: &[u8; 32], now_ms: u64
     if invite.secret_hash != *secret_hash {
         return Err(Rejection::InviteForged);
     }
-    if invite.state != InviteState::Open {
-        return Err(Rejection::InviteUsed);
+    match invite.state {
+        InviteState::Open => {}
+        InviteState::Used { .. } => return Err(Rejection::InviteUsed),
+        InviteState::Revoked { .. } => return Err(Rejection::InviteRevoked),
     }
     if now_ms > invite.expires_at_ms {
         return Err(Rejection::InviteExpired);

@@ -89,6 +89,11 @@ async fn a_removed_member_that_invited_the_others_is_refused_everything() {
         .to_string();
     let hash: iroh_blobs::HashAndFormat = root.parse().expect("root");
 
+    // a makes one more ticket while it is a member, and keeps it.
+    let kept = nodes[0].json(&["cluster", "invite"])["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_string();
     // a invited b and c, so both stored a as a peer when they joined. Remove a.
     let a_id = nodes[0].endpoint_id();
     let a_key = key_of(&nodes[0]);
@@ -180,6 +185,20 @@ async fn a_removed_member_that_invited_the_others_is_refused_everything() {
     ]);
     assert!(!out.status.success(), "the minted ticket admitted a node");
     assert!(stderr(&out).contains("unknown to this cluster"), "{}", stderr(&out));
+    // Nor does the ticket a made while it was a member bring it (or anyone) back.
+    let out = run_cli(&[
+        "--data-dir",
+        h.path("with-kept").to_str().expect("path"),
+        "cluster",
+        "join",
+        &kept,
+        "--bind",
+        &format!("127.0.0.1:{}", free_port()),
+        "--discovery",
+        "static",
+    ]);
+    assert!(!out.status.success(), "a removed member's kept ticket admitted a node");
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
 
     // Once they know the membership, the joined nodes keep no trace of their join peers.
     for n in &nodes[1..] {
