@@ -218,22 +218,26 @@ pub fn recover(data_dir: &Path) {
             continue;
         }
         // The origin's own directory too: older versions wrote their scratch there.
-        recover_dir(&origin.path());
+        recover_dir(&origin.path(), false);
         if this_layout {
-            recover_dir(&origin.path().join(REPOS_DIR));
-            recover_dir(&origin.path().join(ARTIFACTS_DIR));
+            recover_dir(&origin.path().join(REPOS_DIR), true);
+            recover_dir(&origin.path().join(ARTIFACTS_DIR), true);
         }
     }
 }
 
-fn recover_dir(dir: &Path) {
+/// `dotted`: only names starting with `.` are scratch (this layout's; the older one wrote
+/// `<name>.causeway-partial`).
+fn recover_dir(dir: &Path, dotted: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let result = if name.starts_with(APPLY_PREFIX) || name.ends_with(PARTIAL_SUFFIX) {
+        let scratch =
+            name.starts_with(APPLY_PREFIX) || (name.ends_with(PARTIAL_SUFFIX) && (!dotted || name.starts_with('.')));
+        let result = if scratch {
             remove_any(&path).map(|_| "removed an interrupted mirror write")
         } else if let Some(own) = name.strip_prefix('.').and_then(|n| n.strip_suffix(OLD_SUFFIX)) {
             let target = dir.join(own);
