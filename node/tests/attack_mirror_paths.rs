@@ -221,6 +221,9 @@ fn craft_collection(a: &mut NodeProc, tag: &str, entries: &[(&str, Vec<u8>)]) ->
     root.to_string()
 }
 
+/// A crafted collection: its resource name, its entries, and the words of the refusal.
+type Case = (&'static str, Vec<(&'static str, Vec<u8>)>, &'static str);
+
 #[test]
 fn collections_that_repeat_or_escape_are_refused_with_nothing_written() {
     let h = Harness::new();
@@ -228,7 +231,7 @@ fn collections_that_repeat_or_escape_are_refused_with_nothing_written() {
     let a_id = cluster_id(&a);
     // Large enough to be stored as files of their own, which a mirror hard-links.
     let big = |seed: u8| -> Vec<u8> { (0..200_000u32).map(|i| (i as u8).wrapping_mul(seed)).collect() };
-    let cases: [(&str, Vec<(&str, Vec<u8>)>, &str); 3] = [
+    let cases: [Case; 3] = [
         ("dup", vec![("x", big(3)), ("x", big(5))], "twice"),
         (
             "escape",
