@@ -512,8 +512,8 @@ pub fn compact(repo: &Path, out: &Path) -> Result<BundleInfo, GitError> {
 /// here; the pack comes from `git pack-objects`. Ids in `since` the repository no longer has
 /// (history rewritten and pruned) are skipped, which only makes the bundle bigger.
 pub fn create_bundle_at(repo: &Path, since: &RefMap, at: &RefMap, out: &Path) -> Result<Option<BundleInfo>, GitError> {
-    let format = object_format(repo)?;
     check_self_contained(repo)?;
+    let format = object_format(repo)?;
     for name in at.keys() {
         if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
             return Err(GitError::InvalidRef {
@@ -993,11 +993,12 @@ pub fn apply_chain(
 ) -> Result<ApplyOutcome, GitError> {
     let mirror_abs = absolute(mirror);
     let mirror = mirror_abs.as_path();
+    // Before git reads anything through a `commondir`.
+    check_self_contained(mirror)?;
     let (bare, format) = inspect_repo(mirror)?;
     if !bare {
         return Err(GitError::NotARepository(mirror.to_path_buf()));
     }
-    check_self_contained(mirror)?;
     if chain.is_empty() {
         return Ok(ApplyOutcome::default());
     }
