@@ -1,10 +1,11 @@
 //! A linked peer choosing resource names and collection entries that would become paths inside
 //! the receiver's other mirrors: nested names land in their own mirror, collections that could
-//! escape or overwrite are refused before anything is written, and a mirror whose files went
-//! missing is written again.
+//! escape or overwrite are refused before anything is written, a mirror whose files went
+//! missing is written again, and mirrors of the older layout move into place at start.
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -312,4 +313,41 @@ fn a_mirror_whose_files_are_gone_is_written_again() {
     wait_for("the tree back in place", || {
         (tree(&sm) == want && !aside.exists()).then_some(())
     });
+
+    // Mirrors in the older layout (`mirrors/<origin>/<name>`) move into place at start; a
+    // file there that no mirror owns is kept aside, not deleted.
+    assert!(b.stop());
+    let a_id = origin_of(&b, &fm);
+    let mirrors = b.dir.join("mirrors");
+    let old_origin = h.path("old-origin");
+    std::fs::create_dir_all(old_origin.join("docs")).unwrap();
+    std::fs::rename(&fm, old_origin.join("f")).unwrap();
+    std::fs::rename(&sm, old_origin.join("docs/site")).unwrap();
+    std::fs::write(old_origin.join("stray"), b"an operator's file").unwrap();
+    std::fs::remove_dir_all(&mirrors).unwrap();
+    std::fs::create_dir_all(&mirrors).unwrap();
+    std::fs::rename(&old_origin, mirrors.join(&a_id)).unwrap();
+    let ino = std::fs::metadata(mirrors.join(&a_id).join("f")).unwrap().ino();
+    b.start();
+    wait_for("the older layout moved", || {
+        (fm.exists() && tree(&sm) == want).then_some(())
+    });
+    assert_eq!(
+        std::fs::metadata(&fm).unwrap().ino(),
+        ino,
+        "f was written again, not moved"
+    );
+    let kept = b.dir.join("mirrors.old-layout").join(&a_id).join("stray");
+    assert_eq!(std::fs::read(kept).unwrap(), b"an operator's file");
+}
+
+/// The origin cluster ID in a mirror path `.../mirrors/<origin>/artifacts/<name>`.
+fn origin_of(node: &NodeProc, mirror: &Path) -> String {
+    let rel = mirror.strip_prefix(node.dir.join("mirrors")).unwrap();
+    rel.components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned()
 }
