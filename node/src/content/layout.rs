@@ -186,12 +186,14 @@ pub fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Moves the complete `partial` to `target`. A file replaces a file in one rename; a tree
-/// replacing a tree goes aside first (`.<name>.causeway-old`) and is removed after, so a crash
+/// Moves the complete `partial` to `target`. A file replaces a file in one rename; otherwise
+/// (a tree, or a file becoming a tree) the previous version goes aside first (`.<name>.causeway-old`) and is removed after, so a crash
 /// at any point leaves either version in place or aside, which [`recover`] puts back.
 pub fn swap_into_place(partial: &Path, target: &Path) -> Result<(), NodeError> {
     let aside = sibling(target, OLD_SUFFIX);
-    let target_is_dir = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
+    let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    // A rename replaces a file by a file only; anything else goes aside first.
+    let target_is_dir = std::fs::symlink_metadata(target).is_ok() && (is_dir(target) || is_dir(partial));
     if target_is_dir {
         remove_any(&aside).map_err(|e| err(format!("{}: {e}", aside.display())))?;
         std::fs::rename(target, &aside).map_err(|e| err(format!("moving {} aside: {e}", target.display())))?;
@@ -348,6 +350,25 @@ mod tests {
         assert_eq!(left, ["docs", "file", "file.causeway-partial", "site"]);
         assert_eq!(std::fs::read(arts.join("site/index.html")).expect("read"), b"v1");
         recover(&dir.path().join("nothing-here"));
+    }
+
+    #[test]
+    fn a_swap_replaces_files_and_trees_either_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t");
+        let partial = sibling(&target, PARTIAL_SUFFIX);
+        std::fs::write(&target, b"file").expect("write");
+        std::fs::create_dir_all(partial.join("sub")).expect("mkdir");
+        swap_into_place(&partial, &target).expect("file -> tree");
+        assert!(target.join("sub").is_dir());
+        std::fs::write(&partial, b"file again").expect("write");
+        swap_into_place(&partial, &target).expect("tree -> file");
+        assert_eq!(std::fs::read(&target).expect("read"), b"file again");
+        std::fs::write(&partial, b"third").expect("write");
+        swap_into_place(&partial, &target).expect("file -> file");
+        assert_eq!(std::fs::read(&target).expect("read"), b"third");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read").collect();
+        assert_eq!(left.len(), 1, "nothing aside or partial is left");
     }
 
     #[test]
