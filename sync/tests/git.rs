@@ -536,6 +536,34 @@ fn a_repository_borrowing_refs_or_objects_is_neither_bundled_from_nor_written_to
 }
 
 #[test]
+fn a_ref_name_git_would_refuse_is_refused_alone() {
+    require_git!();
+    let w = World::new();
+    let good = w.bundle("good.bundle");
+    git::create_bundle(&w.origin, &RefMap::new(), &good)
+        .expect("create")
+        .expect("some");
+    // The same pack under a header naming a branch `refs/heads/../../config`.
+    let bytes = std::fs::read(&good).expect("read");
+    let end = bytes.windows(2).position(|p| p == b"\n\n").expect("header end") + 2;
+    let header = String::from_utf8(bytes[..end].to_vec()).expect("utf8");
+    let evil_header = header.replace("refs/heads/feature", "refs/heads/../../config");
+    assert_ne!(header, evil_header);
+    let evil = w.bundle("evil.bundle");
+    std::fs::write(&evil, [evil_header.as_bytes(), &bytes[end..]].concat()).expect("write");
+
+    let outcome = git::apply_bundles(&w.mirror, &[evil]).expect("the other refs still move");
+    let refused: Vec<&str> = outcome.refused.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(refused, ["refs/heads/../../config"]);
+    assert_eq!(outcome.refused[0].reason, "not a valid ref name");
+    let origin = git::refs(&w.origin).expect("refs");
+    let mirror = git::refs(&w.mirror).expect("refs");
+    assert_eq!(mirror.get("refs/heads/main"), origin.get("refs/heads/main"));
+    assert!(!mirror.contains_key("refs/heads/feature"));
+    git::fsck(&w.mirror).expect("fsck");
+}
+
+#[test]
 fn notify_hook_is_idempotent_chains_and_runs_on_push() {
     require_git!();
     let w = World::new();
