@@ -249,7 +249,6 @@ impl ContentStore {
         let mut reader = self.store.blobs().reader(hash);
         tokio::io::copy(&mut reader, &mut file).await.map_err(err)?;
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(err)?;
-        file.sync_all().await.map_err(err)?;
         Ok(())
     }
 
