@@ -352,7 +352,16 @@ impl Node {
         })
         .await
         .map_err(storage)??;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows.into_iter().map(|r| self.view(r)).collect())
+    }
+
+    /// A resource as the API shows it; a mirror's `path` is where this node keeps it.
+    fn view(&self, mut r: causeway_catalog::Resource) -> ResourceView {
+        if let Some(origin) = r.mirror_of {
+            let path = crate::transfer::mirror_path(&self.0.data_dir, &origin, &r.name, &r.kind);
+            r.path = Some(path.to_string_lossy().into_owned());
+        }
+        r.into()
     }
 
     pub async fn show_resource(&self, name: &str) -> Result<ResourceView, NodeError> {
@@ -365,7 +374,7 @@ impl Node {
         })
         .await
         .map_err(storage)??;
-        row.map(Into::into)
+        row.map(|r| self.view(r))
             .ok_or_else(|| NodeError::NotFound(format!("no resource named {name:?}")))
     }
 
@@ -418,7 +427,13 @@ impl Node {
     /// `sync NAME --from PEER`: the leader pulls the peer's current version and records the
     /// mirror; it stays subscribed afterwards.
     pub async fn sync_pull(&self, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
-        crate::app::pull(&self.0.cluster, name, peer).await
+        let mut v = crate::app::pull(&self.0.cluster, name, peer).await?;
+        // The leader pulled; the path is where this node keeps the mirror.
+        if let Some(origin) = v.mirror_of.as_deref().and_then(|o| o.parse().ok()) {
+            let path = crate::transfer::mirror_path(&self.0.data_dir, &origin, &v.name, &v.kind);
+            v.path = Some(path.to_string_lossy().into_owned());
+        }
+        Ok(v)
     }
 
     /// `sync NAME --to PEER`: offers a bidirectional mirror's new commits back to its origin.

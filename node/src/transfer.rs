@@ -31,44 +31,26 @@ const PULL_WAIT: Duration = Duration::from_secs(600);
 /// Pulls running at once on the leader.
 pub const MAX_CONCURRENT_PULLS: usize = 8;
 
-/// Where a mirror of `name` from `origin` is materialized.
-pub fn mirror_path(data_dir: &std::path::Path, origin: &ClusterId, name: &str, kind: &str) -> PathBuf {
-    let base = data_dir.join("mirrors").join(origin.to_string());
-    if kind == "forge/repo" {
-        base.join(format!("{name}.git"))
-    } else {
-        base.join(name)
-    }
-}
+pub use crate::content::layout::mirror_path;
 
-/// Removes what an interrupted materialization leaves next to mirrors (a crash mid-apply or
-/// mid-export): scratch directories of bundles and partial files or trees, which are only ever
-/// moved into place whole. Run at start, before any transfer.
-pub fn remove_mirror_leftovers(data_dir: &std::path::Path) {
-    let Ok(origins) = std::fs::read_dir(data_dir.join("mirrors")) else {
-        return;
-    };
-    for origin in origins.flatten() {
-        let Ok(entries) = std::fs::read_dir(origin.path()) else {
-            continue;
+/// Every mirror the catalog records, as the layout migration needs them.
+fn recorded_mirrors(fed: &Federation) -> Vec<crate::content::migrate::MirrorRecord> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let Ok(page) = fed.read(|t| {
+            causeway_catalog::mirror_index::list_mirrors(t, after.as_deref(), causeway_catalog::state::MAX_PAGE)
+        }) else {
+            return out;
         };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with(".causeway-apply-") || name.ends_with(".causeway-partial")) {
-                continue;
-            }
-            let path = e.path();
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match removed {
-                Ok(()) => tracing::info!(path = %path.display(), "removed an interrupted mirror write"),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted mirror write")
-                }
-            }
+        let done = page.len() < causeway_catalog::state::MAX_PAGE;
+        after = page.last().map(|m| m.name.clone());
+        out.extend(
+            page.into_iter()
+                .filter_map(|m| m.mirror_of.map(|o| (o, m.name, m.kind))),
+        );
+        if done {
+            return out;
         }
     }
 }
@@ -111,7 +93,8 @@ impl Mirroring {
         data_dir: PathBuf,
         sync: SyncConfig,
     ) -> Arc<Self> {
-        remove_mirror_leftovers(&data_dir);
+        crate::content::layout::recover(&data_dir);
+        crate::content::migrate::from_old_layout(&data_dir, &recorded_mirrors(&fed));
         Arc::new(Self {
             cluster,
             fed,
@@ -251,6 +234,7 @@ impl Mirroring {
         if let Some(local) = self.local_resource(name)?
             && local.version == entry.version
             && local.content == entry.content
+            && !(local.content.is_some() && self.mirror_missing(&origin, name, &local.kind))
         {
             self.with_transfer(name, peer_label, Direction::Pull, |t| t.synced(local.version, now_ms()));
             return Ok(local);
@@ -388,7 +372,7 @@ impl Mirroring {
         kind: &str,
         root: HashAndFormat,
     ) -> Result<Option<String>, NodeError> {
-        let target = mirror_path(&self.data_dir, origin, name, kind);
+        let target = crate::content::layout::prepare(&self.data_dir, origin, name, kind)?;
         if kind == "forge/repo" {
             let outcome = self.content.apply_repo(root, &target).await?;
             if outcome.refused.is_empty() {
@@ -405,6 +389,61 @@ impl Mirroring {
             return self.content.export_collection(root, &target).await.map(|_| None);
         }
         self.content.export_blob(root, &target).await.map(|_| None)
+    }
+
+    /// Whether this node's copy of a mirror is gone from disk (deleted, or lost to a crash).
+    fn mirror_missing(&self, origin: &ClusterId, name: &str, kind: &str) -> bool {
+        crate::content::layout::is_missing(&mirror_path(&self.data_dir, origin, name, kind), kind)
+    }
+
+    /// Writes a mirror whose files are missing here again, from this node's store, unless a
+    /// transfer of it is running; a leader whose store lacks the content pulls it again.
+    async fn restore_missing(self: &Arc<Self>, r: &Resource, root: HashAndFormat) {
+        let Some(origin) = r.mirror_of else { return };
+        if !self.mirror_missing(&origin, &r.name, &r.kind) {
+            return;
+        }
+        if !self.content.is_complete(root).await {
+            if self.cluster.is_leader()
+                && !self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&r.name)
+            {
+                let (this, name, peer) = (self.clone(), r.name.clone(), origin.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = this.pull(&name, &peer).await {
+                        tracing::warn!(resource = %name, error = %e, "pulling a missing mirror again failed");
+                    }
+                });
+            }
+            return;
+        }
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r.name.clone())
+        {
+            return;
+        }
+        let result = self.materialize(&origin, &r.name, &r.kind, root).await;
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.name);
+        // A bidirectional repository mirror's push hook went with its files.
+        let writable = self
+            .fed
+            .read(|t| causeway_catalog::peer_views::get(t, &origin, &r.name))
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.mode == causeway_policy::ShareMode::Bidirectional && !e.read_only);
+        if result.is_ok() && r.kind == "forge/repo" && writable {
+            self.install_write_back_hook(&origin, &r.name);
+        }
+        match result {
+            Ok(_) => tracing::info!(resource = %r.name, "mirror files were missing; written again"),
+            Err(e) => tracing::warn!(resource = %r.name, error = %e, "cannot write a missing mirror again"),
+        }
     }
 
     /// A `git push` into a bidirectional mirror offers the commits back to the origin by itself.
@@ -478,7 +517,7 @@ impl Mirroring {
 
     /// On every member: fetches content of catalog versions that is not complete here from
     /// the other members, so losing one node loses no data.
-    pub async fn replicate_from_members(&self) {
+    pub async fn replicate_from_members(self: &Arc<Self>) {
         // One page per round, resuming where the last round stopped, so a large catalog is
         // covered over several rounds at a bounded cost each.
         let cursor = self.replicate_cursor.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -509,6 +548,7 @@ impl Mirroring {
                 continue;
             };
             if self.content.is_complete(root).await {
+                self.restore_missing(&r, root).await;
                 continue;
             }
             for (id, addrs) in &members {
@@ -543,6 +583,8 @@ impl Mirroring {
                     break;
                 }
             }
+            // Written from the store now, or pulled again from the origin by the leader.
+            self.restore_missing(&r, root).await;
         }
     }
 }
@@ -798,29 +840,5 @@ impl Mirroring {
             }
             Err(e) => FedResponse::Error(e.to_string()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leftovers_of_interrupted_mirror_writes_are_removed_and_mirrors_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let origin = dir.path().join("mirrors").join("abc");
-        std::fs::create_dir_all(origin.join(".causeway-apply-x1/inner")).expect("mkdir");
-        std::fs::create_dir_all(origin.join("tree.causeway-partial/sub")).expect("mkdir");
-        std::fs::create_dir_all(origin.join("repo.git")).expect("mkdir");
-        std::fs::write(origin.join("file.causeway-partial"), b"half").expect("write");
-        std::fs::write(origin.join("file"), b"whole").expect("write");
-        remove_mirror_leftovers(dir.path());
-        let mut left: Vec<String> = std::fs::read_dir(&origin)
-            .expect("read")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["file", "repo.git"]);
-        remove_mirror_leftovers(&dir.path().join("nothing-here"));
     }
 }

@@ -141,7 +141,7 @@ fn a_restarted_mirror_reads_its_recorded_version_and_follows_a_re_registered_ori
     let fresh = a.json(&["resource", "publish", "v"]);
     assert_eq!(fresh["version"], 1);
     assert!(a.cli(&["share", "v", "--with", "b", "--mode", "pull"]).status.success());
-    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("v");
+    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("artifacts").join("v");
     wait_for("b's mirror to follow the re-registered resource", || {
         let r = b.try_json(&["resource", "show", "v"])?;
         (r["version"] == 1 && r["content"] == fresh["content"]).then_some(())

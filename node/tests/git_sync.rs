@@ -97,7 +97,12 @@ fn shared_lib_commits_reach_the_mirror_and_divergence_is_refused() {
     );
 
     let a_cluster = a.json(&["id"])["cluster_id"].as_str().unwrap().to_string();
-    let mirror = b.dir.join("mirrors").join(&a_cluster).join("shared-lib.git");
+    let mirror = b
+        .dir
+        .join("mirrors")
+        .join(&a_cluster)
+        .join("repos")
+        .join("shared-lib.git");
     let m = b.json(&["sync", "shared-lib", "--from", "a"]);
     assert_eq!(m["version"], 1);
     assert_eq!(m["mirror_of"], a_cluster.as_str());
@@ -192,7 +197,7 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
             .success()
     );
     b.json(&["sync", "tools", "--from", "a"]);
-    let mirror = b.dir.join("mirrors").join(&a_cluster).join("tools.git");
+    let mirror = b.dir.join("mirrors").join(&a_cluster).join("repos").join("tools.git");
     let bwork = h.path("b-tools-work");
     git(
         h.root.path(),
@@ -218,7 +223,7 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
             .success()
     );
     b.json(&["sync", "ro", "--from", "a"]);
-    let ro_mirror = b.dir.join("mirrors").join(&a_cluster).join("ro.git");
+    let ro_mirror = b.dir.join("mirrors").join(&a_cluster).join("repos").join("ro.git");
     let ro_work = h.path("b-ro-work");
     git(
         h.root.path(),
@@ -262,7 +267,7 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
             .status
             .success()
     );
-    let pm = b.dir.join("mirrors").join(&a_cluster).join("pushed.git");
+    let pm = b.dir.join("mirrors").join(&a_cluster).join("repos").join("pushed.git");
     let origin_head = head(&pushed);
     wait_for("the pushed repository at b", || {
         (try_head(&pm)? == origin_head).then_some(())

@@ -60,7 +60,7 @@ fn artifact_reaches_the_cluster_it_is_shared_with_and_no_other() {
     assert_eq!(mirror["mirror_of"], cluster_id(&a).as_str());
     assert_eq!(mirror["version"], 1);
     assert_eq!(mirror["content"], root.as_str());
-    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("big");
+    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("artifacts").join("big");
     assert!(std::fs::read(&file).unwrap() == data, "mirror differs from the origin");
     let t = transfer(&b, "big").unwrap();
     assert_eq!(t["state"], "synced");
@@ -169,7 +169,7 @@ fn tampered_content_is_rejected_and_an_interrupted_pull_completes_later() {
     wait_pinned(&b, "a");
     let mirror = b.json(&["sync", "t", "--from", "a"]);
     assert_eq!(mirror["version"], 1);
-    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("t");
+    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("artifacts").join("t");
     assert!(std::fs::read(&file).unwrap() == data);
 }
 
@@ -243,7 +243,12 @@ fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
         b.log().contains("resuming transfer from verified bytes"),
         "the second pull started from zero"
     );
-    let file = b.dir.join("mirrors").join(cluster_id(&a)).join("huge");
+    let file = b
+        .dir
+        .join("mirrors")
+        .join(cluster_id(&a))
+        .join("artifacts")
+        .join("huge");
     assert!(std::fs::read(&file).unwrap() == data);
 }
 
@@ -272,7 +277,7 @@ fn every_member_of_the_receiving_cluster_gets_the_content() {
     // The leader fetched it; the other members fetch it from each other.
     let a_cluster = cluster_id(&a);
     for n in &b {
-        let file = n.dir.join("mirrors").join(&a_cluster).join("shared");
+        let file = n.dir.join("mirrors").join(&a_cluster).join("artifacts").join("shared");
         wait_for(&format!("the mirror on {}", n.name), || {
             (std::fs::read(&file).ok()? == data).then_some(())
         });
@@ -309,7 +314,12 @@ fn a_directory_artifact_arrives_as_the_same_tree() {
             .success()
     );
     b.json(&["sync", "site", "--from", "a"]);
-    let m = b.dir.join("mirrors").join(cluster_id(&a)).join("site");
+    let m = b
+        .dir
+        .join("mirrors")
+        .join(cluster_id(&a))
+        .join("artifacts")
+        .join("site");
     assert_eq!(std::fs::read_to_string(m.join("index.html")).unwrap(), "<h1>hi</h1>");
     assert_eq!(
         std::fs::read_to_string(m.join("assets/app.js")).unwrap(),

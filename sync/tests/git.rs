@@ -57,7 +57,7 @@ impl World {
         let root = tmp.path().to_path_buf();
         let work = root.join("work");
         let origin = root.join("srv/origin.git");
-        let mirror = root.join("mirrors/peer/origin.git");
+        let mirror = root.join("mirrors/peer/repos/origin.git");
         git::init_bare(&origin).expect("init origin");
         git::init_bare(&mirror).expect("init mirror");
         std::fs::create_dir_all(&work).expect("mkdir");
@@ -493,6 +493,74 @@ fn errors_are_typed() {
     git::set_head(&empty, "refs/heads/trunk").expect("set head");
     assert_eq!(git::head(&empty).expect("head").as_deref(), Some("refs/heads/trunk"));
     assert!(git::set_head(&empty, "refs/tags/v1").is_err());
+}
+
+#[test]
+fn a_repository_borrowing_refs_or_objects_is_neither_bundled_from_nor_written_to() {
+    require_git!();
+    let w = World::new();
+    let b = w.bundle("full.bundle");
+    git::create_bundle(&w.origin, &RefMap::new(), &b)
+        .expect("create")
+        .expect("some");
+    let shared = |r: Result<_, GitError>| matches!(r, Err(GitError::SharedRepository { .. }));
+
+    // A mirror whose objects come from another repository (what a peer-chosen
+    // `objects/info/alternates` would make it): no apply, gc, hook or bundle.
+    let alternates = w.mirror.join("objects/info/alternates");
+    std::fs::write(&alternates, format!("{}\n", w.origin.join("objects").display())).expect("write");
+    assert!(shared(
+        git::apply_bundles(&w.mirror, std::slice::from_ref(&b)).map(|_| ())
+    ));
+    assert!(git::refs(&w.mirror).expect("refs").is_empty(), "refs moved");
+    assert!(shared(git::gc(&w.mirror)));
+    assert!(shared(git::install_notify_hook(&w.mirror, "true")));
+    assert!(!w.mirror.join("hooks/post-receive").exists());
+    assert!(shared(git::verify_bundle(&w.mirror, &b).map(|_| ())));
+    std::fs::remove_file(&alternates).expect("rm");
+
+    // A repository whose refs live in another (`commondir`): bundling it would hand out the
+    // other repository's refs and objects.
+    let borrower = w.root.join("borrower.git");
+    git::init_bare(&borrower).expect("init");
+    std::fs::write(borrower.join("commondir"), format!("{}\n", w.origin.display())).expect("write");
+    let at = git::refs(&w.origin).expect("refs");
+    let out = w.bundle("stolen.bundle");
+    assert!(shared(
+        git::create_bundle_at(&borrower, &RefMap::new(), &at, &out).map(|_| ())
+    ));
+    assert!(!out.exists());
+    assert!(shared(
+        git::apply_bundles(&borrower, std::slice::from_ref(&b)).map(|_| ())
+    ));
+}
+
+#[test]
+fn a_ref_name_git_would_refuse_is_refused_alone() {
+    require_git!();
+    let w = World::new();
+    let good = w.bundle("good.bundle");
+    git::create_bundle(&w.origin, &RefMap::new(), &good)
+        .expect("create")
+        .expect("some");
+    // The same pack under a header naming a branch `refs/heads/../../config`.
+    let bytes = std::fs::read(&good).expect("read");
+    let end = bytes.windows(2).position(|p| p == b"\n\n").expect("header end") + 2;
+    let header = String::from_utf8(bytes[..end].to_vec()).expect("utf8");
+    let evil_header = header.replace("refs/heads/feature", "refs/heads/../../config");
+    assert_ne!(header, evil_header);
+    let evil = w.bundle("evil.bundle");
+    std::fs::write(&evil, [evil_header.as_bytes(), &bytes[end..]].concat()).expect("write");
+
+    let outcome = git::apply_bundles(&w.mirror, &[evil]).expect("the other refs still move");
+    let refused: Vec<&str> = outcome.refused.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(refused, ["refs/heads/../../config"]);
+    assert_eq!(outcome.refused[0].reason, "not a valid ref name");
+    let origin = git::refs(&w.origin).expect("refs");
+    let mirror = git::refs(&w.mirror).expect("refs");
+    assert_eq!(mirror.get("refs/heads/main"), origin.get("refs/heads/main"));
+    assert!(!mirror.contains_key("refs/heads/feature"));
+    git::fsck(&w.mirror).expect("fsck");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! root, serving blobs only to those policy lets pull them, and exporting mirrors.
 
 pub mod access;
+pub mod layout;
+pub mod migrate;
 pub mod repo;
 pub mod store;
 

@@ -20,11 +20,10 @@ fn err(e: impl std::fmt::Display) -> NodeError {
 }
 
 /// Where `target` is written before it is moved into place: beside it, named after all of
-/// its file name (two mirrors `x.bin` and `x.txt` must not share one).
+/// its file name (two mirrors `x.bin` and `x.txt` must not share one), starting with `.` (so
+/// never another mirror's path).
 fn partial_path(target: &Path) -> std::path::PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(".causeway-partial");
-    target.with_file_name(name)
+    super::layout::sibling(target, super::layout::PARTIAL_SUFFIX)
 }
 
 /// Most files in a directory artifact.
@@ -121,32 +120,24 @@ impl ContentStore {
     }
 
     /// Writes a complete collection into the directory `target`, replacing what was there only
-    /// once every file is written. Entry names that could escape `target` are refused.
+    /// once every file is written (see [`super::layout::swap_into_place`]). A collection whose
+    /// entry names could escape `target`, repeat, or clash is refused before anything is
+    /// written.
     pub async fn export_collection(&self, root: HashAndFormat, target: &Path) -> Result<(), NodeError> {
         let collection = Collection::load(root.hash, &*self.store).await.map_err(err)?;
+        super::layout::check_entry_names(collection.iter().map(|(n, _)| n.as_str()), MAX_DIR_FILES)?;
         let partial = partial_path(target);
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).map_err(err)?;
+        super::layout::remove_any(&partial).map_err(err)?;
+        std::fs::create_dir(&partial).map_err(err)?;
         for (name, hash) in collection.iter() {
-            let safe = !name.is_empty()
-                && !name.starts_with('/')
-                && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-            if !safe {
-                return Err(NodeError::Refused(format!(
-                    "collection entry {name:?} is not a safe relative path"
-                )));
-            }
             let dest = partial.join(name);
             if let Some(parent) = dest.parent() {
+                // Only directories this loop made are below `partial`: no symlink to follow.
                 std::fs::create_dir_all(parent).map_err(err)?;
             }
             self.place(*hash, &dest).await?;
         }
-        if target.exists() {
-            std::fs::remove_dir_all(target).map_err(err)?;
-        }
-        std::fs::rename(&partial, target).map_err(err)?;
-        Ok(())
+        super::layout::swap_into_place(&partial, target)
     }
 
     /// Whether every byte of `root` is present and verified here.
@@ -211,20 +202,26 @@ impl ContentStore {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = partial_path(target);
-        let _ = std::fs::remove_file(&tmp);
+        super::layout::remove_any(&tmp).map_err(err)?;
         self.place(root.hash, &tmp).await?;
-        std::fs::rename(&tmp, target).map_err(err)?;
-        Ok(())
+        super::layout::swap_into_place(&tmp, target)
     }
 
-    /// Puts the complete blob `hash` at `path` (which must not exist yet). When the store holds
-    /// the blob as a file of its own, `path` becomes a hard link to it: no copy, which is about
-    /// half the time of a large pull. A complete blob's file is never written again, and the
-    /// link is made read-only so that editing a mirror cannot corrupt the store; removing
-    /// either name leaves the other intact. Otherwise (small blobs kept inline, another file
-    /// system) the bytes are copied.
+    /// Puts the complete blob `hash` at `path`, which must not exist yet: an existing file (a
+    /// store file linked there by an earlier entry, or a symlink) is never opened for writing.
+    /// When the store holds the blob as a file of its own, `path` becomes a hard link to it:
+    /// no copy, which is about half the time of a large pull. A complete blob's file is never
+    /// written again, and the link is made read-only so that editing a mirror cannot corrupt
+    /// the store; removing either name leaves the other intact. Otherwise (small blobs kept
+    /// inline, another file system) the bytes are copied into a file created here.
     async fn place(&self, hash: iroh_blobs::Hash, path: &Path) -> Result<(), NodeError> {
         let path = std::path::absolute(path).map_err(err)?;
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(NodeError::Refused(format!(
+                "{} already exists: not overwriting it",
+                path.display()
+            )));
+        }
         if let Ok(BlobStatus::Complete { size }) = self.store.blobs().status(hash).await {
             match std::fs::hard_link(self.paths.data_path(&hash), &path) {
                 Ok(()) => {
@@ -242,7 +239,16 @@ impl ContentStore {
                 Err(e) => tracing::debug!(%hash, error = %e, "no store file to link; copying"),
             }
         }
-        self.store.blobs().export(hash, path).await.map_err(err)?;
+        // `create_new` fails on anything already there, a symlink included.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut reader = self.store.blobs().reader(hash);
+        tokio::io::copy(&mut reader, &mut file).await.map_err(err)?;
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(err)?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //!   members while peer syncs them; origin members and the peer's leader are killed with
 //!   `kill -9` mid-transfer and restarted, nodes are paused. Afterwards every mirror must reach
 //!   the origin's current version on every peer member, and the mirror file
-//!   (`DATA_DIR/mirrors/<origin cluster id>/<name>`) must be byte-identical to the file that
+//!   (`DATA_DIR/mirrors/<origin cluster id>/artifacts/<name>`) must be byte-identical to the file that
 //!   version was published from.
 //! - **Nothing leaks**: throughout, peer's and third's `catalog` of origin never name what they
 //!   may not see; afterwards third has no mirror, requests for what is not shared are refused,
@@ -436,7 +436,10 @@ fn origin_state(w: &World, name: &str) -> Option<(u64, String)> {
 }
 
 fn mirror_file(node: &NodeRef, origin_id: &str, name: &str) -> PathBuf {
-    node.dir.join("mirrors").join(origin_id).join(name)
+    match origin_id.parse() {
+        Ok(origin) => causeway::transfer::mirror_path(&node.dir, &origin, name, "artifact"),
+        Err(_) => node.dir.join("mirrors").join(origin_id).join("artifacts").join(name),
+    }
 }
 
 /// Waits until every peer member's mirror of `name` is at the origin's current version, with

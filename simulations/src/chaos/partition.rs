@@ -209,7 +209,10 @@ fn wait_mirror(
 ) -> Result<Duration> {
     let start = Instant::now();
     let hash = blake3::hash(data).to_hex().to_string();
-    let file = node.dir.join("mirrors").join(origin).join(name);
+    let file = match origin.parse() {
+        Ok(id) => causeway::transfer::mirror_path(&node.dir, &id, name, "artifact"),
+        Err(_) => node.dir.join("mirrors").join(origin).join("artifacts").join(name),
+    };
     proc::wait_for(
         &format!("{}'s mirror of {name} at v{version}", node.name),
         timeout,

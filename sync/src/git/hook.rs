@@ -61,6 +61,8 @@ pub fn install_notify_hook(repo: &Path, command: &str) -> Result<(), GitError> {
         ));
     }
     super::ensure_repo(repo)?;
+    // A repository borrowing another's directory could aim the hook elsewhere.
+    super::check_self_contained(repo)?;
     let dir = hooks_dir(repo)?;
     fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let hook = dir.join(HOOK);

@@ -36,6 +36,13 @@
 //!   the working directory), no automatic gc, `core.fsync=committed`, stdin closed unless we
 //!   feed it. Its stderr is captured (up to 64 KiB) into [`GitError::Command`]; stdout we read is
 //!   capped at 64 MiB unless streamed line by line.
+//! * **Self-contained repositories only.** A repository with a `commondir` file (its refs
+//!   live in another repository) or `objects/info/alternates` (its objects do) is never
+//!   bundled from, applied to, gc'd or given a hook: [`GitError::SharedRepository`]. A mirror
+//!   made to borrow another repository would otherwise hand that one's refs and objects to
+//!   whoever the mirror is bundled for.
+//! * **Ref names.** An incoming branch or tag whose name `git check-ref-format` would refuse
+//!   is refused on its own, never passed to git.
 //! * **Concurrency.** [`apply_bundles`] and [`gc`] hold an exclusive advisory lock on
 //!   `<mirror>/causeway.lock` for their whole run, so they serialize on one mirror; the ref
 //!   transaction also checks each ref's old value, so a ref moved by anyone else meanwhile fails
@@ -104,6 +111,8 @@ pub enum GitError {
     UnexpectedOutput { args: String, output: String },
     #[error("git {args} was stopped after running for {secs} s")]
     TimedOut { args: String, secs: u64 },
+    #[error("{}: shares refs or objects with another repository ({reason}); not bundling from or writing to it", path.display())]
+    SharedRepository { path: PathBuf, reason: String },
 }
 
 fn list(items: &[String]) -> String {
@@ -223,6 +232,39 @@ fn inspect_repo(repo: &Path) -> Result<(bool, ObjectFormat), GitError> {
             output: text.trim().to_string(),
         }),
     }
+}
+
+/// Files that make a git directory borrow refs or objects from another repository.
+const SHARING_FILES: [&str; 3] = ["commondir", "objects/info/alternates", "objects/info/http-alternates"];
+
+/// [`GitError::SharedRepository`] when `repo` takes refs or objects from another repository
+/// (see the module rules).
+pub fn check_self_contained(repo: &Path) -> Result<(), GitError> {
+    for file in SHARING_FILES {
+        if fs::symlink_metadata(repo.join(file)).is_ok() {
+            return Err(GitError::SharedRepository {
+                path: repo.to_path_buf(),
+                reason: format!("it has {file}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether git would accept `name` as a ref name (the rules of `git check-ref-format`).
+pub fn valid_ref_name(name: &str) -> bool {
+    let components_ok = name
+        .split('/')
+        .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"));
+    components_ok
+        && name.contains('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && name != "@"
+        && !name
+            .bytes()
+            .any(|b| b < b' ' || b == 0x7f || matches!(b, b' ' | b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\'))
 }
 
 fn ensure_repo(path: &Path) -> Result<(), GitError> {
@@ -372,6 +414,7 @@ pub fn fsck(repo: &Path) -> Result<(), GitError> {
 /// gc automatically; the node decides when. Waits for a running [`apply_bundles`] to finish.
 pub fn gc(repo: &Path) -> Result<(), GitError> {
     ensure_repo(repo)?;
+    check_self_contained(repo)?;
     let _lock = RepoLock::acquire(repo)?;
     GitCmd::new(Some(repo)).args(["gc", "--quiet"]).run()?;
     Ok(())
@@ -471,6 +514,7 @@ pub fn compact(repo: &Path, out: &Path) -> Result<BundleInfo, GitError> {
 /// here; the pack comes from `git pack-objects`. Ids in `since` the repository no longer has
 /// (history rewritten and pruned) are skipped, which only makes the bundle bigger.
 pub fn create_bundle_at(repo: &Path, since: &RefMap, at: &RefMap, out: &Path) -> Result<Option<BundleInfo>, GitError> {
+    check_self_contained(repo)?;
     let format = object_format(repo)?;
     for name in at.keys() {
         if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
@@ -675,6 +719,7 @@ pub fn verify_bundle(repo: &Path, bundle: &Path) -> Result<BundleInfo, GitError>
     let bundle = absolute(bundle);
     let header = read_header(&bundle)?;
     check_format(object_format(repo)?, &header)?;
+    check_self_contained(repo)?;
     let scratch = tempfile::Builder::new()
         .prefix("causeway-verify-")
         .tempdir_in(absolute(repo))
@@ -950,6 +995,8 @@ pub fn apply_chain(
 ) -> Result<ApplyOutcome, GitError> {
     let mirror_abs = absolute(mirror);
     let mirror = mirror_abs.as_path();
+    // Before git reads anything through a `commondir`.
+    check_self_contained(mirror)?;
     let (bare, format) = inspect_repo(mirror)?;
     if !bare {
         return Err(GitError::NotARepository(mirror.to_path_buf()));
@@ -1043,7 +1090,9 @@ pub fn apply_chain(
             if name == "HEAD" {
                 continue;
             }
-            if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") {
+            if !valid_ref_name(name) {
+                outside.insert(name.clone(), oid.clone());
+            } else if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") {
                 incoming.insert(name.clone(), oid.clone());
             } else {
                 outside.insert(name.clone(), oid.clone());
@@ -1118,7 +1167,11 @@ pub fn apply_chain(
             name: name.clone(),
             current: None,
             incoming: oid.clone(),
-            reason: "only branches and tags are mirrored".into(),
+            reason: if valid_ref_name(name) {
+                "only branches and tags are mirrored".into()
+            } else {
+                "not a valid ref name".into()
+            },
         });
     }
     if mode == ApplyMode::AllOrNothing && !refused.is_empty() {
@@ -1179,6 +1232,47 @@ mod tests {
     fn pins_live_outside_branches_and_tags() {
         assert_eq!(pin_name("refs/heads/main"), "refs/causeway/refused/heads/main");
         assert_eq!(pin_name("refs/tags/v1"), "refs/causeway/refused/tags/v1");
+    }
+
+    #[test]
+    fn ref_names_git_would_refuse_are_recognized() {
+        for ok in ["refs/heads/main", "refs/tags/v1.0", "refs/heads/feature/x-y_z"] {
+            assert!(valid_ref_name(ok), "{ok}");
+        }
+        for bad in [
+            "refs/heads/../../config",
+            "refs/heads/a..b",
+            "refs/heads/.hidden",
+            "refs/heads/x.lock",
+            "refs/heads/a//b",
+            "refs/heads/",
+            "refs/heads/a@{1}",
+            "refs/heads/a:b",
+            "refs/heads/a\\b",
+            "refs/heads/end.",
+            "main",
+        ] {
+            assert!(!valid_ref_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repositories_that_borrow_refs_or_objects_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("r.git");
+        fs::create_dir_all(repo.join("objects/info")).expect("mkdir");
+        check_self_contained(&repo).expect("plain");
+        fs::write(repo.join("objects/info/alternates"), "/elsewhere/objects\n").expect("write");
+        assert!(matches!(
+            check_self_contained(&repo),
+            Err(GitError::SharedRepository { .. })
+        ));
+        fs::remove_file(repo.join("objects/info/alternates")).expect("rm");
+        fs::write(repo.join("commondir"), "../other.git\n").expect("write");
+        assert!(matches!(
+            check_self_contained(&repo),
+            Err(GitError::SharedRepository { .. })
+        ));
     }
 
     #[test]
