@@ -576,8 +576,16 @@ impl Mirroring {
                         None => format!("res/{}", r.name),
                     };
                     let _ = self.content.tag(&tag, root).await;
-                    if let Some(o) = r.mirror_of {
+                    // Not while a pull of it runs here (a leader): that pull writes it.
+                    if let Some(o) = r.mirror_of
+                        && self
+                            .in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(r.name.clone())
+                    {
                         let _ = self.materialize(&o, &r.name, &r.kind, root).await;
+                        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.name);
                     }
                     tracing::info!(resource = %r.name, "content replicated from a member");
                     break;
