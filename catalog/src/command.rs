@@ -125,6 +125,20 @@ pub enum Command {
     /// that the log, replication and apply handle one entry for all of them. Holds single
     /// commands only: a batch inside a batch is refused when decoded, and rejected when applied.
     Batch(#[serde(deserialize_with = "single_commands")] Vec<Command>),
+    /// [`Command::AddLink`] with the link's options (what this version proposes; `AddLink`,
+    /// still applied from logs written earlier, adds a link that takes no pushes).
+    AddLinkV2 {
+        name: String,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        now_ms: u64,
+        accept_pushes: bool,
+    },
+    /// `link set PEER --accept-pushes on|off`: whether the peer's push offers are taken.
+    SetLinkPushes {
+        name: String,
+        accept_pushes: bool,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -168,6 +182,8 @@ impl Command {
             Command::UpdatePeerCard { .. } => "update-peer-card",
             Command::RemoveLink { .. } => "remove-link",
             Command::Batch(_) => "batch",
+            Command::AddLinkV2 { .. } => "add-link",
+            Command::SetLinkPushes { .. } => "set-link-pushes",
         }
     }
 }
@@ -248,6 +264,9 @@ pub enum Rejection {
     BadCard(String),
     #[error("a batch of commands cannot hold another batch")]
     NestedBatch,
+    /// A share rule that may not be stored (e.g. public with write-back).
+    #[error("{0}")]
+    BadShare(causeway_policy::ShareRuleError),
 }
 
 /// A resource registered for federation.
