@@ -170,7 +170,7 @@ pub enum LinkCommand {
     Set {
         peer: String,
         /// Whether the peer's push offers are taken.
-        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set, required = true)]
         accept_pushes: bool,
     },
 }
