@@ -584,7 +584,7 @@ mod tests {
         assert!(matches!(run(&db, share), CommandResult::Resource(r) if r.shares.len() == 1));
         let replace = Command::SetShare {
             name: "dash".into(),
-            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, false),
+            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, true),
             now_ms: 3,
         };
         assert!(

@@ -200,11 +200,11 @@ impl ShareRule {
         self.mode.allows(action) && !(action == Action::WriteBack && self.read_only_in_effect())
     }
 
-    /// Whether write-back is forbidden under this rule: it says `read-only`, or it is public.
-    /// Anyone can make a cluster key, so a public rule never lets a peer write into this
-    /// cluster, even one stored before [`ShareRule::check`] refused such rules.
+    /// Whether the rule is read-only in effect: it says `read-only`, or it is a public
+    /// bidirectional rule. Anyone can make a cluster key, so a public rule never lets a peer
+    /// write into this cluster, even one stored before [`ShareRule::check`] refused such rules.
     pub fn read_only_in_effect(&self) -> bool {
-        self.read_only || self.audience == Audience::Public
+        self.read_only || (self.audience == Audience::Public && self.mode == ShareMode::Bidirectional)
     }
 
     /// Whether the rule may be stored: a public bidirectional rule must be read-only.
