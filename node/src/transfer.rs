@@ -101,6 +101,8 @@ pub struct Mirroring {
     pub(crate) publishing: tokio::sync::Mutex<()>,
     /// Pushed pulls running per peer on this member.
     pub push_slots: Arc<PushSlots>,
+    /// Pulls past their transfer, writing the mirror and recording it: no longer stopped.
+    committing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -137,6 +139,7 @@ impl Mirroring {
             replicate_cursor: Mutex::new(None),
             publishing: tokio::sync::Mutex::new(()),
             push_slots: Arc::new(PushSlots::default()),
+            committing: Mutex::new(Default::default()),
         })
     }
 
@@ -225,6 +228,7 @@ impl Mirroring {
             self.pull_inner(name, &link, origin, &peer_label, guard),
         )
         .await;
+        self.committing.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         if let Err(e) = &result {
             let reason = e.to_string();
@@ -278,7 +282,7 @@ impl Mirroring {
         let mut refused: Option<String> = None;
         if let Some(root) = root {
             self.fetch_root(name, link, peer_label, entry.version, root).await?;
-            self.check_fetched_bytes(name, root, guard).await?;
+            self.fetched(name, root, guard).await?;
             self.content.tag(&format!("mirror/{origin}/{name}"), root).await?;
             if let Some(problem) = self.materialize(&origin, name, &entry.kind, root).await? {
                 refused = Some(problem);

@@ -68,8 +68,8 @@ fn push_offers_are_refused_until_the_link_takes_them() {
         (resource(&b, "offered")?["mirror_of"] == a_cluster.as_str()).then_some(())
     });
 
-    // Off again: the next offer is refused, and the mirror stays at the version it had.
-    let version = resource(&b, "offered").unwrap()["version"].clone();
+    // Off again: the next offer is refused (the mirror b now holds still follows its origin
+    // through change notifications, as any mirror b chose to keep).
     assert_eq!(
         b.json(&["link", "set", "a", "--accept-pushes", "off"])["accept_pushes"],
         false
@@ -78,7 +78,6 @@ fn push_offers_are_refused_until_the_link_takes_them() {
     let before = refusals(&a);
     assert!(a.cli(&["resource", "publish", "offered"]).status.success());
     wait_for("a second refusal", || (refusals(&a) > before).then_some(()));
-    assert_eq!(resource(&b, "offered").unwrap()["version"], version);
 }
 
 #[test]

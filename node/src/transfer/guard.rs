@@ -172,6 +172,9 @@ impl Mirroring {
         let label = origin.to_string();
         loop {
             tokio::time::sleep(RECHECK).await;
+            if self.committing.lock().unwrap_or_else(|e| e.into_inner()).contains(name) {
+                continue;
+            }
             let link = self
                 .fed
                 .links()
@@ -199,15 +202,15 @@ impl Mirroring {
         }
     }
 
-    /// Checked once the content is here, before it is recorded: a transfer faster than
-    /// [`RECHECK`] is not seen going past its bytes while it runs.
-    pub(crate) async fn check_fetched_bytes(
-        &self,
-        name: &str,
-        root: HashAndFormat,
-        guard: PullGuard,
-    ) -> Result<(), NodeError> {
+    /// Once the content is here, before it is written out and recorded: checks its bytes (a
+    /// transfer faster than [`RECHECK`] is not seen going past them while it runs), then marks
+    /// the pull as committing, so that a stop no longer cuts a mirror's write midway.
+    pub(crate) async fn fetched(&self, name: &str, root: HashAndFormat, guard: PullGuard) -> Result<(), NodeError> {
         let Some(max) = guard.max_bytes else {
+            self.committing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string());
             return Ok(());
         };
         let bytes = self.content.local_bytes(root).await;
@@ -217,6 +220,10 @@ impl Mirroring {
                  (federation.max_pushed_bytes_per_peer); not recorded"
             )));
         }
+        self.committing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         Ok(())
     }
 
