@@ -131,6 +131,20 @@ pub enum Command {
         member: EndpointKey,
         now_ms: u64,
     },
+    /// [`Command::AddLink`] with the link's options (what this version proposes; `AddLink`,
+    /// still applied from logs written earlier, adds a link that takes no pushes).
+    AddLinkV2 {
+        name: String,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        now_ms: u64,
+        accept_pushes: bool,
+    },
+    /// `link set PEER --accept-pushes on|off`: whether the peer's push offers are taken.
+    SetLinkPushes {
+        name: String,
+        accept_pushes: bool,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -175,6 +189,8 @@ impl Command {
             Command::RemoveLink { .. } => "remove-link",
             Command::Batch(_) => "batch",
             Command::RevokeInvitesOf { .. } => "revoke-invites-of",
+            Command::AddLinkV2 { .. } => "add-link",
+            Command::SetLinkPushes { .. } => "set-link-pushes",
         }
     }
 }
@@ -259,6 +275,9 @@ pub enum Rejection {
     NestedBatch,
     #[error("invite ticket was revoked: the member that made it was removed from the cluster")]
     InviteRevoked,
+    /// A share rule that may not be stored (e.g. public with write-back).
+    #[error("{0}")]
+    BadShare(causeway_policy::ShareRuleError),
 }
 
 /// A resource registered for federation.

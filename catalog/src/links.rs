@@ -1,6 +1,6 @@
 //! Federation links as replicated records: which clusters this cluster federates with, the
 //! cluster ID pinned at the first handshake, the newest card accepted from it, and tombstones of
-//! removed links.
+//! removed links, and each link's options (whether the peer's push offers are taken).
 
 use std::net::SocketAddr;
 
@@ -27,6 +27,46 @@ pub struct LinkRecord {
     pub card: Option<SignedCard>,
     pub created_at_ms: u64,
     pub removed_at_ms: Option<u64>,
+    /// Whether this peer's push offers are taken (they create and advance mirrors here without
+    /// an admin's `sync`). Off unless the admin opts in: `link add --accept-pushes`, `link set`.
+    pub accept_pushes: bool,
+}
+
+/// A link as stored before links had options; it reads as a link that takes no pushes.
+#[derive(Deserialize)]
+struct LinkRecordV1 {
+    name: String,
+    endpoint: EndpointKey,
+    addrs: Vec<SocketAddr>,
+    pinned: Option<ClusterId>,
+    card: Option<SignedCard>,
+    created_at_ms: u64,
+    removed_at_ms: Option<u64>,
+}
+
+/// Decodes a stored link, also in the layout of earlier versions (a database opened after an
+/// upgrade, or a snapshot from a member not yet upgraded). postcard is not self-describing:
+/// a record in the old layout ends where the new field would start, so it fails to decode as
+/// the new one (and a new one, one byte longer, fails as the old one).
+pub(crate) fn decode_link(bytes: &[u8]) -> Result<LinkRecord, CatalogError> {
+    match decode::<LinkRecord>(bytes) {
+        Ok(l) => Ok(l),
+        Err(new_err) => {
+            let Ok(v1) = decode::<LinkRecordV1>(bytes) else {
+                return Err(new_err);
+            };
+            Ok(LinkRecord {
+                name: v1.name,
+                endpoint: v1.endpoint,
+                addrs: v1.addrs,
+                pinned: v1.pinned,
+                card: v1.card,
+                created_at_ms: v1.created_at_ms,
+                removed_at_ms: v1.removed_at_ms,
+                accept_pushes: false,
+            })
+        }
+    }
 }
 
 impl LinkRecord {
@@ -68,7 +108,7 @@ fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     let t = txn.open_table(LINKS)?;
     let mut out = Vec::new();
     for row in t.range::<&[u8]>(..)? {
-        out.push(decode(row?.1.value())?);
+        out.push(decode_link(row?.1.value())?);
     }
     Ok(out)
 }
@@ -83,6 +123,45 @@ fn reject(r: Rejection) -> Result<CommandResult, CatalogError> {
     Ok(CommandResult::Rejected(r))
 }
 
+fn add(
+    txn: &WriteTransaction,
+    links: &[LinkRecord],
+    name: &str,
+    endpoint: &EndpointKey,
+    addrs: &[SocketAddr],
+    now_ms: u64,
+    accept_pushes: bool,
+) -> Result<CommandResult, CatalogError> {
+    let mut active = links.iter().filter(|l| !l.is_removed());
+    if let Err(e) = validate::cluster_name(name) {
+        return reject(Rejection::Invalid(format!("link name: {e}")));
+    }
+    if addrs.len() > MAX_LINK_ADDRS {
+        return reject(Rejection::Invalid(format!("at most {MAX_LINK_ADDRS} addresses")));
+    }
+    if active.clone().any(|l| l.name == name) {
+        return reject(Rejection::LinkNameTaken(name.to_string()));
+    }
+    if let Some(l) = active.find(|l| l.recognizes(endpoint)) {
+        return reject(Rejection::AlreadyLinked {
+            endpoint: *endpoint,
+            name: l.name.clone(),
+        });
+    }
+    let link = LinkRecord {
+        name: name.to_string(),
+        endpoint: *endpoint,
+        addrs: addrs.to_vec(),
+        pinned: None,
+        card: None,
+        created_at_ms: now_ms,
+        removed_at_ms: None,
+        accept_pushes,
+    };
+    put(txn, &link)?;
+    Ok(CommandResult::Link(link))
+}
+
 pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
     let links = all(txn)?;
     let active = || links.iter().filter(|l| !l.is_removed());
@@ -92,31 +171,19 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             endpoint,
             addrs,
             now_ms,
-        } => {
-            if let Err(e) = validate::cluster_name(name) {
-                return reject(Rejection::Invalid(format!("link name: {e}")));
-            }
-            if addrs.len() > MAX_LINK_ADDRS {
-                return reject(Rejection::Invalid(format!("at most {MAX_LINK_ADDRS} addresses")));
-            }
-            if active().any(|l| l.name == *name) {
-                return reject(Rejection::LinkNameTaken(name.clone()));
-            }
-            if let Some(l) = active().find(|l| l.recognizes(endpoint)) {
-                return reject(Rejection::AlreadyLinked {
-                    endpoint: *endpoint,
-                    name: l.name.clone(),
-                });
-            }
-            let link = LinkRecord {
-                name: name.clone(),
-                endpoint: *endpoint,
-                addrs: addrs.clone(),
-                pinned: None,
-                card: None,
-                created_at_ms: *now_ms,
-                removed_at_ms: None,
+        } => add(txn, &links, name, endpoint, addrs, *now_ms, false),
+        Command::AddLinkV2 {
+            name,
+            endpoint,
+            addrs,
+            now_ms,
+            accept_pushes,
+        } => add(txn, &links, name, endpoint, addrs, *now_ms, *accept_pushes),
+        Command::SetLinkPushes { name, accept_pushes } => {
+            let Some(mut link) = active().find(|l| l.name == *name).cloned() else {
+                return reject(Rejection::NoSuchLink(name.clone()));
             };
+            link.accept_pushes = *accept_pushes;
             put(txn, &link)?;
             Ok(CommandResult::Link(link))
         }
@@ -201,7 +268,7 @@ pub fn list(txn: &ReadTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     };
     let mut out = Vec::new();
     for row in t.range::<&[u8]>(..)? {
-        out.push(decode(row?.1.value())?);
+        out.push(decode_link(row?.1.value())?);
     }
     Ok(out)
 }
@@ -293,5 +360,92 @@ mod tests {
         };
         assert!(matches!(run(&db, rm), CommandResult::Link(l) if l.is_removed()));
         assert!(matches!(run(&db, add("beta", e1)), CommandResult::Link(l) if l.pinned.is_none()));
+    }
+
+    #[test]
+    fn pushes_are_a_link_option_off_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("l.redb")).unwrap();
+        let add = |name: &str, e: u8, accept_pushes| Command::AddLinkV2 {
+            name: name.into(),
+            endpoint: EndpointKey([e; 32]),
+            addrs: vec![],
+            now_ms: 1,
+            accept_pushes,
+        };
+        assert!(matches!(run(&db, add("on", 1, true)), CommandResult::Link(l) if l.accept_pushes));
+        assert!(matches!(run(&db, add("off", 2, false)), CommandResult::Link(l) if !l.accept_pushes));
+        // An entry of an earlier version's log adds a link that takes no pushes.
+        let old = Command::AddLink {
+            name: "old".into(),
+            endpoint: EndpointKey([3; 32]),
+            addrs: vec![],
+            now_ms: 1,
+        };
+        assert!(matches!(run(&db, old), CommandResult::Link(l) if !l.accept_pushes));
+        let set = |name: &str, accept_pushes| Command::SetLinkPushes {
+            name: name.into(),
+            accept_pushes,
+        };
+        assert!(matches!(run(&db, set("old", true)), CommandResult::Link(l) if l.accept_pushes));
+        assert!(matches!(run(&db, set("on", false)), CommandResult::Link(l) if !l.accept_pushes));
+        assert!(matches!(
+            run(&db, set("nope", true)),
+            CommandResult::Rejected(Rejection::NoSuchLink(_))
+        ));
+        let on: Vec<_> = list(&db.begin_read().unwrap())
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.accept_pushes)
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(on, ["old"]);
+    }
+
+    #[test]
+    fn a_link_stored_by_an_earlier_version_reads_as_taking_no_pushes() {
+        #[derive(Serialize)]
+        struct Earlier<'a> {
+            name: &'a str,
+            endpoint: EndpointKey,
+            addrs: Vec<SocketAddr>,
+            pinned: Option<ClusterId>,
+            card: Option<SignedCard>,
+            created_at_ms: u64,
+            removed_at_ms: Option<u64>,
+        }
+        let bytes = encode(&Earlier {
+            name: "beta",
+            endpoint: EndpointKey([1; 32]),
+            addrs: vec!["127.0.0.1:9".parse().unwrap()],
+            pinned: Some(ClusterId([2; 32])),
+            card: Some(card([5; 32], 3, &[EndpointKey([1; 32])])),
+            created_at_ms: 7,
+            removed_at_ms: None,
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("l.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(LINKS)
+            .unwrap()
+            .insert(b"beta".as_slice(), bytes.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let links = list(&db.begin_read().unwrap()).unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!((links[0].name.as_str(), links[0].created_at_ms), ("beta", 7));
+        assert!(!links[0].accept_pushes);
+        assert_eq!(links[0].card.as_ref().map(|c| c.card.epoch), Some(3));
+        // Commands apply over it and store the current layout.
+        let set = Command::SetLinkPushes {
+            name: "beta".into(),
+            accept_pushes: true,
+        };
+        assert!(matches!(run(&db, set), CommandResult::Link(l) if l.accept_pushes));
+        let stored = db.begin_read().unwrap();
+        let t = stored.open_table(LINKS).unwrap();
+        let row = t.get(b"beta".as_slice()).unwrap().unwrap();
+        assert!(decode::<LinkRecord>(row.value()).unwrap().accept_pushes);
     }
 }

@@ -66,7 +66,7 @@ fn upper(cluster: &ClusterId) -> Option<Vec<u8>> {
 fn linked(txn: &WriteTransaction, cluster: &ClusterId) -> Result<bool, CatalogError> {
     let t = txn.open_table(crate::state::LINKS)?;
     for row in t.range::<&[u8]>(..)? {
-        let l: crate::links::LinkRecord = decode(row?.1.value())?;
+        let l = crate::links::decode_link(row?.1.value())?;
         if !l.is_removed() && l.pinned == Some(*cluster) {
             return Ok(true);
         }

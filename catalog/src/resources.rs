@@ -130,6 +130,14 @@ fn store_new(w: &mut StateWriter<'_>, r: &Resource) -> Result<bool, CatalogError
     Ok(true)
 }
 
+/// Removes `r`'s row, keeping the indexes and the change feed in step.
+fn remove(w: &mut StateWriter<'_>, r: &Resource, now_ms: u64) -> Result<(), CatalogError> {
+    w.resources()?.remove(r.name.as_bytes())?;
+    share_index::update(w.txn(), &r.name, &r.shares, &[])?;
+    mirror_index::update(w.txn(), &r.name, Some(r), None)?;
+    record_change(w, &r.name, ChangeKind::Removed, Some(r), None, now_ms)
+}
+
 pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandResult, CatalogError> {
     match cmd {
         Command::RegisterResource {
@@ -164,7 +172,16 @@ pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandRes
                 mirror_of: None,
             };
             if !store_new(w, &resource)? {
-                return reject(Rejection::ResourceExists(name.clone()));
+                // A mirror never holds a name against a local resource: names are this
+                // cluster's own, and a mirror (which a peer's push may have created) is a copy
+                // that gives way. Its content and files stay; only the record goes.
+                match load(w, name)? {
+                    Some(mirror) if mirror.mirror_of.is_some() => {
+                        remove(w, &mirror, *registered_at_ms)?;
+                        store_new(w, &resource)?;
+                    }
+                    _ => return reject(Rejection::ResourceExists(name.clone())),
+                }
             }
             record_change(
                 w,
@@ -242,13 +259,14 @@ pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandRes
             let Some(r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
-            w.resources()?.remove(name.as_bytes())?;
-            share_index::update(w.txn(), name, &r.shares, &[])?;
-            mirror_index::update(w.txn(), name, Some(&r), None)?;
-            record_change(w, name, ChangeKind::Removed, Some(&r), None, *now_ms)?;
+            remove(w, &r, *now_ms)?;
             Ok(CommandResult::ResourceRemoved(name.clone()))
         }
         Command::SetShare { name, rule, now_ms } => {
+            // Checked here, where every path to a stored rule passes, not only in the CLI.
+            if let Err(e) = rule.check() {
+                return reject(Rejection::BadShare(e));
+            }
             let Some(mut r) = load(w, name)? else {
                 return reject(Rejection::NoSuchResource(name.clone()));
             };
@@ -399,6 +417,67 @@ mod tests {
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
     #[test]
+    fn a_local_registration_takes_the_name_from_a_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        let origin = causeway_proto::ClusterId([4; 32]);
+        let mirror = Command::RecordMirror {
+            name: "tools".into(),
+            origin,
+            kind: "artifact".into(),
+            owner: "peer".into(),
+            version: 3,
+            content: Some("c".into()),
+            now_ms: 1,
+        };
+        assert!(matches!(run(&db, mirror.clone()), CommandResult::Resource(_)));
+        let register = Command::RegisterResource {
+            name: "tools".into(),
+            kind: "artifact".into(),
+            owner: "local".into(),
+            path: None,
+            metadata: Default::default(),
+            registered_at_ms: 2,
+        };
+        assert!(matches!(
+            run(&db, register.clone()),
+            CommandResult::ResourceRegistered(r) if r.mirror_of.is_none() && r.owner == "local"
+        ));
+        let r = db.begin_read().unwrap();
+        assert!(crate::mirror_index::list_mirrors(&r, None, 10).unwrap().is_empty());
+        let (changes, _) = changes_after(&r, 1, 10).unwrap();
+        let kinds: Vec<_> = changes.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ChangeKind::Removed, ChangeKind::Registered]);
+        drop(r);
+        // The peer cannot take it back, and a local resource still refuses a second one.
+        assert_eq!(
+            run(&db, mirror),
+            CommandResult::Rejected(Rejection::MirrorNameTaken("tools".into()))
+        );
+        assert_eq!(
+            run(&db, register),
+            CommandResult::Rejected(Rejection::ResourceExists("tools".into()))
+        );
+    }
+
+    #[test]
+    fn a_public_share_with_write_back_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        run(&db, crate::test_support::register("x"));
+        let share = |read_only| Command::SetShare {
+            name: "x".into(),
+            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, read_only),
+            now_ms: 1,
+        };
+        assert!(matches!(
+            run(&db, share(false)),
+            CommandResult::Rejected(Rejection::BadShare(causeway_policy::ShareRuleError::PublicWriteBack))
+        ));
+        assert!(matches!(run(&db, share(true)), CommandResult::Resource(r) if r.shares.len() == 1));
+    }
+
+    #[test]
     fn the_change_feed_keeps_only_the_newest_changes() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("r.redb")).unwrap();
@@ -505,7 +584,7 @@ mod tests {
         assert!(matches!(run(&db, share), CommandResult::Resource(r) if r.shares.len() == 1));
         let replace = Command::SetShare {
             name: "dash".into(),
-            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, false),
+            rule: ShareRule::new(Audience::Public, ShareMode::Bidirectional, true),
             now_ms: 3,
         };
         assert!(

@@ -62,7 +62,9 @@ impl<'txn> StateWriter<'txn> {
             Command::AddLink { .. }
             | Command::PinLink { .. }
             | Command::UpdatePeerCard { .. }
-            | Command::RemoveLink { .. } => crate::links::apply(self.uncached()?, cmd),
+            | Command::RemoveLink { .. }
+            | Command::AddLinkV2 { .. }
+            | Command::SetLinkPushes { .. } => crate::links::apply(self.uncached()?, cmd),
             Command::PeerCatalogUpdate { .. } | Command::PeerCatalogSync { .. } => {
                 crate::peer_views::apply(self.uncached()?, cmd)
             }

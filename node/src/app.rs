@@ -20,8 +20,19 @@ const MAX_APP_FRAME: usize = 16 << 20;
 enum AppRequest {
     LinkList,
     SyncStatus,
-    Pull { name: String, peer: String },
-    WriteBack { name: String, peer: String },
+    Pull {
+        name: String,
+        peer: String,
+    },
+    WriteBack {
+        name: String,
+        peer: String,
+    },
+    /// A pull started by an accepted push offer of `peer` (a cluster ID), within its caps.
+    PullPushed {
+        name: String,
+        peer: causeway_proto::ClusterId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +84,10 @@ impl AppHandler for LeaderApp {
                     Ok(r) => AppResponse::Mirror(r.into()),
                     Err(e) => error(e),
                 },
+                (_, Some(m), Ok(AppRequest::PullPushed { name, peer })) => match m.pull_pushed(&name, peer).await {
+                    Ok(r) => AppResponse::Mirror(r.into()),
+                    Err(e) => error(e),
+                },
                 (_, Some(m), Ok(AppRequest::WriteBack { name, peer })) => match m.write_back(&name, &peer).await {
                     Ok(r) => AppResponse::Mirror(r.into()),
                     Err(e) => error(e),
@@ -119,6 +134,22 @@ pub async fn pull(cluster: &ClusterNode, name: &str, peer: &str) -> Result<Resou
     let req = AppRequest::Pull {
         name: name.into(),
         peer: peer.into(),
+    };
+    match ask(cluster, req).await? {
+        AppResponse::Mirror(v) => Ok(v),
+        other => Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Pulls `name` from `peer` on the leader after an accepted push offer, within the caps.
+pub async fn pull_pushed(
+    cluster: &ClusterNode,
+    name: &str,
+    peer: causeway_proto::ClusterId,
+) -> Result<ResourceView, NodeError> {
+    let req = AppRequest::PullPushed {
+        name: name.into(),
+        peer,
     };
     match ask(cluster, req).await? {
         AppResponse::Mirror(v) => Ok(v),

@@ -157,11 +157,31 @@ pub enum LinkCommand {
         /// A local name for the link (default: peer-<endpoint prefix>).
         #[arg(long)]
         name: Option<String>,
+        /// Take the peer's push offers: under its push shares, new resources and versions
+        /// arrive here as mirrors without a `sync`. Off by default (see `link set`).
+        #[arg(long)]
+        accept_pushes: bool,
     },
     /// Links and their health, plus peers that connect to us without our linking to them.
     List,
     /// Remove a link: PEER is its name, the peer's cluster ID or any of its endpoint IDs.
     Remove { peer: String },
+    /// Change a link's options: `link set PEER --accept-pushes on|off`.
+    Set {
+        peer: String,
+        /// Whether the peer's push offers are taken.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set, required = true)]
+        accept_pushes: bool,
+    },
+}
+
+/// `on` / `off` for a link option.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected \"on\" or \"off\", not {s:?}")),
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -376,6 +396,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => bail!("no data directory: pass --data-dir DIR, --config FILE or set CAUSEWAY_DATA_DIR"),
             };
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
             crate::daemon::run(&dir, config).await.context("daemon")?;
         }
         Command::Id => {
@@ -538,13 +561,14 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
             endpoint_id,
             addrs,
             name,
+            accept_pushes,
         } => {
             endpoint_id
                 .parse::<causeway_proto::EndpointKey>()
                 .map_err(|e| anyhow!("{e}"))?;
             let v = client(cli)
                 .await?
-                .link_add(endpoint_id, addrs.clone(), name.clone())
+                .link_add(endpoint_id, addrs.clone(), name.clone(), *accept_pushes)
                 .await?;
             if cli.json {
                 print_json(&link_json(&v))?;
@@ -578,6 +602,15 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
                 }
             }
         }
+        LinkCommand::Set { peer, accept_pushes } => {
+            let v = client(cli).await?.link_set_pushes(peer, *accept_pushes).await?;
+            if cli.json {
+                print_json(&link_json(&v))?;
+            } else {
+                let word = if v.accept_pushes { "on" } else { "off" };
+                println!("link {}: accept-pushes {word}", v.name);
+            }
+        }
         LinkCommand::Remove { peer } => {
             client(cli).await?.link_remove(peer).await?;
             if cli.json {
@@ -603,6 +636,7 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "direction": l.direction,
         "card_epoch": l.card_epoch,
         "reason": l.reason,
+        "accept_pushes": l.accept_pushes,
     })
 }
 

@@ -142,11 +142,26 @@ impl Client {
         endpoint: &str,
         addrs: Vec<std::net::SocketAddr>,
         name: Option<String>,
+        accept_pushes: bool,
     ) -> Result<crate::federation::LinkView, ClientError> {
         self.typed(ControlRequest::LinkAdd {
             endpoint: endpoint.into(),
             addrs,
             name,
+            accept_pushes,
+        })
+        .await
+    }
+
+    /// `link set PEER --accept-pushes on|off`.
+    pub async fn link_set_pushes(
+        &mut self,
+        peer: &str,
+        accept_pushes: bool,
+    ) -> Result<crate::federation::LinkView, ClientError> {
+        self.typed(ControlRequest::LinkSet {
+            peer: peer.into(),
+            accept_pushes,
         })
         .await
     }

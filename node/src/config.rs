@@ -70,6 +70,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Keys this version ignores, with what to do instead; the daemon logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        self.federation.warnings()
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
@@ -129,6 +134,16 @@ mod tests {
         assert!(Config::parse("bind = \"127.0.0.1:1\"\nbogus = 1").is_err());
         assert!(Config::parse("bind = \"127.0.0.1:1\"\n[raft]\nheartbeat_ms = 5000").is_err());
         assert!(parse_bind("1.2.3.4").unwrap_err().contains("IP:PORT"));
+    }
+
+    #[test]
+    fn the_removed_accept_pushes_key_loads_with_a_warning() {
+        let c = Config::parse("bind = \"127.0.0.1:1\"\n[federation]\naccept_pushes = true").unwrap();
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("link set PEER --accept-pushes on"), "{warnings:?}");
+        assert!(!c.to_toml().contains("accept_pushes"), "never written back");
+        assert!(Config::parse("bind = \"127.0.0.1:1\"").unwrap().warnings().is_empty());
     }
 }
 

@@ -49,6 +49,8 @@ pub enum ControlRequest {
         addrs: Vec<std::net::SocketAddr>,
         #[serde(default)]
         name: Option<String>,
+        #[serde(default)]
+        accept_pushes: bool,
     },
     LinkList,
     LinkRemove {
@@ -105,6 +107,11 @@ pub enum ControlRequest {
         limit: Option<usize>,
         #[serde(default)]
         wait_ms: u64,
+    },
+    /// `link set PEER --accept-pushes on|off`.
+    LinkSet {
+        peer: String,
+        accept_pushes: bool,
     },
 }
 
@@ -181,10 +188,16 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
             json(node.list_resources(after, limit.unwrap_or(DEFAULT_PAGE)).await?)
         }
         ControlRequest::ShowResource { name } => json(node.show_resource(&name).await?),
-        ControlRequest::LinkAdd { endpoint, addrs, name } => {
+        ControlRequest::LinkAdd {
+            endpoint,
+            addrs,
+            name,
+            accept_pushes,
+        } => {
             let id = endpoint.parse().map_err(|e| NodeError::Invalid(format!("{e}")))?;
-            json(node.link_add(id, addrs, name).await?)
+            json(node.link_add_with(id, addrs, name, accept_pushes).await?)
         }
+        ControlRequest::LinkSet { peer, accept_pushes } => json(node.link_set_pushes(&peer, accept_pushes).await?),
         ControlRequest::LinkList => json(node.link_list().await?),
         ControlRequest::UpdateMetadata { name, set, remove } => json(node.update_metadata(&name, set, remove).await?),
         ControlRequest::Publish { name, content } => json(node.publish(&name, content).await?),

@@ -382,14 +382,27 @@ impl Node {
         &self.0.federation
     }
 
-    /// `link add`: this cluster federates with the cluster behind `endpoint`.
+    /// `link add`: this cluster federates with the cluster behind `endpoint` (taking no
+    /// pushes from it; see [`Node::link_add_with`]).
     pub async fn link_add(
         &self,
         endpoint: EndpointKey,
         addrs: Vec<SocketAddr>,
         name: Option<String>,
     ) -> Result<LinkView, NodeError> {
-        let record = self.0.federation.add_link(endpoint, addrs, name).await?;
+        self.link_add_with(endpoint, addrs, name, false).await
+    }
+
+    /// `link add [--accept-pushes]`: `accept_pushes` lets the peer's push offers create and
+    /// advance mirrors here.
+    pub async fn link_add_with(
+        &self,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+        name: Option<String>,
+        accept_pushes: bool,
+    ) -> Result<LinkView, NodeError> {
+        let record = self.0.federation.add_link(endpoint, addrs, name, accept_pushes).await?;
         let views = crate::app::link_list(&self.0.cluster).await.unwrap_or_default();
         Ok(views
             .into_iter()
@@ -405,7 +418,18 @@ impl Node {
                 direction: "outbound".into(),
                 card_epoch: None,
                 reason: None,
+                accept_pushes: record.accept_pushes,
             }))
+    }
+
+    /// `link set PEER --accept-pushes on|off`.
+    pub async fn link_set_pushes(&self, peer: &str, accept_pushes: bool) -> Result<LinkView, NodeError> {
+        let record = self.0.federation.set_link_pushes(peer, accept_pushes).await?;
+        let views = crate::app::link_list(&self.0.cluster).await?;
+        views
+            .into_iter()
+            .find(|v| v.name == record.name && v.direction == "outbound")
+            .ok_or_else(|| NodeError::NotFound(format!("link {:?} vanished", record.name)))
     }
 
     pub async fn link_list(&self) -> Result<Vec<LinkView>, NodeError> {

@@ -163,6 +163,8 @@ impl Node {
         read_only: bool,
     ) -> Result<ResourceView, NodeError> {
         let rule = ShareRule::new(self.audience(with)?, mode, read_only);
+        // Refused before it costs a Raft entry; the catalog refuses it too, for any other path.
+        rule.check().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let cmd = Command::SetShare {
             name: name.into(),
             rule,

@@ -24,6 +24,12 @@ use crate::error::NodeError;
 use crate::federation::Federation;
 use crate::node::now_ms;
 
+mod guard;
+pub use guard::{
+    MAX_PUSHED_PULLS_PER_PEER, MAX_WRITE_BACK_BYTES, PUSHED_PULL_DEADLINE, PeerUsage, PushSlot, PushSlots,
+};
+use guard::{PullGuard, stop_when};
+
 /// How long dialling a peer's blob endpoint may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pull waits for another transfer of the same resource to finish.
@@ -75,6 +81,10 @@ pub struct Mirroring {
     /// Publishes on this node run one at a time (an admin's, a hook's, a write-back's), so two
     /// of them together make one version, not two with the same commits.
     pub(crate) publishing: tokio::sync::Mutex<()>,
+    /// Pushed pulls running per peer on this member.
+    pub push_slots: Arc<PushSlots>,
+    /// Pulls past their transfer, writing the mirror and recording it: no longer stopped.
+    committing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -111,6 +121,8 @@ impl Mirroring {
             offers: Mutex::new(Vec::new()),
             replicate_cursor: Mutex::new(None),
             publishing: tokio::sync::Mutex::new(()),
+            push_slots: Arc::new(PushSlots::default()),
+            committing: Mutex::new(Default::default()),
         })
     }
 
@@ -167,6 +179,11 @@ impl Mirroring {
     /// Pulls the peer's current version of `name` now and records the mirror. Runs on the
     /// leader (the CLI's request is routed there).
     pub async fn pull(self: &Arc<Self>, name: &str, peer: &str) -> Result<Resource, NodeError> {
+        self.pull_guarded(name, peer, PullGuard::default()).await
+    }
+
+    /// [`Mirroring::pull`], stopped as soon as `guard` or the link's removal says so.
+    async fn pull_guarded(self: &Arc<Self>, name: &str, peer: &str, guard: PullGuard) -> Result<Resource, NodeError> {
         let link = self.fed.resolve(peer)?;
         let Some(origin) = link.pinned else {
             return Err(NodeError::Refused(format!(
@@ -189,7 +206,12 @@ impl Mirroring {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let result = self.pull_inner(name, &link, origin, &peer_label).await;
+        let result = stop_when(
+            self.pull_stopped(name, origin, guard),
+            self.pull_inner(name, &link, origin, &peer_label, guard),
+        )
+        .await;
+        self.committing.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         if let Err(e) = &result {
             let reason = e.to_string();
@@ -207,6 +229,7 @@ impl Mirroring {
         link: &LinkRecord,
         origin: ClusterId,
         peer_label: &str,
+        guard: PullGuard,
     ) -> Result<Resource, NodeError> {
         let _permit = self
             .running
@@ -243,6 +266,7 @@ impl Mirroring {
         let mut refused: Option<String> = None;
         if let Some(root) = root {
             self.fetch_root(name, link, peer_label, entry.version, root).await?;
+            self.fetched(name, root, guard).await?;
             self.content.tag(&format!("mirror/{origin}/{name}"), root).await?;
             if let Some(problem) = self.materialize(&origin, name, &entry.kind, root).await? {
                 refused = Some(problem);
@@ -806,10 +830,17 @@ impl Mirroring {
             Ok(Ok(c)) => c,
             _ => return FedResponse::Error("cannot fetch the bundle from you".into()),
         };
-        let fetched = self.content.fetch(conn.clone(), root, |_| {}, self.stall_after).await;
+        let fetched = stop_when(
+            self.write_back_stopped(from, name, root),
+            self.content.fetch(conn.clone(), root, |_| {}, self.stall_after),
+        )
+        .await;
         conn.close(0u32.into(), b"done");
         if let Err(e) = fetched {
             return FedResponse::Error(format!("bundle transfer failed: {e}"));
+        }
+        if self.content.local_bytes(root).await > MAX_WRITE_BACK_BYTES {
+            return FedResponse::Error(format!("write-back bundle is larger than {MAX_WRITE_BACK_BYTES} bytes"));
         }
         let _one_at_a_time = self.publishing.lock().await;
         match self.content.apply_bundle_blob(root, std::path::Path::new(&path)).await {

@@ -260,7 +260,9 @@ fn write_back_fast_forwards_read_only_is_denied_and_push_shares_arrive_unasked()
     assert!(stderr(&out).contains("divergent"), "{}", stderr(&out));
     assert_eq!(head(&tools), a_head);
 
-    // Push share: a's new version arrives at b without b asking.
+    // Push share: a's new version arrives at b without b asking, once b's link takes pushes.
+    let out = b.cli(&["link", "set", "a", "--accept-pushes", "on"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let pushed = make_repo("pushed");
     assert!(
         a.cli(&["share", "pushed", "--with", "b", "--mode", "push"])

@@ -116,7 +116,7 @@ fn visible_but_forbidden_reason(peer: &PeerRelation, rules: &[ShareRule], action
     let best = rules
         .iter()
         .filter(|rule| rule.covers(peer, Action::See))
-        .max_by_key(|rule| (rule.mode, !rule.read_only));
+        .max_by_key(|rule| (rule.mode, !rule.read_only_in_effect()));
     match best {
         // Write-back is refused under a bidirectional rule only because every such rule is
         // read-only (a writable one would have granted).
@@ -207,11 +207,12 @@ mod tests {
             // Public covers every verified cluster, linked or not.
             (rule(Audience::Public, Pull, false), unlinked, A::Pull, None),
             (rule(Audience::Public, Push, false), unlinked, A::PushTo, None),
+            // ... except for write-back: anyone can make a cluster key.
             (
                 rule(Audience::Public, Bidirectional, false),
                 unlinked,
                 A::WriteBack,
-                None,
+                Some(ReadOnly),
             ),
             (rule(Audience::Public, Pull, false), linked, A::See, None),
             (
@@ -315,7 +316,11 @@ mod tests {
         assert_eq!(decide(&linked, Some(&rules), Action::Pull), granted_by(2, &rules));
         // Only some rules permit the action: the most specific of those.
         assert_eq!(decide(&linked, Some(&rules), Action::PushTo), granted_by(3, &rules));
-        assert_eq!(decide(&linked, Some(&rules), Action::WriteBack), granted_by(0, &rules));
+        // A public rule never grants write-back, even a writable one stored by an older version.
+        assert_eq!(
+            decide(&linked, Some(&rules), Action::WriteBack),
+            Decision::Deny(DenyReason::ReadOnly)
+        );
         // A cluster the specific rules do not name falls back to linked, then public.
         let other = PeerRelation::Linked(B);
         assert_eq!(decide(&other, Some(&rules), Action::Pull), granted_by(1, &rules));
@@ -337,7 +342,7 @@ mod tests {
         );
         let writable_elsewhere = [
             rule(Audience::Cluster(A), Bidirectional, true),
-            rule(Audience::Public, Bidirectional, false),
+            rule(Audience::Linked, Bidirectional, false),
         ];
         assert_eq!(
             decide(&linked, Some(&writable_elsewhere), Action::WriteBack),

@@ -15,7 +15,9 @@
 //!   shares only, and removing a link withdraws every share naming that cluster without editing
 //!   the shares. Such a denial is reported as [`DenyReason::NotLinked`] so the owner sees why.
 //! * **Modes.** Every mode lets the grantee see and pull; `push` and `bidirectional` also let the
-//!   owner push to it; only `bidirectional` without `read-only` lets it write back.
+//!   owner push to it; only `bidirectional` without `read-only` lets it write back, and never
+//!   under a `public` rule (anyone can make a cluster key): [`ShareRule::check`] refuses such a
+//!   rule, and one stored earlier acts as read-only.
 //! * **Which rule.** Rules are independent grants (no rule ever denies), so adding a rule can only
 //!   widen access. When several grant, the most specific (cluster, then linked, then public) is
 //!   reported, ties to the lowest index.
@@ -36,5 +38,5 @@ pub use decide::{Decision, Grant, decide};
 pub use denial::{DenyReason, PeerVisibleDenial};
 pub use peer::{Action, PeerRelation};
 pub use receiver::{PushDecision, PushRefusal, Subscription, accept_push};
-pub use rule::{Audience, AudienceParseError, ShareMode, ShareModeParseError, ShareRule};
+pub use rule::{Audience, AudienceParseError, ShareMode, ShareModeParseError, ShareRule, ShareRuleError};
 pub use view::{PreviewEntry, preview, visible_mode};

@@ -14,7 +14,8 @@ use crate::peer::PeerRelation;
 pub struct Subscription {
     /// The cluster that owns the resource we mirror.
     pub origin: ClusterId,
-    /// Whether we take pushed versions, or only the ones we pull ourselves.
+    /// Whether we take pushed versions, or only the ones we pull ourselves: the setting of our
+    /// link to `origin` (`link set PEER --accept-pushes on|off`, off by default).
     pub accept_push: bool,
 }
 
@@ -48,11 +49,13 @@ pub enum PushRefusal {
     UnknownSender,
     #[error("this cluster has no link to the sending cluster {cluster}")]
     SenderNotLinked { cluster: ClusterId },
-    #[error("this cluster mirrors no such resource")]
+    #[error("this cluster takes no pushes of that name")]
     NotSubscribed,
     #[error("the resource is mirrored from {origin}, not from the sender {sender}")]
     WrongOrigin { origin: ClusterId, sender: ClusterId },
-    #[error("this cluster does not accept pushes for this mirror")]
+    #[error(
+        "this cluster does not accept pushes from you (its admin can allow them with `causeway link set PEER --accept-pushes on`)"
+    )]
     PushNotAccepted,
 }
 

@@ -162,6 +162,16 @@ impl FromStr for ShareMode {
     }
 }
 
+/// Why a share rule may not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ShareRuleError {
+    #[error(
+        "a public share cannot allow write-back: any cluster can make a key and write into this \
+         resource; add --read-only, or share bidirectionally with a linked cluster or `linked`"
+    )]
+    PublicWriteBack,
+}
+
 /// One share rule on a resource: `share NAME --with AUDIENCE --mode MODE [--read-only]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShareRule {
@@ -187,7 +197,22 @@ impl ShareRule {
 
     /// Whether the rule's mode and read-only flag let `action` happen, whoever asks.
     pub fn permits(&self, action: Action) -> bool {
-        self.mode.allows(action) && !(action == Action::WriteBack && self.read_only)
+        self.mode.allows(action) && !(action == Action::WriteBack && self.read_only_in_effect())
+    }
+
+    /// Whether the rule is read-only in effect: it says `read-only`, or it is a public
+    /// bidirectional rule. Anyone can make a cluster key, so a public rule never lets a peer
+    /// write into this cluster, even one stored before [`ShareRule::check`] refused such rules.
+    pub fn read_only_in_effect(&self) -> bool {
+        self.read_only || (self.audience == Audience::Public && self.mode == ShareMode::Bidirectional)
+    }
+
+    /// Whether the rule may be stored: a public bidirectional rule must be read-only.
+    pub fn check(&self) -> Result<(), ShareRuleError> {
+        if self.audience == Audience::Public && self.mode == ShareMode::Bidirectional && !self.read_only {
+            return Err(ShareRuleError::PublicWriteBack);
+        }
+        Ok(())
     }
 
     /// Whether this one rule, on its own, grants `action` to `peer`.
@@ -285,9 +310,27 @@ mod tests {
             (M::Bidirectional, true, A::WriteBack, false),
         ];
         for (mode, read_only, action, permitted) in table {
-            let rule = ShareRule::new(Audience::Public, mode, read_only);
+            let rule = ShareRule::new(Audience::Linked, mode, read_only);
             assert_eq!(rule.permits(action), permitted, "{rule} {action}");
         }
+    }
+
+    #[test]
+    fn public_rules_never_permit_write_back() {
+        let public = ShareRule::new(Audience::Public, ShareMode::Bidirectional, false);
+        assert_eq!(public.check(), Err(ShareRuleError::PublicWriteBack));
+        assert!(!public.permits(Action::WriteBack), "a stored one still never grants it");
+        assert!(public.permits(Action::PushTo));
+        assert!(
+            ShareRule::new(Audience::Public, ShareMode::Bidirectional, true)
+                .check()
+                .is_ok()
+        );
+        assert!(
+            ShareRule::new(Audience::Linked, ShareMode::Bidirectional, false)
+                .check()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn catalog_entry(peer: &PeerRelation, rules: &[ShareRule]) -> Option<CatalogEntr
         .max_by_key(|(index, rule)| {
             (
                 rule.mode,
-                !rule.read_only,
+                !rule.read_only_in_effect(),
                 rule.audience.specificity(),
                 std::cmp::Reverse(*index),
             )
@@ -79,7 +79,7 @@ fn catalog_entry(peer: &PeerRelation, rules: &[ShareRule]) -> Option<CatalogEntr
     let (mode, read_only) = if *peer == PeerRelation::Unknown {
         (ShareMode::Pull, true)
     } else {
-        (rule.mode, rule.read_only)
+        (rule.mode, rule.read_only_in_effect())
     };
     Some(CatalogEntry { mode, read_only, grant })
 }
@@ -117,9 +117,15 @@ mod tests {
                 linked,
                 vec![
                     rule(Audience::Cluster(A), Bidirectional, true),
-                    rule(Audience::Public, Bidirectional, false),
+                    rule(Audience::Linked, Bidirectional, false),
                 ],
                 Some((Bidirectional, false)),
+            ),
+            // A public rule shows as read-only: it never lets a peer write back.
+            (
+                linked,
+                vec![rule(Audience::Public, Bidirectional, false)],
+                Some((Bidirectional, true)),
             ),
             // A writable pull rule does not make a read-only bidirectional rule writable.
             (

@@ -62,7 +62,10 @@ fn oracle_permits(rule: &ShareRule, action: Action) -> bool {
     match action {
         Action::See | Action::Pull => true,
         Action::PushTo => rule.mode == ShareMode::Push || rule.mode == ShareMode::Bidirectional,
-        Action::WriteBack => rule.mode == ShareMode::Bidirectional && !rule.read_only,
+        // A public rule never lets anyone write back: anyone can make a cluster key.
+        Action::WriteBack => {
+            rule.mode == ShareMode::Bidirectional && !rule.read_only && rule.audience != Audience::Public
+        }
     }
 }
 
@@ -159,6 +162,7 @@ proptest! {
                 oracle_covers(r, &peer, Action::WriteBack)
                     && r.mode == ShareMode::Bidirectional
                     && !r.read_only
+                    && r.audience != Audience::Public
             });
             prop_assert!(writable_bidirectional);
         }
@@ -217,7 +221,7 @@ proptest! {
             Decision::Deny(DenyReason::ReadOnly) => {
                 prop_assert_eq!(action, Action::WriteBack);
                 prop_assert!(rules.iter().any(|r| oracle_covers(r, &peer, action)
-                    && r.mode == ShareMode::Bidirectional && r.read_only));
+                    && r.mode == ShareMode::Bidirectional && (r.read_only || r.audience == Audience::Public)));
             }
             Decision::Deny(DenyReason::ModeForbids { mode, action: denied }) => {
                 prop_assert_eq!(denied, action);

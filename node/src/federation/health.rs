@@ -15,10 +15,23 @@ pub struct HealthConfig {
     /// How often the leader re-reads each linked peer's whole catalog, repairing anything a
     /// lost change notification missed.
     pub catalog_resync_ms: u64,
-    /// Accept versions that linked peers offer under a push share (they are pulled and kept as
-    /// mirrors). Peers this cluster does not link to are never accepted.
-    pub accept_pushes: bool,
+    /// Most mirrors a peer's pushes may create or keep here; an offer of another name beyond it
+    /// is refused. Counts every mirror of that peer (an admin's `sync` too).
+    pub max_pushed_resources_per_peer: u64,
+    /// Most bytes of mirrored content from one peer that pushes may bring here: an offer is
+    /// refused once the peer's mirrors hold this much, and a pushed transfer stops when it
+    /// would go beyond it.
+    pub max_pushed_bytes_per_peer: u64,
+    /// Removed: pushes are taken per link (`causeway link set PEER --accept-pushes on|off`).
+    /// Still read so an older config loads; [`HealthConfig::warnings`] names the new command.
+    #[serde(rename = "accept_pushes", skip_serializing)]
+    pub legacy_accept_pushes: Option<bool>,
 }
+
+/// Default of `federation.max_pushed_resources_per_peer`.
+pub const DEFAULT_MAX_PUSHED_RESOURCES_PER_PEER: u64 = 1000;
+/// Default of `federation.max_pushed_bytes_per_peer`: 10 GiB.
+pub const DEFAULT_MAX_PUSHED_BYTES_PER_PEER: u64 = 10 << 30;
 
 impl Default for HealthConfig {
     fn default() -> Self {
@@ -27,12 +40,27 @@ impl Default for HealthConfig {
             heartbeat_ms: 1000,
             failure_threshold: 3,
             catalog_resync_ms: 60_000,
-            accept_pushes: true,
+            max_pushed_resources_per_peer: DEFAULT_MAX_PUSHED_RESOURCES_PER_PEER,
+            max_pushed_bytes_per_peer: DEFAULT_MAX_PUSHED_BYTES_PER_PEER,
+            legacy_accept_pushes: None,
         }
     }
 }
 
 impl HealthConfig {
+    /// What an operator should change in this section (keys that no longer act).
+    pub fn warnings(&self) -> Vec<String> {
+        match self.legacy_accept_pushes {
+            Some(_) => vec![
+                "federation.accept_pushes is no longer used and is ignored: pushes are taken per link, \
+                 off by default; allow them with `causeway link set PEER --accept-pushes on` \
+                 (or `link add ... --accept-pushes`)"
+                    .into(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     /// How long after the last acknowledgement a link still reads `active`.
     pub fn active_window_ms(&self) -> u64 {
         self.heartbeat_ms
@@ -162,7 +190,9 @@ mod tests {
         heartbeat_ms: 100,
         failure_threshold: 3,
         catalog_resync_ms: 1000,
-        accept_pushes: true,
+        max_pushed_resources_per_peer: 10,
+        max_pushed_bytes_per_peer: 1 << 20,
+        legacy_accept_pushes: None,
     };
 
     #[test]

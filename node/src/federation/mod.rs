@@ -47,6 +47,8 @@ pub struct LinkView {
     pub direction: String,
     pub card_epoch: Option<u64>,
     pub reason: Option<String>,
+    /// Whether the peer's push offers are taken (`link set PEER --accept-pushes on|off`).
+    pub accept_pushes: bool,
 }
 
 /// A cluster that completed a handshake with us without our linking to it.
@@ -110,6 +112,11 @@ impl Federation {
             notifier: notify::Notifier::default(),
             dialing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The `[federation]` config this node runs with.
+    pub(crate) fn config(&self) -> &HealthConfig {
+        &self.cfg
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
@@ -189,15 +196,17 @@ impl Federation {
         endpoint: EndpointKey,
         addrs: Vec<SocketAddr>,
         name: Option<String>,
+        accept_pushes: bool,
     ) -> Result<LinkRecord, NodeError> {
         let name = name.unwrap_or_else(|| format!("peer-{}", endpoint.short()));
         match self
             .cluster
-            .write(Command::AddLink {
+            .write(Command::AddLinkV2 {
                 name,
                 endpoint,
                 addrs,
                 now_ms: now_ms(),
+                accept_pushes,
             })
             .await?
         {
@@ -227,6 +236,20 @@ impl Federation {
         Err(NodeError::NotFound(format!(
             "no link matches {peer:?} (give a link name, cluster ID or endpoint ID)"
         )))
+    }
+
+    /// `link set PEER --accept-pushes on|off`: through Raft.
+    pub async fn set_link_pushes(&self, peer: &str, accept_pushes: bool) -> Result<LinkRecord, NodeError> {
+        let link = self.resolve(peer)?;
+        let cmd = Command::SetLinkPushes {
+            name: link.name.clone(),
+            accept_pushes,
+        };
+        match self.cluster.write(cmd).await? {
+            CommandResult::Link(l) => Ok(l),
+            CommandResult::Rejected(r) => Err(NodeError::Conflict(r.to_string())),
+            other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
+        }
     }
 
     /// `link remove`: tombstone through Raft; the leader's supervisor then says goodbye to the
@@ -286,6 +309,7 @@ impl Federation {
                 rtt_ms: h.and_then(|h| h.rtt_ms()),
                 direction: "outbound".into(),
                 card_epoch: l.card.as_ref().map(|c| c.card.epoch),
+                accept_pushes: l.accept_pushes && !l.is_removed(),
                 reason: match state {
                     LinkState::Active | LinkState::Removed => None,
                     LinkState::Failing => reason.or_else(|| {
@@ -311,6 +335,7 @@ impl Federation {
                 direction: "inbound".into(),
                 card_epoch: Some(p.card_epoch),
                 reason: Some("this cluster does not link to the peer".into()),
+                accept_pushes: false,
             });
         }
         Ok(out)

@@ -193,7 +193,9 @@ impl Federation {
             FedRequest::CatalogChanged { changes } => {
                 self.accept_catalog_changes(peer.card.card.cluster_id, changes).await
             }
-            FedRequest::PushOffer { name, version } => self.accept_push_offer(peer.card.card.cluster_id, name, version),
+            FedRequest::PushOffer { name, version } => {
+                self.accept_push_offer(peer.card.card.cluster_id, name, version).await
+            }
             FedRequest::WriteBack { name, bundle } => {
                 let mirroring = self.mirroring.get().and_then(|w| w.upgrade());
                 match mirroring {
@@ -214,42 +216,61 @@ impl Federation {
 }
 
 impl Federation {
-    /// The receiving side of a push: accepted only from a cluster we link to, under our own
-    /// policy (`federation.accept_pushes`, and a name not taken by something else here); the
-    /// version is then pulled like any other.
-    fn accept_push_offer(&self, origin: causeway_proto::ClusterId, name: String, version: u64) -> FedResponse {
+    /// The receiving side of a push: accepted only from a cluster we link to, through a link
+    /// that takes pushes (`link set PEER --accept-pushes on`), for a name that is free here or
+    /// already a mirror of that peer, within the per-peer caps (mirrors, bytes, pushed pulls
+    /// running at once); the version is then pulled on the leader within what is left.
+    async fn accept_push_offer(&self, origin: causeway_proto::ClusterId, name: String, version: u64) -> FedResponse {
         use causeway_policy::{PushDecision, Subscription, accept_push};
         if causeway_catalog::validate::resource_name(&name).is_err() {
             return FedResponse::Error("bad resource name".into());
         }
         let relation = self.relation(origin);
+        let link_takes_pushes = self
+            .links()
+            .ok()
+            .and_then(|ls| ls.into_iter().find(|l| !l.is_removed() && l.pinned == Some(origin)))
+            .is_some_and(|l| l.accept_pushes);
         let local = self
             .read(|t| causeway_catalog::state::get_resource(t, &name))
             .ok()
             .flatten();
+        // A name held here by anything but a mirror of the sender is not the sender's to fill.
         let subscription = match &local {
-            Some(r) if r.mirror_of == Some(origin) => Some(Subscription {
+            Some(r) if r.mirror_of != Some(origin) => None,
+            _ => Some(Subscription {
                 origin,
-                accept_push: true,
-            }),
-            Some(_) => None,
-            None => Some(Subscription {
-                origin,
-                accept_push: self.cfg.accept_pushes,
+                accept_push: link_takes_pushes,
             }),
         };
-        match accept_push(&relation, subscription.as_ref()) {
-            PushDecision::Accept => {
-                let cluster = self.cluster.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = crate::app::pull(&cluster, &name, &origin.to_string()).await {
-                        tracing::warn!(resource = %name, version, error = %e, "pushed version not pulled");
-                    }
-                });
-                FedResponse::Ok
-            }
-            PushDecision::Refuse(r) => FedResponse::Denied(r.to_string()),
+        if let PushDecision::Refuse(r) = accept_push(&relation, subscription.as_ref()) {
+            return FedResponse::Denied(r.to_string());
         }
+        let Some(mirroring) = self.mirroring.get().and_then(|w| w.upgrade()) else {
+            return FedResponse::Error("node is starting".into());
+        };
+        match mirroring.push_budget(origin, &name).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => return FedResponse::Denied(reason),
+            Err(e) => return FedResponse::Error(format!("cannot check the push caps: {e}")),
+        }
+        let Some(slot) = mirroring.push_slots.take(origin) else {
+            return FedResponse::Denied(format!(
+                "{} pushed transfers of yours are running here already; offer again later",
+                crate::transfer::MAX_PUSHED_PULLS_PER_PEER
+            ));
+        };
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let pull = crate::app::pull_pushed(&cluster, &name, origin);
+            match tokio::time::timeout(crate::transfer::PUSHED_PULL_DEADLINE, pull).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(resource = %name, version, error = %e, "pushed version not pulled"),
+                Err(_) => tracing::warn!(resource = %name, version, "pushed version not pulled in time"),
+            }
+        });
+        FedResponse::Ok
     }
 }
 

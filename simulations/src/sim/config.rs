@@ -101,7 +101,7 @@ impl Default for SimConfig {
             heartbeat_ms: 300,
             failure_threshold: 3,
             catalog_resync_ms: 3_000,
-            accept_pushes: true,
+            ..HealthConfig::default()
         };
         Self {
             clusters: 4,

@@ -285,8 +285,9 @@ impl Engine {
         let replica = &cluster.members[to.member as usize].state;
         let subscription = Subscription {
             origin: cluster_id(origin),
-            // A mirror we already hold takes pushes; a new one only if this cluster accepts them.
-            accept_push: replica.mirrors.contains_key(&(origin, name.clone())) || cluster.accept_pushes,
+            // The link's `accept_pushes` (modelled per cluster: all of its links alike) decides
+            // for a mirror already held and a new one alike.
+            accept_push: cluster.accept_pushes,
         };
         let decision = accept_push(&replica.relation(origin), Some(&subscription));
         note!(

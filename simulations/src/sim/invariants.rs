@@ -141,6 +141,12 @@ pub mod oracle {
         }
     }
 
+    /// Whether a rule lets its audience write back: not read-only, and not public (anyone can
+    /// make a cluster key).
+    pub fn writable(rule: &ShareRule) -> bool {
+        !rule.read_only && rule.audience != causeway_policy::Audience::Public
+    }
+
     /// Whether `peer` may change `name` by writing back: the origin is not read-only and some
     /// writable bidirectional rule covers the peer. Written without `decide`, on purpose.
     pub fn write_back_allowed(owner: &ClusterState, peer: Cid, name: &str) -> bool {
@@ -150,7 +156,7 @@ pub mod oracle {
         let relation = owner.relation(peer);
         !r.read_only
             && r.shares.iter().any(|rule| {
-                rule.mode == ShareMode::Bidirectional && !rule.read_only && rule.covers(&relation, Action::WriteBack)
+                rule.mode == ShareMode::Bidirectional && writable(rule) && rule.covers(&relation, Action::WriteBack)
             })
     }
 
@@ -162,7 +168,7 @@ pub mod oracle {
         let scan = |action: Action, modes: &[ShareMode], writable: bool| {
             rules.is_some_and(|rules| {
                 rules.iter().any(|rule| {
-                    rule.covers(relation, action) && modes.contains(&rule.mode) && (!writable || !rule.read_only)
+                    rule.covers(relation, action) && modes.contains(&rule.mode) && (!writable || self::writable(rule))
                 })
             })
         };

@@ -213,10 +213,10 @@ fn finding_new_leader_reads_current_mirror_as_behind() {
 /// below the mirror's, and a pull-only mirror never follows the new resource.
 #[test]
 fn finding_mirror_ignores_a_re_registered_origin() {
-    let (invariant, detail) = finding(Quirk::VersionRestart, 63);
+    let (invariant, detail) = finding(Quirk::VersionRestart, 166);
     assert_eq!(invariant, "3 eventual delivery", "{detail}");
     assert!(
-        detail.contains("holds v3") && detail.contains("origin has v1"),
+        detail.contains("holds v5") && detail.contains("origin has v1"),
         "{detail}"
     );
 }

@@ -203,7 +203,8 @@ pub struct Cluster {
     pub leader: Option<u8>,
     /// The latest committed state.
     pub committed: Rc<ClusterState>,
-    /// `federation.accept_pushes`.
+    /// Whether this cluster's links take push offers (`link set PEER --accept-pushes`), the
+    /// same for all of its links.
     pub accept_pushes: bool,
 }
 
