@@ -904,3 +904,27 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The write-back hook passes a peer's resource name after `--`: whatever the name, it is
+    /// read as the name, never as an option or the `status` subcommand.
+    #[test]
+    fn a_name_after_the_separator_is_only_a_name() {
+        for name in ["status", "-h", "--json", "--from=x"] {
+            let cli = Cli::try_parse_from(["causeway", "sync", "--to", "origin", "--", name]).expect(name);
+            match cli.command {
+                Command::Sync(args) => {
+                    assert!(args.action.is_none(), "{name} read as a subcommand");
+                    assert_eq!(args.name.as_deref(), Some(name));
+                    assert_eq!(args.to.as_deref(), Some("origin"));
+                }
+                other => panic!("{name}: parsed as {other:?}"),
+            }
+        }
+    }
+}

@@ -474,12 +474,14 @@ impl Mirroring {
     fn install_write_back_hook(&self, origin: &ClusterId, name: &str) {
         let Ok(exe) = std::env::current_exe() else { return };
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        // The name comes last, after `--`: a peer's resource name such as `-h` or `status`
+        // must reach the CLI as the name, not as an option or a subcommand.
         let command = format!(
-            "{} --data-dir {} sync {} --to {} >/dev/null 2>&1 &",
+            "{} --data-dir {} sync --to {} -- {} >/dev/null 2>&1 &",
             quote(&exe.to_string_lossy()),
             quote(&self.data_dir.to_string_lossy()),
-            quote(name),
-            origin
+            origin,
+            quote(name)
         );
         let path = mirror_path(&self.data_dir, origin, name, "forge/repo");
         if let Err(e) = causeway_sync::git::install_notify_hook(&path, &command) {
