@@ -27,6 +27,11 @@ use crate::node::{endpoint_key, now_ms};
 
 /// How long one join exchange may take on either side.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connected joiner has to open its stream and send its request: a source that sends
+/// nothing must not hold one of the few join slots for the whole exchange time.
+pub const JOIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the answer is left for the joiner to read before the connection is dropped.
+const JOIN_LINGER: Duration = Duration::from_secs(5);
 
 /// Serves join requests for this node's cluster.
 #[derive(Clone)]
@@ -147,20 +152,27 @@ impl ProtocolHandler for JoinService {
         let joiner = endpoint_key(&conn.remote_id());
         let admitted = self.guard.admit(joiner, remote_ip(&conn));
         let exchange = async {
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = tokio::time::timeout(JOIN_REQUEST_TIMEOUT, conn.accept_bi())
+                .await
+                .map_err(|_| "no join request in time".to_string())?
+                .map_err(|e| e.to_string())?;
             let response = match &admitted {
                 // Refused without reading the request: a throttled source costs nothing more.
                 Err(throttled) => {
                     self.log_refusal(&joiner, throttled);
                     JoinResponse::Refused(throttled.to_string())
                 }
-                Ok(_) => match wire::read_frame::<JoinRequest>(&mut recv, MAX_JOIN_FRAME).await {
-                    Ok(req) => self.handle(joiner, req).await,
-                    Err(e) => {
-                        self.log_refusal(&joiner, &format!("bad join request: {e}"));
-                        JoinResponse::Refused(format!("bad join request: {e}"))
+                Ok(_) => {
+                    let read = wire::read_frame::<JoinRequest>(&mut recv, MAX_JOIN_FRAME);
+                    match tokio::time::timeout(JOIN_REQUEST_TIMEOUT, read).await {
+                        Ok(Ok(req)) => self.handle(joiner, req).await,
+                        Ok(Err(e)) => {
+                            self.log_refusal(&joiner, &format!("bad join request: {e}"));
+                            JoinResponse::Refused(format!("bad join request: {e}"))
+                        }
+                        Err(_) => return Err("no join request in time".to_string()),
                     }
-                },
+                }
             };
             wire::write_frame(&mut send, &response, MAX_JOIN_FRAME)
                 .await
@@ -168,15 +180,17 @@ impl ProtocolHandler for JoinService {
             send.finish().map_err(|e| e.to_string())?;
             Ok::<_, String>(())
         };
-        match tokio::time::timeout(JOIN_TIMEOUT, exchange).await {
+        let done = tokio::time::timeout(JOIN_TIMEOUT, exchange).await;
+        // The join slot is free once the answer is written.
+        drop(admitted);
+        match done {
             Ok(Ok(())) => {
                 // Let the joiner read the answer before the connection goes away.
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                let _ = tokio::time::timeout(JOIN_LINGER, conn.closed()).await;
             }
             Ok(Err(e)) => tracing::debug!(peer = %joiner, error = %e, "join exchange failed"),
             Err(_) => self.log_refusal(&joiner, &"join exchange timed out"),
         }
-        drop(admitted);
         Ok(())
     }
 }

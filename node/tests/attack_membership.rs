@@ -247,6 +247,18 @@ async fn a_member_cannot_change_another_members_addresses() {
     let r = forward(&ep, leader, hijack).await;
     assert!(!took_effect(&r), "b changed c's addresses: {r:?}");
     assert!(matches!(r, Ok(ForwardResponse::Failed(_))), "{r:?}");
+    // Nor may it make an invite that names c as its author.
+    let invite = ForwardRequest::Write(Command::CreateInvite {
+        invite_id: [1; 16],
+        secret_hash: [2; 32],
+        expires_at_ms: u64::MAX,
+        created_by: c_id.parse().expect("id"),
+    });
+    let r = forward(&ep, leader, invite).await;
+    assert!(
+        matches!(r, Ok(ForwardResponse::Failed(_))),
+        "b made an invite in c's name: {r:?}"
+    );
     // c is still recorded where it listens, and still replicates.
     nodes[0].register("after-hijack");
     assert_eq!(c_addrs(&nodes[0].json(&["cluster", "status"])), Some(recorded));

@@ -327,6 +327,12 @@ impl ClusterNode {
         }
         match req {
             ForwardRequest::Write(cmd) => {
+                // A command that names its author names the member that sent it, no other.
+                if let Command::CreateInvite { created_by, .. } = &cmd
+                    && *created_by != from
+                {
+                    return ForwardResponse::Failed(format!("an invite made by {from} cannot name {created_by}"));
+                }
                 tracing::debug!(command = cmd.label(), "proposing");
                 match self.0.proposer.propose(cmd.into()).await {
                     Proposed::Applied(r) => ForwardResponse::Written(r),
