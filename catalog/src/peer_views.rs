@@ -13,6 +13,11 @@ use crate::validate;
 
 /// Most entries in one update or sync page.
 pub const MAX_PEER_PAGE: usize = 1000;
+/// Most entries this cluster keeps of one peer's view: a peer sharing more is seen only up to
+/// here, in name order. Constants, not settings: every member must apply the same cap.
+pub const MAX_PEER_VIEW_ENTRIES: usize = 10_000;
+/// Most bytes (names and stored entries, see [`entry_bytes`]) kept of one peer's view.
+pub const MAX_PEER_VIEW_BYTES: usize = 4 << 20;
 
 /// One resource of a peer, as the peer lets us see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +45,64 @@ impl PeerEntry {
         }
         Ok(())
     }
+}
+
+/// What one entry counts against [`MAX_PEER_VIEW_BYTES`]: its name and its stored encoding.
+pub fn entry_bytes(e: &PeerEntry) -> usize {
+    e.name.len() + postcard::experimental::serialized_size(e).unwrap_or(usize::MAX / 2)
+}
+
+/// Entries and bytes of a view (or of part of it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewSize {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl ViewSize {
+    pub fn add(&mut self, bytes: usize) {
+        self.entries += 1;
+        self.bytes += bytes;
+    }
+
+    fn sub(&mut self, bytes: usize) {
+        self.entries = self.entries.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether a view of this size is over the caps.
+    pub fn over_cap(&self) -> bool {
+        self.entries > MAX_PEER_VIEW_ENTRIES || self.bytes > MAX_PEER_VIEW_BYTES
+    }
+
+    fn refusal(&self) -> Rejection {
+        Rejection::Invalid(format!(
+            "a peer's view may hold {MAX_PEER_VIEW_ENTRIES} entries and {MAX_PEER_VIEW_BYTES} bytes; \
+             this would make it {} entries and {} bytes",
+            self.entries, self.bytes
+        ))
+    }
+}
+
+/// The size of `cluster`'s stored entries with names up to `upto` (all of them for `None`).
+fn stored_size(
+    t: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    cluster: &ClusterId,
+    upto: Option<&str>,
+) -> Result<ViewSize, CatalogError> {
+    let lo = cluster.as_bytes().to_vec();
+    let hi = upto.map(|u| key(cluster, u));
+    let range = match (&hi, upper(cluster)) {
+        (Some(hi), _) => t.range::<&[u8]>(lo.as_slice()..=hi.as_slice())?,
+        (None, Some(end)) => t.range::<&[u8]>(lo.as_slice()..end.as_slice())?,
+        (None, None) => t.range::<&[u8]>(lo.as_slice()..)?,
+    };
+    let mut size = ViewSize::default();
+    for row in range {
+        let (k, v) = row?;
+        size.add(k.value().len() - lo.len() + v.value().len());
+    }
+    Ok(size)
 }
 
 fn key(cluster: &ClusterId, name: &str) -> Vec<u8> {
@@ -102,6 +165,28 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
             }
             let mut t = txn.open_table(PEER_CATALOG)?;
+            // The view after the changes, counted before any is written (a refusal writes none).
+            let mut size = stored_size(&t, cluster, None)?;
+            let mut seen: std::collections::HashMap<&str, Option<usize>> = std::collections::HashMap::new();
+            for (name, entry) in changes {
+                let before = match seen.get(name.as_str()) {
+                    Some(b) => *b,
+                    None => t
+                        .get(key(cluster, name).as_slice())?
+                        .map(|v| name.len() + v.value().len()),
+                };
+                if let Some(b) = before {
+                    size.sub(b);
+                }
+                let after = entry.as_ref().map(entry_bytes);
+                if let Some(a) = after {
+                    size.add(a);
+                }
+                seen.insert(name, after);
+            }
+            if size.over_cap() {
+                return Ok(CommandResult::Rejected(size.refusal()));
+            }
             for (name, entry) in changes {
                 let k = key(cluster, name);
                 match entry {
@@ -137,6 +222,16 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 )));
             }
             let mut t = txn.open_table(PEER_CATALOG)?;
+            // The view up to this page's end: what is kept before the page, and the page. (A
+            // stale tail past it is replaced by the following pages, the last one clears it.)
+            let mut size = match after {
+                Some(a) => stored_size(&t, cluster, Some(a))?,
+                None => ViewSize::default(),
+            };
+            entries.iter().for_each(|e| size.add(entry_bytes(e)));
+            if size.over_cap() {
+                return Ok(CommandResult::Rejected(size.refusal()));
+            }
             let lo = match after {
                 Some(a) => {
                     let mut k = key(cluster, a);
