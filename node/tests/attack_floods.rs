@@ -35,7 +35,9 @@ fn rss_mib(node: &NodeProc) -> u64 {
     let needle = dir.to_string_lossy().into_owned();
     for proc_dir in std::fs::read_dir("/proc").expect("/proc") {
         let path = proc_dir.expect("entry").path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if !(cmdline.contains(" run") && (cmdline.contains(&needle) || cmdline.contains(node.dir_str()))) {
             continue;
@@ -225,7 +227,10 @@ async fn an_endless_peer_catalog_is_cut_at_the_caps() {
         }
         if start.elapsed() > causeway::federation::catalog::CATALOG_QUERY_TIMEOUT + Duration::from_secs(15) {
             let _ = cli.kill();
-            panic!("`catalog crafted` still running after {:?}; peak RSS {peak} MiB", start.elapsed());
+            panic!(
+                "`catalog crafted` still running after {:?}; peak RSS {peak} MiB",
+                start.elapsed()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -288,9 +293,12 @@ async fn held_streams_and_connection_floods_are_bounded() {
     let after = rss_mib(&victim);
     assert!(after < before + 100, "victim grew from {before} MiB to {after} MiB");
     let (_, recv) = &mut held[0];
-    let answer = tokio::time::timeout(Duration::from_secs(5), wire::read_frame::<FedResponse>(recv, MAX_FED_FRAME))
-        .await
-        .expect("an oversized request is answered at once");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        wire::read_frame::<FedResponse>(recv, MAX_FED_FRAME),
+    )
+    .await
+    .expect("an oversized request is answered at once");
     assert!(
         matches!(&answer, Ok(FedResponse::Error(e)) if e.contains("exceeds")),
         "{answer:?}"
@@ -329,9 +337,12 @@ async fn held_streams_and_connection_floods_are_bounded() {
     assert!(matches!(&answer, Ok(FedResponse::Error(_))), "{answer:?}");
     assert!(started.elapsed() >= REQUEST_READ_TIMEOUT - Duration::from_secs(2));
     for (_, recv) in slow.iter_mut().skip(1) {
-        let answer = tokio::time::timeout(Duration::from_secs(5), wire::read_frame::<FedResponse>(recv, MAX_FED_FRAME))
-            .await
-            .expect("every held stream is let go");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            wire::read_frame::<FedResponse>(recv, MAX_FED_FRAME),
+        )
+        .await
+        .expect("every held stream is let go");
         assert!(matches!(&answer, Ok(FedResponse::Error(_))), "{answer:?}");
     }
     // Once they are let go, the connection serves again.
@@ -383,10 +394,16 @@ async fn notifications_past_the_view_cap_or_the_rate_are_refused() {
             FedResponse::Error(e) => break e,
             other => panic!("unexpected {other:?}"),
         }
-        assert!(accepted * 500 <= MAX_PEER_VIEW_ENTRIES, "no cap after {accepted} notifications");
+        assert!(
+            accepted * 500 <= MAX_PEER_VIEW_ENTRIES,
+            "no cap after {accepted} notifications"
+        );
     };
     assert!(refusal.contains("may hold"), "{refusal}");
-    let kept = victim.json(&["catalog", "crafted", "--cached"]).as_array().map(Vec::len);
+    let kept = victim
+        .json(&["catalog", "crafted", "--cached"])
+        .as_array()
+        .map(Vec::len);
     assert_eq!(kept, Some(accepted * 500));
     // Removals still go through at the cap.
     let removal = FedRequest::CatalogChanged {
@@ -427,6 +444,9 @@ async fn notifications_past_the_view_cap_or_the_rate_are_refused() {
         .count();
     let allowed = NOTIFY_BURST + NOTIFY_PER_SEC * (start.elapsed() + NOTIFY_MAX_WAIT).as_secs_f64() + 1.0;
     assert!(limited > 0, "no notification refused: {answers:?}");
-    assert!((ok as f64) <= allowed, "{ok} notifications written, at most {allowed} allowed");
+    assert!(
+        (ok as f64) <= allowed,
+        "{ok} notifications written, at most {allowed} allowed"
+    );
     router.shutdown().await.expect("shutdown");
 }

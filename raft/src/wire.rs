@@ -281,7 +281,11 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_millis(50), read_body_from(&mut src, &mut body)).await;
         assert!(read.is_err(), "a stalled body times out");
         assert_eq!(body.received(), 10);
-        assert!(body.capacity() <= MAX_FED_FRAME / 64, "{} bytes allocated", body.capacity());
+        assert!(
+            body.capacity() <= MAX_FED_FRAME / 64,
+            "{} bytes allocated",
+            body.capacity()
+        );
     }
 
     #[tokio::test]

@@ -268,9 +268,16 @@ mod tests {
         // Owed turns queue up to the longest wait; past it, refused at once.
         let owed = (NOTIFY_MAX_WAIT.as_secs_f64() * NOTIFY_PER_SEC) as usize;
         let waits: Vec<_> = (0..owed + 3).map(|_| l.reserve_notify(c, now)).collect();
-        assert!(waits[..owed].iter().all(|w| w.is_some_and(|w| w <= NOTIFY_MAX_WAIT)), "{waits:?}");
+        assert!(
+            waits[..owed].iter().all(|w| w.is_some_and(|w| w <= NOTIFY_MAX_WAIT)),
+            "{waits:?}"
+        );
         assert!(waits[owed + 1..].iter().all(Option::is_none), "{waits:?}");
-        assert_eq!(l.reserve_notify(ClusterId([8; 32]), now), Some(Duration::ZERO), "another peer has its own bucket");
+        assert_eq!(
+            l.reserve_notify(ClusterId([8; 32]), now),
+            Some(Duration::ZERO),
+            "another peer has its own bucket"
+        );
         // Time gives turns back.
         let later = now + Duration::from_secs(10);
         assert_eq!(l.reserve_notify(c, later), Some(Duration::ZERO));

@@ -308,7 +308,10 @@ impl ProtocolHandler for FedService {
                 // Whatever the peer still sends on this stream is not read.
                 let _ = recv.stop(0u32.into());
                 let write = wire::write_frame(&mut send, &resp, MAX_FED_FRAME);
-                if tokio::time::timeout(limits::RESPONSE_WRITE_TIMEOUT, write).await.is_err() {
+                if tokio::time::timeout(limits::RESPONSE_WRITE_TIMEOUT, write)
+                    .await
+                    .is_err()
+                {
                     let _ = send.reset(limits::STREAM_REFUSED.into());
                     return;
                 }
