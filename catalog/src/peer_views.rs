@@ -407,4 +407,120 @@ mod tests {
         );
         assert!(names(&db, &cluster).is_empty());
     }
+
+    #[test]
+    fn a_view_is_capped_in_updates_and_in_resync_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("p.redb")).unwrap();
+        let secret = [5u8; 32];
+        let cluster = cluster_id_of(&secret);
+        let e = EndpointKey([1; 32]);
+        run(
+            &db,
+            Command::AddLink {
+                name: "p".into(),
+                endpoint: e,
+                addrs: vec![],
+                now_ms: 0,
+            },
+        );
+        let card = SignedCard::sign(
+            ClusterCard {
+                cluster_id: cluster,
+                name: "p".into(),
+                members: vec![CardMember {
+                    endpoint: e,
+                    addrs: vec![],
+                }],
+                epoch: 1,
+                issued_at_ms: 0,
+            },
+            &secret,
+        );
+        run(&db, Command::PinLink { name: "p".into(), card });
+        let name = |i: usize| format!("r{i:06}");
+        // Resync pages up to the cap are kept; a page past it is refused whole.
+        let pages = MAX_PEER_VIEW_ENTRIES / MAX_PEER_PAGE;
+        for p in 0..=pages {
+            let sync = Command::PeerCatalogSync {
+                cluster,
+                after: (p > 0).then(|| name(p * MAX_PEER_PAGE - 1)),
+                upto: Some(name((p + 1) * MAX_PEER_PAGE - 1)),
+                entries: (p * MAX_PEER_PAGE..(p + 1) * MAX_PEER_PAGE)
+                    .map(|i| entry(&name(i), 1))
+                    .collect(),
+            };
+            let r = run(&db, sync);
+            if p < pages {
+                assert_eq!(r, CommandResult::Applied, "page {p}");
+            } else {
+                assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))), "{r:?}");
+            }
+        }
+        let count = || {
+            let txn = db.begin_read().unwrap();
+            let mut n = 0;
+            let mut after = None;
+            loop {
+                let page = list(&txn, &cluster, after.as_deref(), 1000).unwrap();
+                n += page.len();
+                match page.last() {
+                    Some(l) if page.len() == 1000 => after = Some(l.name.clone()),
+                    _ => return n,
+                }
+            }
+        };
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        // A notification adding one more is refused and writes nothing; replacing and removing
+        // entries at the cap still works.
+        let update = |changes| Command::PeerCatalogUpdate { cluster, changes };
+        let r = run(
+            &db,
+            update(vec![("a".into(), None), ("zz".into(), Some(entry("zz", 1)))]),
+        );
+        assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))), "{r:?}");
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        let r = run(
+            &db,
+            update(vec![
+                (name(0), None),
+                ("zz".into(), Some(entry("zz", 1))),
+                (name(1), Some(entry(&name(1), 2))),
+            ]),
+        );
+        assert_eq!(r, CommandResult::Applied);
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        // Bytes are capped too: the largest entries reach the byte cap long before the count.
+        let clear = Command::PeerCatalogSync {
+            cluster,
+            after: None,
+            upto: None,
+            entries: vec![],
+        };
+        assert_eq!(run(&db, clear), CommandResult::Applied);
+        let big = |i: usize| {
+            let mut e = entry(&format!("b{i:06}{}", "x".repeat(190)), 1);
+            e.owner = "o".repeat(crate::validate::MAX_OWNER_LEN);
+            e.content = Some("c".repeat(crate::validate::MAX_CONTENT_LEN));
+            e
+        };
+        let mut kept = 0;
+        loop {
+            let page: Vec<_> = (kept..kept + MAX_PEER_PAGE).map(big).collect();
+            let sync = Command::PeerCatalogSync {
+                cluster,
+                after: (kept > 0).then(|| big(kept - 1).name),
+                upto: page.last().map(|e| e.name.clone()),
+                entries: page,
+            };
+            match run(&db, sync) {
+                CommandResult::Applied => kept += MAX_PEER_PAGE,
+                CommandResult::Rejected(Rejection::Invalid(_)) => break,
+                other => panic!("{other:?}"),
+            }
+            assert!(kept < MAX_PEER_VIEW_ENTRIES, "no byte cap");
+        }
+        assert!(kept * entry_bytes(&big(0)) <= MAX_PEER_VIEW_BYTES);
+        assert_eq!(count(), kept);
+    }
 }
