@@ -21,12 +21,12 @@ use iroh::endpoint::Connection;
 
 use super::Federation;
 use super::session;
+use crate::error::{NodeError, storage};
 
 /// How long `causeway catalog PEER` may take in all (connecting, then every page).
 pub const CATALOG_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the resync of one peer's view may take in all.
 pub const RESYNC_TIMEOUT: Duration = Duration::from_secs(60);
-use crate::error::{NodeError, storage};
 
 pub(super) fn entry(
     name: &str,
