@@ -13,6 +13,11 @@ use crate::validate;
 
 /// Most entries in one update or sync page.
 pub const MAX_PEER_PAGE: usize = 1000;
+/// Most entries this cluster keeps of one peer's view: a peer sharing more is seen only up to
+/// here, in name order. Constants, not settings: every member must apply the same cap.
+pub const MAX_PEER_VIEW_ENTRIES: usize = 10_000;
+/// Most bytes (names and stored entries, see [`entry_bytes`]) kept of one peer's view.
+pub const MAX_PEER_VIEW_BYTES: usize = 4 << 20;
 
 /// One resource of a peer, as the peer lets us see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +45,64 @@ impl PeerEntry {
         }
         Ok(())
     }
+}
+
+/// What one entry counts against [`MAX_PEER_VIEW_BYTES`]: its name and its stored encoding.
+pub fn entry_bytes(e: &PeerEntry) -> usize {
+    e.name.len() + postcard::experimental::serialized_size(e).unwrap_or(usize::MAX / 2)
+}
+
+/// Entries and bytes of a view (or of part of it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewSize {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl ViewSize {
+    pub fn add(&mut self, bytes: usize) {
+        self.entries += 1;
+        self.bytes += bytes;
+    }
+
+    fn sub(&mut self, bytes: usize) {
+        self.entries = self.entries.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether a view of this size is over the caps.
+    pub fn over_cap(&self) -> bool {
+        self.entries > MAX_PEER_VIEW_ENTRIES || self.bytes > MAX_PEER_VIEW_BYTES
+    }
+
+    fn refusal(&self) -> Rejection {
+        Rejection::Invalid(format!(
+            "a peer's view may hold {MAX_PEER_VIEW_ENTRIES} entries and {MAX_PEER_VIEW_BYTES} bytes; \
+             this would make it {} entries and {} bytes",
+            self.entries, self.bytes
+        ))
+    }
+}
+
+/// The size of `cluster`'s stored entries with names up to `upto` (all of them for `None`).
+fn stored_size(
+    t: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    cluster: &ClusterId,
+    upto: Option<&str>,
+) -> Result<ViewSize, CatalogError> {
+    let lo = cluster.as_bytes().to_vec();
+    let hi = upto.map(|u| key(cluster, u));
+    let range = match (&hi, upper(cluster)) {
+        (Some(hi), _) => t.range::<&[u8]>(lo.as_slice()..=hi.as_slice())?,
+        (None, Some(end)) => t.range::<&[u8]>(lo.as_slice()..end.as_slice())?,
+        (None, None) => t.range::<&[u8]>(lo.as_slice()..)?,
+    };
+    let mut size = ViewSize::default();
+    for row in range {
+        let (k, v) = row?;
+        size.add(k.value().len() - lo.len() + v.value().len());
+    }
+    Ok(size)
 }
 
 fn key(cluster: &ClusterId, name: &str) -> Vec<u8> {
@@ -102,6 +165,28 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 return Ok(CommandResult::Rejected(Rejection::Invalid(e)));
             }
             let mut t = txn.open_table(PEER_CATALOG)?;
+            // The view after the changes, counted before any is written (a refusal writes none).
+            let mut size = stored_size(&t, cluster, None)?;
+            let mut seen: std::collections::HashMap<&str, Option<usize>> = std::collections::HashMap::new();
+            for (name, entry) in changes {
+                let before = match seen.get(name.as_str()) {
+                    Some(b) => *b,
+                    None => t
+                        .get(key(cluster, name).as_slice())?
+                        .map(|v| name.len() + v.value().len()),
+                };
+                if let Some(b) = before {
+                    size.sub(b);
+                }
+                let after = entry.as_ref().map(entry_bytes);
+                if let Some(a) = after {
+                    size.add(a);
+                }
+                seen.insert(name, after);
+            }
+            if size.over_cap() {
+                return Ok(CommandResult::Rejected(size.refusal()));
+            }
             for (name, entry) in changes {
                 let k = key(cluster, name);
                 match entry {
@@ -137,6 +222,16 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
                 )));
             }
             let mut t = txn.open_table(PEER_CATALOG)?;
+            // The view up to this page's end: what is kept before the page, and the page. (A
+            // stale tail past it is replaced by the following pages, the last one clears it.)
+            let mut size = match after {
+                Some(a) => stored_size(&t, cluster, Some(a))?,
+                None => ViewSize::default(),
+            };
+            entries.iter().for_each(|e| size.add(entry_bytes(e)));
+            if size.over_cap() {
+                return Ok(CommandResult::Rejected(size.refusal()));
+            }
             let lo = match after {
                 Some(a) => {
                     let mut k = key(cluster, a);
@@ -311,5 +406,121 @@ mod tests {
             },
         );
         assert!(names(&db, &cluster).is_empty());
+    }
+
+    #[test]
+    fn a_view_is_capped_in_updates_and_in_resync_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("p.redb")).unwrap();
+        let secret = [5u8; 32];
+        let cluster = cluster_id_of(&secret);
+        let e = EndpointKey([1; 32]);
+        run(
+            &db,
+            Command::AddLink {
+                name: "p".into(),
+                endpoint: e,
+                addrs: vec![],
+                now_ms: 0,
+            },
+        );
+        let card = SignedCard::sign(
+            ClusterCard {
+                cluster_id: cluster,
+                name: "p".into(),
+                members: vec![CardMember {
+                    endpoint: e,
+                    addrs: vec![],
+                }],
+                epoch: 1,
+                issued_at_ms: 0,
+            },
+            &secret,
+        );
+        run(&db, Command::PinLink { name: "p".into(), card });
+        let name = |i: usize| format!("r{i:06}");
+        // Resync pages up to the cap are kept; a page past it is refused whole.
+        let pages = MAX_PEER_VIEW_ENTRIES / MAX_PEER_PAGE;
+        for p in 0..=pages {
+            let sync = Command::PeerCatalogSync {
+                cluster,
+                after: (p > 0).then(|| name(p * MAX_PEER_PAGE - 1)),
+                upto: Some(name((p + 1) * MAX_PEER_PAGE - 1)),
+                entries: (p * MAX_PEER_PAGE..(p + 1) * MAX_PEER_PAGE)
+                    .map(|i| entry(&name(i), 1))
+                    .collect(),
+            };
+            let r = run(&db, sync);
+            if p < pages {
+                assert_eq!(r, CommandResult::Applied, "page {p}");
+            } else {
+                assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))), "{r:?}");
+            }
+        }
+        let count = || {
+            let txn = db.begin_read().unwrap();
+            let mut n = 0;
+            let mut after = None;
+            loop {
+                let page = list(&txn, &cluster, after.as_deref(), 1000).unwrap();
+                n += page.len();
+                match page.last() {
+                    Some(l) if page.len() == 1000 => after = Some(l.name.clone()),
+                    _ => return n,
+                }
+            }
+        };
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        // A notification adding one more is refused and writes nothing; replacing and removing
+        // entries at the cap still works.
+        let update = |changes| Command::PeerCatalogUpdate { cluster, changes };
+        let r = run(
+            &db,
+            update(vec![("a".into(), None), ("zz".into(), Some(entry("zz", 1)))]),
+        );
+        assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))), "{r:?}");
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        let r = run(
+            &db,
+            update(vec![
+                (name(0), None),
+                ("zz".into(), Some(entry("zz", 1))),
+                (name(1), Some(entry(&name(1), 2))),
+            ]),
+        );
+        assert_eq!(r, CommandResult::Applied);
+        assert_eq!(count(), MAX_PEER_VIEW_ENTRIES);
+        // Bytes are capped too: the largest entries reach the byte cap long before the count.
+        let clear = Command::PeerCatalogSync {
+            cluster,
+            after: None,
+            upto: None,
+            entries: vec![],
+        };
+        assert_eq!(run(&db, clear), CommandResult::Applied);
+        let big = |i: usize| {
+            let mut e = entry(&format!("b{i:06}{}", "x".repeat(190)), 1);
+            e.owner = "o".repeat(crate::validate::MAX_OWNER_LEN);
+            e.content = Some("c".repeat(crate::validate::MAX_CONTENT_LEN));
+            e
+        };
+        let mut kept = 0;
+        loop {
+            let page: Vec<_> = (kept..kept + MAX_PEER_PAGE).map(big).collect();
+            let sync = Command::PeerCatalogSync {
+                cluster,
+                after: (kept > 0).then(|| big(kept - 1).name),
+                upto: page.last().map(|e| e.name.clone()),
+                entries: page,
+            };
+            match run(&db, sync) {
+                CommandResult::Applied => kept += MAX_PEER_PAGE,
+                CommandResult::Rejected(Rejection::Invalid(_)) => break,
+                other => panic!("{other:?}"),
+            }
+            assert!(kept < MAX_PEER_VIEW_ENTRIES, "no byte cap");
+        }
+        assert!(kept * entry_bytes(&big(0)) <= MAX_PEER_VIEW_BYTES);
+        assert_eq!(count(), kept);
     }
 }

@@ -79,6 +79,78 @@ pub fn body_len(prefix: [u8; PREFIX_LEN], limit: usize) -> Result<usize, FrameEr
     Ok(len)
 }
 
+/// Most bytes of a frame's body allocated before any of them arrived.
+pub const MAX_PREALLOC: usize = 1 << 20;
+/// Least bytes allocated up front for a non-empty body (small frames then fit at once).
+pub const MIN_PREALLOC: usize = 4 << 10;
+
+/// How much of an announced body of `len` bytes (under `limit`) to allocate before it arrives:
+/// a 64th of the limit, between [`MIN_PREALLOC`] and [`MAX_PREALLOC`], never more than `len`.
+/// The announced length is a peer's claim: believing it would let a prefix alone pin `limit`
+/// bytes. Raft's append frames (64 MiB limit) start at 1 MiB, which holds most of them whole.
+pub fn prealloc(len: usize, limit: usize) -> usize {
+    len.min((limit / 64).clamp(MIN_PREALLOC, MAX_PREALLOC))
+}
+
+/// A frame body being received: its buffer grows (doubling, never past the announced length)
+/// only as bytes arrive, so memory follows what the peer actually sent.
+#[derive(Debug)]
+pub struct BodyBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl BodyBuf {
+    /// A buffer for a body announced as `len` bytes under `limit` (checked by [`body_len`]).
+    pub fn new(len: usize, limit: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(prealloc(len, limit)),
+            len,
+        }
+    }
+
+    /// Bytes still to come.
+    pub fn remaining(&self) -> usize {
+        self.len - self.buf.len()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.buf.len() == self.len
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes allocated now.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Appends received bytes; more than the announced length is an error.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
+        let remaining = self.remaining();
+        if chunk.len() > remaining {
+            return Err(FrameError::TooLarge {
+                len: self.buf.len() + chunk.len(),
+                limit: self.len,
+            });
+        }
+        if self.buf.capacity() - self.buf.len() < chunk.len() {
+            // Double what is held (at least the chunk), capped by what is still announced.
+            let grow = remaining.min(self.buf.capacity().max(chunk.len()));
+            self.buf.reserve_exact(grow);
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
 /// The length prefix for a body of `len` bytes.
 pub fn prefix(len: usize) -> [u8; PREFIX_LEN] {
     u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
@@ -126,6 +198,33 @@ mod tests {
         assert!(matches!(decode::<Msg>(&bytes, 10), Err(FrameError::TooLarge { .. })));
         assert!(body_len(prefix(11), 10).is_err());
         assert_eq!(body_len(prefix(10), 10).unwrap(), 10);
+    }
+
+    #[test]
+    fn a_body_allocates_what_arrived_not_what_was_announced() {
+        let limit = 1 << 20;
+        let mut b = BodyBuf::new(limit, limit);
+        assert!(b.capacity() <= limit / 64, "{}", b.capacity());
+        b.push(&[7; 10]).unwrap();
+        assert!(b.capacity() <= limit / 64);
+        assert_eq!((b.received(), b.remaining()), (10, limit - 10));
+        // Growth doubles as bytes come and never passes the announced length.
+        let chunk = vec![1u8; 1200];
+        while b.remaining() >= chunk.len() {
+            b.push(&chunk).unwrap();
+            assert!(b.capacity() <= limit && b.capacity() <= 2 * b.received() + prealloc(limit, limit));
+        }
+        let rest = vec![2u8; b.remaining()];
+        b.push(&rest).unwrap();
+        assert!(b.is_complete());
+        assert!(b.push(&[0]).is_err(), "more than announced is refused");
+        let body = b.into_inner();
+        assert_eq!(body.len(), limit);
+        assert_eq!(body.capacity(), limit);
+        // Small frames are allocated once; raft-sized limits start at the cap.
+        assert_eq!(prealloc(100, 1 << 20), 100);
+        assert_eq!(prealloc(64 << 20, 64 << 20), MAX_PREALLOC);
+        assert_eq!(prealloc(0, 1 << 20), 0);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use causeway_catalog::{
-    Command, CommandResult, links::LinkRecord, peer_views::PeerEntry, resources::Change, share_index::visible_page,
+    Command, CommandResult,
+    links::LinkRecord,
+    peer_views::{MAX_PEER_VIEW_BYTES, MAX_PEER_VIEW_ENTRIES, PeerEntry, ViewSize, entry_bytes},
+    resources::Change,
+    share_index::visible_page,
 };
 use causeway_policy::{PeerRelation, ShareMode, visible_mode};
 use causeway_proto::{
@@ -18,6 +22,11 @@ use iroh::endpoint::Connection;
 use super::Federation;
 use super::session;
 use crate::error::{NodeError, storage};
+
+/// How long `causeway catalog PEER` may take in all (connecting, then every page).
+pub const CATALOG_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the resync of one peer's view may take in all.
+pub const RESYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) fn entry(
     name: &str,
@@ -94,51 +103,42 @@ impl Federation {
         self.dial_link(link).await.map(|(conn, _)| conn)
     }
 
-    /// Every entry `conn`'s peer shares with us, page by page.
-    async fn fetch_catalog(&self, conn: &Connection) -> Result<Vec<CatalogEntry>, String> {
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let req = FedRequest::CatalogQuery {
-                after: after.clone(),
-                limit: MAX_CATALOG_PAGE as u32,
-            };
-            match session::request(conn, &req).await? {
-                FedResponse::Catalog { entries, more } => {
-                    if entries.len() > MAX_CATALOG_PAGE {
-                        return Err("peer sent an oversized page".into());
-                    }
-                    // The receiver checks what it is offered too: well-formed, in order.
-                    if let Some(bad) = entries.iter().find(|e| to_peer_entry(e).is_err()) {
-                        return Err(format!("peer sent an invalid entry {:?}", bad.name));
-                    }
-                    if entries.windows(2).any(|w| w[0].name >= w[1].name)
-                        || entries.first().zip(after.as_ref()).is_some_and(|(f, a)| f.name <= *a)
-                    {
-                        return Err("peer sent entries out of order".into());
-                    }
-                    after = entries.last().map(|e| e.name.clone());
-                    all.extend(entries);
-                    if !more || after.is_none() {
-                        return Ok(all);
-                    }
-                }
-                FedResponse::Error(e) => return Err(format!("peer refused: {e}")),
-                other => return Err(format!("unexpected answer {other:?}")),
-            }
-        }
-    }
-
-    /// `causeway catalog PEER`: ask the peer now.
+    /// `causeway catalog PEER`: ask the peer now, within [`CATALOG_QUERY_TIMEOUT`] in all. A
+    /// peer sharing more than a view may hold (`MAX_PEER_VIEW_ENTRIES`, `MAX_PEER_VIEW_BYTES`)
+    /// gets an error rather than a partial list.
     pub async fn query_peer_catalog(&self, peer: &str) -> Result<Vec<CatalogEntry>, NodeError> {
         let link = self.resolve(peer)?;
-        let conn = self
-            .connect_peer(&link)
-            .await
-            .map_err(|e| NodeError::Refused(format!("cannot reach {}: {e}", link.name)))?;
-        let result = self.fetch_catalog(&conn).await;
-        conn.close(0u32.into(), b"done");
-        result.map_err(|e| NodeError::Refused(format!("catalog of {}: {e}", link.name)))
+        let query = async {
+            let conn = self
+                .connect_peer(&link)
+                .await
+                .map_err(|e| format!("cannot reach it: {e}"))?;
+            let mut walk = CatalogWalk::default();
+            let mut all = Vec::new();
+            let result = loop {
+                match walk.next(&conn).await {
+                    Ok(Some(_)) if walk.capped => {
+                        break Err(format!(
+                            "it shares more than {MAX_PEER_VIEW_ENTRIES} entries or {MAX_PEER_VIEW_BYTES} bytes \
+                             (the most a peer's view may hold)"
+                        ));
+                    }
+                    Ok(Some(page)) => all.extend(page.raw),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            conn.close(0u32.into(), b"done");
+            result.map(|()| all)
+        };
+        match tokio::time::timeout(CATALOG_QUERY_TIMEOUT, query).await {
+            Ok(Ok(all)) => Ok(all),
+            Ok(Err(e)) => Err(NodeError::Refused(format!("catalog of {}: {e}", link.name))),
+            Err(_) => Err(NodeError::Refused(format!(
+                "catalog of {}: no whole answer within {CATALOG_QUERY_TIMEOUT:?}",
+                link.name
+            ))),
+        }
     }
 
     /// The replicated view of what a linked peer shares with us (kept current by its
@@ -199,6 +199,10 @@ impl Federation {
                 Err(reason) => return FedResponse::Error(format!("invalid entry {name:?}: {reason}")),
             }
         }
+        // Each notification is a Raft write on every member: a peer gets a few per second.
+        if !self.limits.notify_turn(cluster).await {
+            return FedResponse::Error("too many change notifications; slow down (the resync repairs the view)".into());
+        }
         match self
             .cluster
             .write(Command::PeerCatalogUpdate {
@@ -232,42 +236,119 @@ impl Federation {
     }
 
     /// On the leader: replaces our replicated view of each linked peer's catalog with a fresh
-    /// full listing, page by page.
+    /// listing, page by page as the pages come (one page in memory at a time), each peer within
+    /// [`RESYNC_TIMEOUT`]. A peer sharing more than a view may hold is kept up to the cap. One
+    /// resync runs at a time.
     pub(crate) async fn resync_peer_views(self: &Arc<Self>) {
+        let Some(_running) = self.limits.resync() else {
+            tracing::debug!("catalog resync still running; skipped");
+            return;
+        };
         for link in self.links().unwrap_or_default().into_iter().filter(|l| !l.is_removed()) {
             let Some(cluster) = link.pinned else { continue };
-            let Ok(conn) = self.session(&link).await else { continue };
-            let entries = match tokio::time::timeout(Duration::from_secs(60), self.fetch_catalog(&conn)).await {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => {
-                    tracing::debug!(link = %link.name, error = %e, "catalog resync failed");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let mut after: Option<String> = None;
-            let pages: Vec<&[CatalogEntry]> = entries.chunks(MAX_CATALOG_PAGE).collect();
-            let count = pages.len().max(1);
-            for i in 0..count {
-                let page = pages.get(i).copied().unwrap_or(&[]);
-                let upto = if i + 1 == count {
-                    None
-                } else {
-                    page.last().map(|e| e.name.clone())
-                };
-                let converted: Result<Vec<PeerEntry>, String> = page.iter().map(to_peer_entry).collect();
-                let Ok(converted) = converted else { break };
-                let cmd = Command::PeerCatalogSync {
-                    cluster,
-                    after: after.clone(),
-                    upto: upto.clone(),
-                    entries: converted,
-                };
-                if self.cluster.write(cmd).await.is_err() {
-                    break;
-                }
-                after = upto;
+            match tokio::time::timeout(RESYNC_TIMEOUT, self.resync_one(&link, cluster)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(link = %link.name, error = %e, "catalog resync failed"),
+                Err(_) => tracing::debug!(link = %link.name, "catalog resync timed out"),
             }
         }
+    }
+
+    async fn resync_one(&self, link: &LinkRecord, cluster: ClusterId) -> Result<(), String> {
+        let conn = self.session(link).await?;
+        let mut walk = CatalogWalk::default();
+        let mut after: Option<String> = None;
+        while let Some(page) = walk.next(&conn).await? {
+            if walk.capped {
+                tracing::warn!(
+                    link = %link.name,
+                    "peer shares more than a view may hold; kept up to {MAX_PEER_VIEW_ENTRIES} entries"
+                );
+            }
+            let upto = if walk.done {
+                None
+            } else {
+                page.entries.last().map(|e| e.name.clone())
+            };
+            let cmd = Command::PeerCatalogSync {
+                cluster,
+                after: after.clone(),
+                upto: upto.clone(),
+                entries: page.entries,
+            };
+            match self.cluster.write(cmd).await {
+                Ok(CommandResult::Applied) => {}
+                Ok(other) => return Err(format!("view not recorded: {other:?}")),
+                Err(e) => return Err(format!("view not recorded: {e}")),
+            }
+            after = upto;
+        }
+        Ok(())
+    }
+}
+
+/// One page of a peer's catalog, checked.
+struct Page {
+    raw: Vec<CatalogEntry>,
+    entries: Vec<PeerEntry>,
+}
+
+/// A walk through a peer's catalog, page by page: each page is checked (at most a page, valid
+/// entries in name order after the cursor, so the cursor always advances) and counted against
+/// the caps of a peer's view; the page that reaches them is cut there and ends the walk.
+#[derive(Default)]
+struct CatalogWalk {
+    after: Option<String>,
+    size: ViewSize,
+    /// No page follows.
+    done: bool,
+    /// The peer shares more than the caps; the walk stopped at them.
+    capped: bool,
+}
+
+impl CatalogWalk {
+    async fn next(&mut self, conn: &Connection) -> Result<Option<Page>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        let req = FedRequest::CatalogQuery {
+            after: self.after.clone(),
+            limit: MAX_CATALOG_PAGE as u32,
+        };
+        let (mut raw, more) = match session::request(conn, &req).await? {
+            FedResponse::Catalog { entries, more } => (entries, more),
+            FedResponse::Error(e) => return Err(format!("peer refused: {e}")),
+            other => return Err(format!("unexpected answer {other:?}")),
+        };
+        if raw.len() > MAX_CATALOG_PAGE {
+            return Err("peer sent an oversized page".into());
+        }
+        // The receiver checks what it is offered too: well-formed, in order.
+        let mut entries = Vec::with_capacity(raw.len());
+        for e in &raw {
+            entries.push(to_peer_entry(e).map_err(|r| format!("peer sent an invalid entry {:?}: {r}", e.name))?);
+        }
+        if raw.windows(2).any(|w| w[0].name >= w[1].name)
+            || raw.first().zip(self.after.as_ref()).is_some_and(|(f, a)| f.name <= *a)
+        {
+            return Err("peer sent entries out of order".into());
+        }
+        if more && raw.is_empty() {
+            return Err("peer announced more entries but sent none (its cursor does not advance)".into());
+        }
+        let mut fits = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            self.size.add(entry_bytes(e));
+            if self.size.over_cap() {
+                fits = i;
+                self.capped = true;
+                break;
+            }
+        }
+        raw.truncate(fits);
+        entries.truncate(fits);
+        self.done = !more || self.capped;
+        self.after = raw.last().map(|e| e.name.clone()).or(self.after.take());
+        Ok(Some(Page { raw, entries }))
     }
 }

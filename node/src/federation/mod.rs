@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod health;
+pub mod limits;
 mod lookup;
 pub mod notify;
 pub mod server;
@@ -82,6 +83,9 @@ pub struct Federation {
     notifier: notify::Notifier,
     /// One dial at a time per link, so the heartbeat and the notifier share one new session.
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Caps on what peers can make this node hold (connections, streams, request bytes,
+    /// notification writes) and the one resync at a time.
+    limits: limits::FedLimits,
 }
 
 impl Federation {
@@ -111,6 +115,7 @@ impl Federation {
             live: Mutex::new(LiveState::default()),
             notifier: notify::Notifier::default(),
             dialing: Mutex::new(HashMap::new()),
+            limits: limits::FedLimits::default(),
         })
     }
 

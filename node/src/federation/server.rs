@@ -17,6 +17,7 @@ use iroh::{
 };
 
 use super::Federation;
+use super::limits;
 use super::session::HANDSHAKE_TIMEOUT;
 
 /// QUIC close code after a refused handshake.
@@ -278,6 +279,12 @@ impl ProtocolHandler for FedService {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let fed = self.0.clone();
         let remote = EndpointKey(*conn.remote_id().as_bytes());
+        // Counted from the start (a handshake holds resources too) until this returns.
+        let Some(_slot) = fed.limits.connection(remote) else {
+            tracing::debug!(peer = %remote, "too many federation connections; refused");
+            conn.close(limits::CLOSE_BUSY.into(), b"too many connections");
+            return Ok(());
+        };
         let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fed.accept_handshake(&conn)).await {
             Ok(Ok(p)) => p,
             Ok(Err(reason)) => {
@@ -293,23 +300,42 @@ impl ProtocolHandler for FedService {
             }
         };
         let peer = Arc::new(peer);
+        let streams = Arc::new(tokio::sync::Semaphore::new(limits::MAX_STREAMS_PER_CONNECTION));
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let Ok(permit) = streams.clone().try_acquire_owned() else {
+                // Refused at once, so streams over the cap cost nothing while the peer holds them.
+                let _ = recv.stop(limits::STREAM_REFUSED.into());
+                let _ = send.reset(limits::STREAM_REFUSED.into());
+                continue;
+            };
             let fed = fed.clone();
             let peer = peer.clone();
             let conn = conn.clone();
             tokio::spawn(async move {
-                let resp = match wire::read_frame::<FedRequest>(&mut recv, MAX_FED_FRAME).await {
-                    Ok(req) => {
+                let _permit = permit;
+                let cluster = peer.card.card.cluster_id;
+                let linked = matches!(fed.relation(cluster), causeway_policy::PeerRelation::Linked(_));
+                let resp = match fed.limits.read_request(&mut recv, limits::request_limit(linked)).await {
+                    Ok(request) => {
                         // Answers to control requests must not queue behind catalog pages.
-                        let _ = send.set_priority(super::session::priority(&req));
-                        fed.serve_request(&peer, &remote, req, &conn).await
+                        let _ = send.set_priority(super::session::priority(&request.req));
+                        fed.serve_request(&peer, &remote, request.req, &conn).await
                     }
                     Err(e) => {
                         tracing::warn!(peer = %remote, error = %e, "bad federation request");
-                        FedResponse::Error(format!("bad request: {e}"))
+                        FedResponse::Error(e.to_string())
                     }
                 };
-                let _ = wire::write_frame(&mut send, &resp, MAX_FED_FRAME).await;
+                // Whatever the peer still sends on this stream is not read.
+                let _ = recv.stop(0u32.into());
+                let write = wire::write_frame(&mut send, &resp, MAX_FED_FRAME);
+                if tokio::time::timeout(limits::RESPONSE_WRITE_TIMEOUT, write)
+                    .await
+                    .is_err()
+                {
+                    let _ = send.reset(limits::STREAM_REFUSED.into());
+                    return;
+                }
                 let _ = send.finish();
             });
         }
