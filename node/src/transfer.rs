@@ -26,7 +26,8 @@ use crate::node::now_ms;
 
 mod guard;
 pub use guard::{
-    MAX_PUSHED_PULLS_PER_PEER, MAX_WRITE_BACK_BYTES, PUSHED_PULL_DEADLINE, PeerUsage, PushSlot, PushSlots,
+    MAX_PUSHED_PULLS_PER_PEER, MAX_WRITE_BACK_BYTES, MAX_WRITE_BACKS_PER_PEER, PUSHED_PULL_DEADLINE, PeerUsage,
+    PushSlot, PushSlots,
 };
 use guard::{PullGuard, stop_when};
 
@@ -83,6 +84,8 @@ pub struct Mirroring {
     pub(crate) publishing: tokio::sync::Mutex<()>,
     /// Pushed pulls running per peer on this member.
     pub push_slots: Arc<PushSlots>,
+    /// Write-backs running per peer on this member.
+    write_back_slots: Arc<PushSlots>,
     /// Pulls past their transfer, writing the mirror and recording it: no longer stopped.
     committing: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -121,7 +124,8 @@ impl Mirroring {
             offers: Mutex::new(Vec::new()),
             replicate_cursor: Mutex::new(None),
             publishing: tokio::sync::Mutex::new(()),
-            push_slots: Arc::new(PushSlots::default()),
+            push_slots: Arc::new(PushSlots::new(MAX_PUSHED_PULLS_PER_PEER)),
+            write_back_slots: Arc::new(PushSlots::new(MAX_WRITE_BACKS_PER_PEER)),
             committing: Mutex::new(Default::default()),
         })
     }
@@ -798,6 +802,11 @@ impl Mirroring {
         }
         let Some(resource) = resource else {
             return FedResponse::Denied("not found".into());
+        };
+        let Some(_slot) = self.write_back_slots.take(from) else {
+            return FedResponse::Error(format!(
+                "{MAX_WRITE_BACKS_PER_PEER} write-backs of yours are running here already; try again later"
+            ));
         };
         let (Some(path), "forge/repo") = (resource.path.clone(), resource.kind.as_str()) else {
             return FedResponse::Error("resource has no repository to write back into".into());

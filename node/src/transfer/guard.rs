@@ -23,12 +23,17 @@ pub const MAX_PUSHED_PULLS_PER_PEER: usize = 4;
 pub const PUSHED_PULL_DEADLINE: Duration = Duration::from_secs(300);
 /// Largest write-back bundle a peer may make this cluster fetch.
 pub const MAX_WRITE_BACK_BYTES: u64 = 1 << 30;
+/// Write-backs of one peer being fetched and applied at once on one member.
+pub const MAX_WRITE_BACKS_PER_PEER: usize = 4;
 /// How often a running transfer checks that its grounds still hold.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// Pushed pulls running per peer on this member.
-#[derive(Default)]
-pub struct PushSlots(Mutex<HashMap<ClusterId, usize>>);
+/// Transfers of one kind running per peer on this member (pushed pulls, write-backs), at most
+/// `max` each.
+pub struct PushSlots {
+    running: Mutex<HashMap<ClusterId, usize>>,
+    max: usize,
+}
 
 /// One pushed pull's place; freed when dropped.
 pub struct PushSlot {
@@ -37,11 +42,18 @@ pub struct PushSlot {
 }
 
 impl PushSlots {
-    /// A place for one more pushed pull of `peer`, if it has fewer than the most running.
+    pub fn new(max: usize) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// A place for one more transfer of `peer`, if it has fewer than the most running.
     pub fn take(self: &Arc<Self>, peer: ClusterId) -> Option<PushSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(peer).or_insert(0);
-        if *n >= MAX_PUSHED_PULLS_PER_PEER {
+        if *n >= self.max {
             return None;
         }
         *n += 1;
@@ -54,7 +66,7 @@ impl PushSlots {
 
 impl Drop for PushSlot {
     fn drop(&mut self) {
-        let mut map = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.slots.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -254,5 +266,22 @@ impl Mirroring {
                 return format!("write-back bundle is larger than {MAX_WRITE_BACK_BYTES} bytes");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_per_peer_and_freed_when_dropped() {
+        let slots = Arc::new(PushSlots::new(2));
+        let (a, b) = (ClusterId([1; 32]), ClusterId([2; 32]));
+        let first = slots.take(a).expect("first");
+        let _second = slots.take(a).expect("second");
+        assert!(slots.take(a).is_none(), "a third of the same peer waits");
+        assert!(slots.take(b).is_some(), "another peer has its own");
+        drop(first);
+        assert!(slots.take(a).is_some());
     }
 }
