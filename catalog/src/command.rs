@@ -125,6 +125,35 @@ pub enum Command {
     /// that the log, replication and apply handle one entry for all of them. Holds single
     /// commands only: a batch inside a batch is refused when decoded, and rejected when applied.
     Batch(#[serde(deserialize_with = "single_commands")] Vec<Command>),
+    /// The leader starts rotating the cluster key: members sign `body` with their node keys.
+    /// (Key commands are appended after `Batch`: the variant order is the log's format.)
+    RotationRequest {
+        body: Box<causeway_proto::rotation::RotationBody>,
+    },
+    /// A member's node-key signature of the rotation being signed.
+    RotationSign {
+        signature: Box<causeway_proto::rotation::NodeSignature>,
+    },
+    /// Adopts a new cluster key; the statement is signed by the current key and the members
+    /// who signed in time.
+    RotateOwnKey {
+        secret: crate::keys::KeySecret,
+        statement: Box<causeway_proto::rotation::RotationStatement>,
+    },
+    /// A peer's card under its key, from a handshake or a card update: pins the link at the
+    /// first one, then takes newer epochs and rotations the peer's previous key and members
+    /// signed.
+    PeerCard {
+        link: String,
+        card: Box<causeway_proto::rotation::KeyedCard>,
+    },
+    /// The admin confirms a linked peer again (`link add` of it): the next card it presents is
+    /// taken under whatever key signed it, and a key conflict is cleared.
+    ConfirmPeerKey {
+        link: String,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -168,6 +197,11 @@ impl Command {
             Command::UpdatePeerCard { .. } => "update-peer-card",
             Command::RemoveLink { .. } => "remove-link",
             Command::Batch(_) => "batch",
+            Command::RotationRequest { .. } => "rotation-request",
+            Command::RotationSign { .. } => "rotation-sign",
+            Command::RotateOwnKey { .. } => "rotate-own-key",
+            Command::PeerCard { .. } => "peer-card",
+            Command::ConfirmPeerKey { .. } => "confirm-peer-key",
         }
     }
 }
@@ -248,6 +282,12 @@ pub enum Rejection {
     BadCard(String),
     #[error("a batch of commands cannot hold another batch")]
     NestedBatch,
+    #[error("card claims endpoint {endpoint}, which belongs to {owner}")]
+    EndpointClaimed { endpoint: EndpointKey, owner: String },
+    #[error("conflicting key rotation for generation {0}; confirm the peer with link add")]
+    KeyConflict(u64),
+    #[error("{0}")]
+    PeerKey(String),
 }
 
 /// A resource registered for federation.

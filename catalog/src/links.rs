@@ -64,7 +64,7 @@ impl LinkRecord {
     }
 }
 
-fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
+pub(crate) fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     let t = txn.open_table(LINKS)?;
     let mut out = Vec::new();
     for row in t.range::<&[u8]>(..)? {
@@ -73,7 +73,7 @@ fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     Ok(out)
 }
 
-fn put(txn: &WriteTransaction, link: &LinkRecord) -> Result<(), CatalogError> {
+pub(crate) fn put(txn: &WriteTransaction, link: &LinkRecord) -> Result<(), CatalogError> {
     txn.open_table(LINKS)?
         .insert(link.name.as_bytes(), encode(link)?.as_slice())?;
     Ok(())
@@ -84,6 +84,14 @@ fn reject(r: Rejection) -> Result<CommandResult, CatalogError> {
 }
 
 pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    let result = apply_link(txn, cmd)?;
+    if matches!(result, CommandResult::Link(_)) {
+        crate::endpoint_index::rebuild(txn)?;
+    }
+    Ok(result)
+}
+
+fn apply_link(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
     let links = all(txn)?;
     let active = || links.iter().filter(|l| !l.is_removed());
     match cmd {
@@ -102,10 +110,10 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             if active().any(|l| l.name == *name) {
                 return reject(Rejection::LinkNameTaken(name.clone()));
             }
-            if let Some(l) = active().find(|l| l.recognizes(endpoint)) {
+            if let Some(owner) = crate::endpoint_index::owner_w(txn, endpoint)? {
                 return reject(Rejection::AlreadyLinked {
                     endpoint: *endpoint,
-                    name: l.name.clone(),
+                    name: owner,
                 });
             }
             let link = LinkRecord {
@@ -127,6 +135,11 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             let Ok(c) = card.verify() else {
                 return reject(Rejection::BadCard("signature does not verify".into()));
             };
+            if link.pinned.is_some() && crate::keys::held_key_w(txn, &c.cluster_id)?.key.generation > 0 {
+                return reject(Rejection::BadCard(
+                    "a card of the peer's first key, after a rotation".into(),
+                ));
+            }
             match link.pinned {
                 Some(p) if p != c.cluster_id => {
                     return reject(Rejection::PinnedMismatch {
@@ -164,6 +177,11 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             match card.verify() {
                 Ok(c) if c.cluster_id == *cluster => {}
                 _ => return reject(Rejection::BadCard(format!("not a valid card of cluster {cluster}"))),
+            }
+            if crate::keys::held_key_w(txn, cluster)?.key.generation > 0 {
+                return reject(Rejection::BadCard(
+                    "a card of the peer's first key, after a rotation".into(),
+                ));
             }
             let known = link.card.as_ref().map(|k| k.card.epoch).unwrap_or(0);
             if card.card.epoch <= known {

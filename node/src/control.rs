@@ -106,6 +106,7 @@ pub enum ControlRequest {
         #[serde(default)]
         wait_ms: u64,
     },
+    RotateKey,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +187,7 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
             json(node.link_add(id, addrs, name).await?)
         }
         ControlRequest::LinkList => json(node.link_list().await?),
+        ControlRequest::RotateKey => json(crate::app::rotate_key(node.cluster()).await?),
         ControlRequest::UpdateMetadata { name, set, remove } => json(node.update_metadata(&name, set, remove).await?),
         ControlRequest::Publish { name, content } => json(node.publish(&name, content).await?),
         ControlRequest::RemoveResource { name } => {
