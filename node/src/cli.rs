@@ -621,6 +621,7 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "rtt_ms": l.rtt_ms,
         "direction": l.direction,
         "card_epoch": l.card_epoch,
+        "key_generation": l.key_generation,
         "reason": l.reason,
     })
 }

@@ -369,6 +369,7 @@ impl Node {
                 rtt_ms: None,
                 direction: "outbound".into(),
                 card_epoch: None,
+                key_generation: None,
                 reason: None,
             }))
     }

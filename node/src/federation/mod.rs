@@ -47,6 +47,8 @@ pub struct LinkView {
     /// "outbound" (we link to them) or "inbound" (they connect to us; we do not link to them).
     pub direction: String,
     pub card_epoch: Option<u64>,
+    /// Generation of the peer's key held (0: its first key, the cluster ID).
+    pub key_generation: Option<u64>,
     pub reason: Option<String>,
 }
 
@@ -340,13 +342,11 @@ impl Federation {
         for l in links {
             let h = live.health.get(&l.name);
             // A key conflict holds the link failing until an admin confirms the peer.
-            let conflict = match (l.pinned, l.is_removed()) {
-                (Some(c), false) => self
-                    .read(|t| causeway_catalog::keys::held_key(t, &c))
-                    .map(|k| k.conflict.then_some(k.key.generation))
-                    .unwrap_or(None),
+            let held = match (l.pinned, l.is_removed()) {
+                (Some(c), false) => self.read(|t| causeway_catalog::keys::held_key(t, &c)).ok(),
                 _ => None,
             };
+            let conflict = held.as_ref().and_then(|k| k.conflict.then_some(k.key.generation));
             let state = if l.is_removed() {
                 LinkState::Removed
             } else if conflict.is_some() {
@@ -374,6 +374,7 @@ impl Federation {
                 rtt_ms: h.and_then(|h| h.rtt_ms()),
                 direction: "outbound".into(),
                 card_epoch: l.card.as_ref().map(|c| c.card.epoch),
+                key_generation: held.as_ref().map(|k| k.key.generation),
                 reason: match state {
                     LinkState::Failing if conflict.is_some() => Some(format!(
                         "conflicting key rotation (generation {}); confirm the peer with link add",
@@ -402,6 +403,7 @@ impl Federation {
                 rtt_ms: None,
                 direction: "inbound".into(),
                 card_epoch: Some(p.card_epoch),
+                key_generation: None,
                 reason: Some("this cluster does not link to the peer".into()),
             });
         }

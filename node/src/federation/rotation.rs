@@ -105,15 +105,19 @@ impl Federation {
             CommandResult::Applied => {}
             other => return Err(NodeError::Refused(format!("rotation not started: {other:?}"))),
         }
+        self.cluster.settle().await?;
         self.sign_pending_rotation().await;
         let deadline = tokio::time::Instant::now() + ROTATION_SIGN_TIMEOUT;
         let signatures = loop {
-            let pending = self
-                .read(pending_rotation)?
-                .filter(|p| p.body == body)
-                .ok_or_else(|| NodeError::Conflict("another rotation replaced this one".into()))?;
+            let pending = self.read(pending_rotation)?;
+            if let Some(p) = &pending
+                && p.body != body
+            {
+                return Err(NodeError::Conflict("another rotation replaced this one".into()));
+            }
             let signed: Vec<NodeSignature> = pending
-                .signatures
+                .map(|p| p.signatures)
+                .unwrap_or_default()
                 .into_iter()
                 .filter(|s| eligible.contains(&s.endpoint))
                 .collect();
@@ -138,6 +142,7 @@ impl Federation {
             CommandResult::Applied => {}
             other => return Err(NodeError::Refused(format!("rotation not adopted: {other:?}"))),
         }
+        self.cluster.settle().await?;
         if view.majority {
             tracing::info!(
                 generation = view.generation,

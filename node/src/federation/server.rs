@@ -119,6 +119,22 @@ impl Federation {
                 return Err(reason);
             }
         };
+        // The links this dialer may speak for: the one it is known as, and a link not pinned yet
+        // that the admin added with this very endpoint.
+        let speaks_for: Vec<&str> = known
+            .iter()
+            .chain(by_endpoint.iter().filter(|l| l.pinned.is_none()))
+            .map(|l| l.name.as_str())
+            .collect();
+        if let Some(reason) = self.claims_elsewhere(&auth.card, &speaks_for) {
+            tracing::warn!(peer = %remote, %reason, "refused federation handshake");
+            if let Some(l) = &known {
+                self.record_refusal(&l.name, format!("refused inbound handshake from {}: {reason}", remote.short()));
+            }
+            let _ = wire::write_frame(&mut send, &Welcome::Refused(reason.clone()), MAX_FED_FRAME).await;
+            let _ = send.finish();
+            return Err(reason);
+        }
         let links_back = self.links_back(&auth.card, &remote);
         let welcome = Welcome::Accepted {
             links_back,
@@ -138,6 +154,18 @@ impl Federation {
             self.record_inbound(&auth.card.signed, remote);
         }
         Ok(PeerSession { card: auth.card })
+    }
+
+    /// Why `card` may not speak for the links named `links` (none: a cluster we do not link):
+    /// it lists an endpoint that another link owns.
+    pub(super) fn claims_elsewhere(&self, card: &KeyedCard, links: &[&str]) -> Option<String> {
+        card.signed.card.members.iter().find_map(|m| match self.link_owning(&m.endpoint) {
+            Ok(Some(owner)) if !links.contains(&owner.name.as_str()) => Some(format!(
+                "card claims endpoint {}, which belongs to {}",
+                m.endpoint, owner.name
+            )),
+            _ => None,
+        })
     }
 
     /// Records a peer's card through Raft in the background (the state machine decides).

@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use causeway_catalog::{Command, CommandResult, links::LinkRecord};
+use causeway_catalog::{Command, CommandResult, Rejection, links::LinkRecord};
 use causeway_proto::{
     EndpointKey,
     card::{CardMember, ClusterCard, SignedCard},
@@ -291,7 +291,10 @@ impl Federation {
             return Ok(c);
         }
         let (conn, dialed) = self.dial_link(link).await?;
-        self.after_handshake(link, &dialed).await;
+        if let Err(reason) = self.after_handshake(link, &dialed).await {
+            conn.close(super::server::CLOSE_REFUSED.into(), b"card refused");
+            return Err(reason);
+        }
         self.live().sessions.insert(link.name.clone(), conn.clone());
         Ok(conn)
     }
@@ -380,12 +383,13 @@ impl Federation {
     }
 
     /// Pins the peer at the first handshake, or records a newer card or key; the state
-    /// machine decides.
-    async fn after_handshake(&self, link: &LinkRecord, dialed: &Dialed) {
+    /// machine decides, and a card it refuses (say, one claiming another peer's endpoint) ends
+    /// the session.
+    async fn after_handshake(&self, link: &LinkRecord, dialed: &Dialed) -> Result<(), String> {
         let known = link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0);
         let newer = link.pinned.is_none() || dialed.verdict != KeyVerdict::Same || dialed.card.epoch() > known;
         if !newer {
-            return;
+            return Ok(());
         }
         let cmd = Command::PeerCard {
             link: link.name.clone(),
@@ -394,14 +398,20 @@ impl Federation {
         match self.cluster.write(cmd).await {
             Ok(CommandResult::Link(l)) => {
                 tracing::info!(link = %l.name, cluster = ?l.pinned, epoch = ?l.card.as_ref().map(|c| c.card.epoch), generation = dialed.card.key.generation, "peer card recorded");
+                Ok(())
             }
-            Ok(other) => {
-                tracing::warn!(link = %link.name, result = ?other, "peer card not recorded");
-                if let CommandResult::Rejected(r) = other {
-                    self.record_refusal(&link.name, format!("peer card refused: {r}"));
-                }
+            Ok(CommandResult::Rejected(Rejection::StaleCard { .. })) => Ok(()),
+            Ok(CommandResult::Rejected(r)) => {
+                let reason = format!("peer card refused: {r}");
+                tracing::warn!(link = %link.name, %reason, "peer card not recorded");
+                self.record_refusal(&link.name, reason.clone());
+                Err(reason)
             }
-            Err(e) => tracing::warn!(link = %link.name, error = %e, "peer card not recorded"),
+            Ok(other) => Err(format!("peer card not recorded: {other:?}")),
+            Err(e) => {
+                tracing::warn!(link = %link.name, error = %e, "peer card not recorded");
+                Ok(())
+            }
         }
     }
 
