@@ -145,6 +145,35 @@ pub enum Command {
         name: String,
         accept_pushes: bool,
     },
+    /// The leader starts rotating the cluster key: members sign `body` with their node keys.
+    /// (Key commands are appended after `Batch`: the variant order is the log's format.)
+    RotationRequest {
+        body: Box<causeway_proto::rotation::RotationBody>,
+    },
+    /// A member's node-key signature of the rotation being signed.
+    RotationSign {
+        signature: Box<causeway_proto::rotation::NodeSignature>,
+    },
+    /// Adopts a new cluster key; the statement is signed by the current key and the members
+    /// who signed in time.
+    RotateOwnKey {
+        secret: crate::keys::KeySecret,
+        statement: Box<causeway_proto::rotation::RotationStatement>,
+    },
+    /// A peer's card under its key, from a handshake or a card update: pins the link at the
+    /// first one, then takes newer epochs and rotations the peer's previous key and members
+    /// signed.
+    PeerCard {
+        link: String,
+        card: Box<causeway_proto::rotation::KeyedCard>,
+    },
+    /// The admin confirms a linked peer again (`link add` of it): the next card it presents is
+    /// taken under whatever key signed it, and a key conflict is cleared.
+    ConfirmPeerKey {
+        link: String,
+        endpoint: EndpointKey,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -191,6 +220,11 @@ impl Command {
             Command::RevokeInvitesOf { .. } => "revoke-invites-of",
             Command::AddLinkV2 { .. } => "add-link",
             Command::SetLinkPushes { .. } => "set-link-pushes",
+            Command::RotationRequest { .. } => "rotation-request",
+            Command::RotationSign { .. } => "rotation-sign",
+            Command::RotateOwnKey { .. } => "rotate-own-key",
+            Command::PeerCard { .. } => "peer-card",
+            Command::ConfirmPeerKey { .. } => "confirm-peer-key",
         }
     }
 }
@@ -278,6 +312,12 @@ pub enum Rejection {
     /// A share rule that may not be stored (e.g. public with write-back).
     #[error("{0}")]
     BadShare(causeway_policy::ShareRuleError),
+    #[error("card claims endpoint {endpoint}, which belongs to {owner}")]
+    EndpointClaimed { endpoint: EndpointKey, owner: String },
+    #[error("conflicting key rotation for generation {0}; confirm the peer with link add")]
+    KeyConflict(u64),
+    #[error("{0}")]
+    PeerKey(String),
 }
 
 /// A resource registered for federation.

@@ -3,6 +3,8 @@
 //! applies the same log reaches the same tables.
 
 pub mod command;
+pub mod endpoint_index;
+pub mod keys;
 pub mod links;
 pub mod mirror_index;
 pub mod peer_views;

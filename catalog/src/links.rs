@@ -104,7 +104,7 @@ impl LinkRecord {
     }
 }
 
-fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
+pub(crate) fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     let t = txn.open_table(LINKS)?;
     let mut out = Vec::new();
     for row in t.range::<&[u8]>(..)? {
@@ -113,7 +113,7 @@ fn all(txn: &WriteTransaction) -> Result<Vec<LinkRecord>, CatalogError> {
     Ok(out)
 }
 
-fn put(txn: &WriteTransaction, link: &LinkRecord) -> Result<(), CatalogError> {
+pub(crate) fn put(txn: &WriteTransaction, link: &LinkRecord) -> Result<(), CatalogError> {
     txn.open_table(LINKS)?
         .insert(link.name.as_bytes(), encode(link)?.as_slice())?;
     Ok(())
@@ -132,20 +132,21 @@ fn add(
     now_ms: u64,
     accept_pushes: bool,
 ) -> Result<CommandResult, CatalogError> {
-    let mut active = links.iter().filter(|l| !l.is_removed());
     if let Err(e) = validate::cluster_name(name) {
         return reject(Rejection::Invalid(format!("link name: {e}")));
     }
     if addrs.len() > MAX_LINK_ADDRS {
         return reject(Rejection::Invalid(format!("at most {MAX_LINK_ADDRS} addresses")));
     }
-    if active.clone().any(|l| l.name == name) {
+    if links.iter().any(|l| !l.is_removed() && l.name == name) {
         return reject(Rejection::LinkNameTaken(name.to_string()));
     }
-    if let Some(l) = active.find(|l| l.recognizes(endpoint)) {
+    // One owner per endpoint, through the endpoint index (a pinned card's members, or the
+    // endpoint an admin gave before pinning).
+    if let Some(owner) = crate::endpoint_index::owner_w(txn, endpoint)? {
         return reject(Rejection::AlreadyLinked {
             endpoint: *endpoint,
-            name: l.name.clone(),
+            name: owner,
         });
     }
     let link = LinkRecord {
@@ -163,6 +164,14 @@ fn add(
 }
 
 pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
+    let result = apply_link(txn, cmd)?;
+    if matches!(result, CommandResult::Link(_)) {
+        crate::endpoint_index::rebuild(txn)?;
+    }
+    Ok(result)
+}
+
+fn apply_link(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResult, CatalogError> {
     let links = all(txn)?;
     let active = || links.iter().filter(|l| !l.is_removed());
     match cmd {
@@ -194,6 +203,11 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             let Ok(c) = card.verify() else {
                 return reject(Rejection::BadCard("signature does not verify".into()));
             };
+            if link.pinned.is_some() && crate::keys::held_key_w(txn, &c.cluster_id)?.key.generation > 0 {
+                return reject(Rejection::BadCard(
+                    "a card of the peer's first key, after a rotation".into(),
+                ));
+            }
             match link.pinned {
                 Some(p) if p != c.cluster_id => {
                     return reject(Rejection::PinnedMismatch {
@@ -231,6 +245,11 @@ pub(crate) fn apply(txn: &WriteTransaction, cmd: &Command) -> Result<CommandResu
             match card.verify() {
                 Ok(c) if c.cluster_id == *cluster => {}
                 _ => return reject(Rejection::BadCard(format!("not a valid card of cluster {cluster}"))),
+            }
+            if crate::keys::held_key_w(txn, cluster)?.key.generation > 0 {
+                return reject(Rejection::BadCard(
+                    "a card of the peer's first key, after a rotation".into(),
+                ));
             }
             let known = link.card.as_ref().map(|k| k.card.epoch).unwrap_or(0);
             if card.card.epoch <= known {

@@ -113,6 +113,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), CatalogError> {
         txn.open_table(t)?;
     }
     crate::share_index::ensure(txn)?;
+    crate::endpoint_index::ensure(txn)?;
     crate::mirror_index::ensure(txn)
 }
 
@@ -216,9 +217,11 @@ pub(crate) fn apply_cluster(txn: &WriteTransaction, cmd: &Command) -> Result<Com
             ))
         }
         Command::SetOwnCard { card } => {
-            // Only a valid card of this very cluster, within the record size, may be stored.
+            // Only a valid card of this very cluster, signed by its current key, within the
+            // record size, may be stored.
             let identity = cluster_identity_w(txn)?;
-            let valid = card.verify().is_ok()
+            let key = crate::keys::own_key_w(txn)?;
+            let valid = key.is_some_and(|k| card.verify_as(&k.key).is_ok())
                 && identity.is_some_and(|i| i.cluster_id == card.card.cluster_id)
                 && encode(card).is_ok();
             if !valid {
@@ -408,6 +411,7 @@ pub fn import(txn: &WriteTransaction, snap: &CatalogSnapshot) -> Result<(), Cata
         }
     }
     crate::share_index::rebuild(txn)?;
+    crate::endpoint_index::rebuild(txn)?;
     crate::mirror_index::rebuild(txn)
 }
 

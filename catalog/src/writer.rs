@@ -73,6 +73,10 @@ impl<'txn> StateWriter<'txn> {
             | Command::RedeemInvite { .. }
             | Command::SetOwnCard { .. }
             | Command::RevokeInvitesOf { .. } => crate::state::apply_cluster(self.uncached()?, cmd),
+            Command::RotationRequest { .. } | Command::RotationSign { .. } | Command::RotateOwnKey { .. } => {
+                crate::keys::apply_own(self.uncached()?, cmd)
+            }
+            Command::PeerCard { .. } | Command::ConfirmPeerKey { .. } => crate::keys::apply_peer(self.uncached()?, cmd),
             Command::Batch(commands) => commands
                 .iter()
                 .map(|cmd| match cmd {

@@ -33,6 +33,7 @@ enum AppRequest {
         name: String,
         peer: causeway_proto::ClusterId,
     },
+    RotateKey,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +42,7 @@ enum AppResponse {
     Transfers(Vec<TransferStatus>),
     Mirror(ResourceView),
     Error { kind: String, message: String },
+    Rotation(crate::federation::rotation::RotationView),
 }
 
 fn error(e: NodeError) -> AppResponse {
@@ -90,6 +92,10 @@ impl AppHandler for LeaderApp {
                 },
                 (_, Some(m), Ok(AppRequest::WriteBack { name, peer })) => match m.write_back(&name, &peer).await {
                     Ok(r) => AppResponse::Mirror(r.into()),
+                    Err(e) => error(e),
+                },
+                (Some(fed), _, Ok(AppRequest::RotateKey)) => match fed.rotate_key().await {
+                    Ok(v) => AppResponse::Rotation(v),
                     Err(e) => error(e),
                 },
                 _ => error(NodeError::Refused("node is shutting down".into())),
@@ -164,6 +170,14 @@ pub async fn write_back(cluster: &ClusterNode, name: &str, peer: &str) -> Result
     };
     match ask(cluster, req).await? {
         AppResponse::Mirror(v) => Ok(v),
+        other => Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// `cluster rotate-key`, run by the leader.
+pub async fn rotate_key(cluster: &ClusterNode) -> Result<crate::federation::rotation::RotationView, NodeError> {
+    match ask(cluster, AppRequest::RotateKey).await? {
+        AppResponse::Rotation(v) => Ok(v),
         other => Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
     }
 }

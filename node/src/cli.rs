@@ -222,6 +222,9 @@ pub enum ClusterCommand {
     Status,
     /// Remove a member (by endpoint ID) from the cluster.
     Remove { node: String },
+    /// Replace the cluster key: signed by the current key and a majority of the members, and
+    /// sent to every linked peer (also done automatically after `cluster remove`).
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -551,6 +554,22 @@ async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> Result<()> {
                 println!("removed {node}");
             }
         }
+        ClusterCommand::RotateKey => {
+            let v = client(cli).await?.rotate_key().await?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "rotated the cluster key to generation {} ({} of {} members signed)",
+                    v.generation, v.signers, v.members
+                );
+                if !v.majority {
+                    println!(
+                        "no majority of the previous members signed: linked peers follow the new key only after their admin confirms this cluster with `link add` again"
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -635,6 +654,7 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "rtt_ms": l.rtt_ms,
         "direction": l.direction,
         "card_epoch": l.card_epoch,
+        "key_generation": l.key_generation,
         "reason": l.reason,
         "accept_pushes": l.accept_pushes,
     })

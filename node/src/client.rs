@@ -103,6 +103,11 @@ impl Client {
             .map(|_| ())
     }
 
+    /// `cluster rotate-key`: the cluster adopts a new key, signed by its members.
+    pub async fn rotate_key(&mut self) -> Result<crate::federation::rotation::RotationView, ClientError> {
+        self.typed(ControlRequest::RotateKey).await
+    }
+
     pub async fn register_resource(&mut self, req: RegisterResource) -> Result<ResourceView, ClientError> {
         self.typed(ControlRequest::RegisterResource(req)).await
     }

@@ -113,6 +113,7 @@ pub enum ControlRequest {
         peer: String,
         accept_pushes: bool,
     },
+    RotateKey,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +200,7 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
         }
         ControlRequest::LinkSet { peer, accept_pushes } => json(node.link_set_pushes(&peer, accept_pushes).await?),
         ControlRequest::LinkList => json(node.link_list().await?),
+        ControlRequest::RotateKey => json(crate::app::rotate_key(node.cluster()).await?),
         ControlRequest::UpdateMetadata { name, set, remove } => json(node.update_metadata(&name, set, remove).await?),
         ControlRequest::Publish { name, content } => json(node.publish(&name, content).await?),
         ControlRequest::RemoveResource { name } => {

@@ -417,6 +417,7 @@ impl Node {
                 rtt_ms: None,
                 direction: "outbound".into(),
                 card_epoch: None,
+                key_generation: None,
                 reason: None,
                 accept_pushes: record.accept_pushes,
             }))

@@ -86,9 +86,18 @@ impl ProtocolHandler for Peer {
         let Ok(hello) = wire::read_frame::<Hello>(&mut recv, MAX_FED_FRAME).await else {
             return Ok(());
         };
+        let keyed = causeway_proto::rotation::KeyedCard::first(self.card.clone());
         let reply = HelloReply::Card {
-            proof: prove(&self.secret, &hello.challenge, &me, &remote, &self.card.card),
-            card: Box::new(self.card.clone()),
+            proof: prove(
+                &self.secret,
+                &hello.challenge,
+                &me,
+                &remote,
+                &keyed.cluster_id(),
+                &keyed.key,
+            ),
+            cluster_id: keyed.cluster_id(),
+            key: keyed.key.clone(),
             challenge: [3; 32],
         };
         if wire::write_frame(&mut send, &reply, MAX_FED_FRAME).await.is_err()
@@ -96,7 +105,11 @@ impl ProtocolHandler for Peer {
         {
             return Ok(());
         }
-        let _ = wire::write_frame(&mut send, &Welcome::Accepted { links_back: true }, MAX_FED_FRAME).await;
+        let welcome = Welcome::Accepted {
+            links_back: true,
+            card: Box::new(keyed),
+        };
+        let _ = wire::write_frame(&mut send, &welcome, MAX_FED_FRAME).await;
         let _ = send.finish();
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let flood = self.flood;
@@ -172,9 +185,16 @@ async fn try_connect(crafted: &CraftedCluster, node: &NodeProc) -> Result<Connec
     let HelloReply::Card { challenge, .. } = wire::read_frame(&mut recv, MAX_FED_FRAME).await.map_err(s)? else {
         return Err("hello refused".into());
     };
-    let card = crafted.card();
+    let card = causeway_proto::rotation::KeyedCard::first(crafted.card());
     let auth = Auth {
-        proof: prove(&crafted.secret, &challenge, &crafted.key(), &remote, &card.card),
+        proof: prove(
+            &crafted.secret,
+            &challenge,
+            &crafted.key(),
+            &remote,
+            &card.cluster_id(),
+            &card.key,
+        ),
         card,
     };
     wire::write_frame(&mut send, &auth, MAX_FED_FRAME).await.map_err(s)?;

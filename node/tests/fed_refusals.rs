@@ -1,7 +1,8 @@
 //! The federation handshake refuses what it must, with a reason in the logs and in link status,
 //! and the node keeps serving: bad signatures, cards that do not list the connecting endpoint,
 //! replayed session proofs, endpoints claiming a pinned cluster, a pinned peer that presents
-//! another cluster key, stale cards, garbage and unsupported protocol versions.
+//! another cluster key, stale cards, garbage and unsupported protocol versions. The listener
+//! shows its members only after the dialer proved itself.
 
 mod common;
 
@@ -10,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use causeway::{Discovery, endpoint};
 use causeway_proto::{
     ClusterId, EndpointKey,
-    card::{CardMember, ClusterCard, SignedCard, cluster_id_of},
+    card::{CardKey, CardMember, ClusterCard, SignedCard, cluster_id_of},
     fed::{Auth, FedRequest, FedResponse, Hello, HelloReply, MAX_FED_FRAME, Welcome, prove},
+    rotation::KeyedCard,
 };
 use causeway_raft::wire;
 use common::*;
@@ -49,6 +51,16 @@ fn card(secret: &[u8; 32], epoch: u64, members: &[EndpointKey]) -> SignedCard {
     )
 }
 
+/// A first-key proof by `secret` of the cluster it names.
+fn first_proof(secret: &[u8; 32], challenge: &[u8; 32], me: &EndpointKey, remote: &EndpointKey) -> [u8; 64] {
+    let id = cluster_id_of(secret);
+    prove(secret, challenge, me, remote, &id, &CardKey::first(id))
+}
+
+fn accepted(w: &Result<Welcome, String>) -> bool {
+    matches!(w, Ok(Welcome::Accepted { links_back: false, .. }))
+}
+
 async fn test_endpoint() -> Endpoint {
     endpoint::bind(
         iroh::SecretKey::generate(),
@@ -80,12 +92,13 @@ async fn crafted_dial(
     let reply: HelloReply = wire::read_frame(&mut recv, MAX_FED_FRAME)
         .await
         .map_err(|e| e.to_string())?;
-    let HelloReply::Card { card, challenge, .. } = reply else {
+    // Before we proved ourselves, the listener names its cluster and key, not its members.
+    let HelloReply::Card { challenge, key, .. } = reply else {
         return Err("listener refused hello".into());
     };
-    assert!(card.verify().is_ok(), "the listener's card verifies");
+    assert_eq!(key.generation, 0);
     let auth = Auth {
-        card: my_card,
+        card: KeyedCard::first(my_card),
         proof: proof_for(&challenge, &remote),
     };
     wire::write_frame(&mut send, &auth, MAX_FED_FRAME)
@@ -137,20 +150,22 @@ async fn inbound_handshakes_are_refused_with_reasons() {
     let a_addr = addr_of(&a);
 
     // A well-formed stranger is accepted as an inbound peer (public view only).
-    let g = good.clone();
     let w = crafted_dial(&t, a_addr.clone(), good.clone(), |ch, remote| {
-        prove(&secret, ch, &me, remote, &g.card)
+        first_proof(&secret, ch, &me, remote)
     })
     .await;
-    assert_eq!(w, Ok(Welcome::Accepted { links_back: false }));
+    assert!(accepted(&w), "{w:?}");
+    if let Ok(Welcome::Accepted { card, .. }) = &w {
+        assert!(card.verify().is_ok(), "the listener's full card verifies");
+        assert_eq!(card.signed.card.members.len(), 1);
+    }
 
     // Bad signature.
     let mut bad = good.clone();
     bad.signature[5] ^= 1;
-    let g = good.clone();
     let r = refused(
         crafted_dial(&t, a_addr.clone(), bad, |ch, remote| {
-            prove(&secret, ch, &me, remote, &g.card)
+            first_proof(&secret, ch, &me, remote)
         })
         .await,
     );
@@ -158,20 +173,18 @@ async fn inbound_handshakes_are_refused_with_reasons() {
 
     // A card that does not list the connecting endpoint (captured from someone else).
     let other = card(&secret, 1, &[EndpointKey([9; 32])]);
-    let o = other.clone();
     let r = refused(
         crafted_dial(&t, a_addr.clone(), other, |ch, remote| {
-            prove(&secret, ch, &me, remote, &o.card)
+            first_proof(&secret, ch, &me, remote)
         })
         .await,
     );
     assert!(r.contains("does not list"), "{r}");
 
     // A replayed proof from another session.
-    let g = good.clone();
     let r = refused(
         crafted_dial(&t, a_addr.clone(), good.clone(), |_, remote| {
-            prove(&secret, &[0; 32], &me, remote, &g.card)
+            first_proof(&secret, &[0; 32], &me, remote)
         })
         .await,
     );
@@ -180,10 +193,9 @@ async fn inbound_handshakes_are_refused_with_reasons() {
     // An unknown endpoint claiming b's pinned cluster, with a card it could not have signed.
     let mut claim = card(&secret, 7, &[me]);
     claim.card.cluster_id = b_cluster;
-    let c = claim.clone();
     let r = refused(
         crafted_dial(&t, a_addr.clone(), claim, |ch, remote| {
-            prove(&secret, ch, &me, remote, &c.card)
+            prove(&secret, ch, &me, remote, &b_cluster, &CardKey::first(b_cluster))
         })
         .await,
     );
@@ -231,9 +243,11 @@ impl ProtocolHandler for CraftedPeer {
             return Ok(());
         };
         let (secret, card) = self.state.lock().unwrap().clone();
+        let id = card.card.cluster_id;
         let reply = HelloReply::Card {
-            proof: prove(&secret, &hello.challenge, &self.me, &remote, &card.card),
-            card: Box::new(card),
+            cluster_id: id,
+            key: CardKey::first(id),
+            proof: prove(&secret, &hello.challenge, &self.me, &remote, &id, &CardKey::first(id)),
             challenge: [3; 32],
         };
         if wire::write_frame(&mut send, &reply, MAX_FED_FRAME).await.is_err() {
@@ -242,7 +256,11 @@ impl ProtocolHandler for CraftedPeer {
         if wire::read_frame::<Auth>(&mut recv, MAX_FED_FRAME).await.is_err() {
             return Ok(());
         }
-        let _ = wire::write_frame(&mut send, &Welcome::Accepted { links_back: false }, MAX_FED_FRAME).await;
+        let welcome = Welcome::Accepted {
+            links_back: false,
+            card: Box::new(KeyedCard::first(card)),
+        };
+        let _ = wire::write_frame(&mut send, &welcome, MAX_FED_FRAME).await;
         let _ = send.finish();
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let epoch = self.state.lock().unwrap().1.card.epoch;

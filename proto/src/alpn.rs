@@ -5,11 +5,13 @@
 pub const RAFT: &[u8] = b"causeway/raft/1";
 /// A new node presenting an invite ticket to join a cluster.
 pub const JOIN: &[u8] = b"causeway/join/1";
-/// Federation between clusters.
-pub const FED: &[u8] = b"causeway/fed/1";
+/// Federation between clusters. Version 2: cards carry their key generation, the listener
+/// sends its full card only after the dialer proved itself, and key rotations travel with
+/// cards; a version-1 peer is refused by name (its cards cannot express a rotated key).
+pub const FED: &[u8] = b"causeway/fed/2";
 
 /// Every protocol family this build knows, with the versions it speaks.
-pub const SUPPORTED: &[(&str, &[u32])] = &[("raft", &[1]), ("join", &[1]), ("fed", &[1])];
+pub const SUPPORTED: &[(&str, &[u32])] = &[("raft", &[1]), ("join", &[1]), ("fed", &[2])];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VersionError {
@@ -55,7 +57,8 @@ mod tests {
     fn known_versions_pass() {
         assert_eq!(check(RAFT), Ok(("raft", 1)));
         assert_eq!(check(JOIN), Ok(("join", 1)));
-        assert_eq!(check(FED), Ok(("fed", 1)));
+        assert_eq!(check(FED), Ok(("fed", 2)));
+        assert!(check(b"causeway/fed/1").is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The cluster card: a cluster's ID, name, members and their addresses, and an epoch, signed by
-//! the cluster key. Peers accept any endpoint listed in the newest card signed by a pinned key.
+//! the cluster's current key. The cluster ID is the first key (generation 0); a rotation
+//! ([`crate::rotation`]) moves the card to a new key of the next generation, and peers order
+//! cards by (generation, epoch).
 
 use std::net::SocketAddr;
 
@@ -8,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClusterId, EndpointKey};
 
-/// Domain separation for card signatures.
+/// Domain separation for card signatures by the first key (generation 0).
 const CARD_DOMAIN: &[u8] = b"causeway/card/v1";
+/// Domain separation for card signatures by a rotated key (generation 1 and later).
+const CARD_DOMAIN_ROTATED: &[u8] = b"causeway/card/v2";
 /// Most members a card may list.
 pub const MAX_CARD_MEMBERS: usize = 64;
 /// Most addresses per member.
@@ -45,10 +49,41 @@ impl ClusterCard {
         self.members.iter().find(|m| &m.endpoint == endpoint)
     }
 
-    fn signing_bytes(&self) -> Vec<u8> {
-        let mut msg = CARD_DOMAIN.to_vec();
+    /// What the key of `key` signs: generation 0 keeps the first format, so cards stored before
+    /// rotation existed still verify; a later generation binds the generation and key as well.
+    fn signing_bytes(&self, key: &CardKey) -> Vec<u8> {
+        let mut msg = if key.generation == 0 {
+            CARD_DOMAIN.to_vec()
+        } else {
+            let mut m = CARD_DOMAIN_ROTATED.to_vec();
+            m.extend_from_slice(&key.generation.to_be_bytes());
+            m.extend_from_slice(key.key.as_bytes());
+            m
+        };
         msg.extend(postcard::to_stdvec(self).unwrap_or_default());
         msg
+    }
+
+    /// Every member's endpoint.
+    pub fn endpoints(&self) -> Vec<EndpointKey> {
+        self.members.iter().map(|m| m.endpoint).collect()
+    }
+}
+
+/// The key that signs a cluster's cards now, and its generation (0: the cluster ID itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardKey {
+    pub generation: u64,
+    pub key: ClusterId,
+}
+
+impl CardKey {
+    /// The first key of a cluster: its ID.
+    pub fn first(cluster_id: ClusterId) -> Self {
+        Self {
+            generation: 0,
+            key: cluster_id,
+        }
     }
 }
 
@@ -81,6 +116,8 @@ pub enum CardError {
     BadSignature(ClusterId),
     #[error("card is malformed: {0}")]
     Malformed(String),
+    #[error("a card of generation 0 must be signed by the cluster ID itself")]
+    FirstKeyMismatch,
 }
 
 /// Signs with a cluster secret key (32 bytes, ed25519).
@@ -101,13 +138,28 @@ pub fn verify_by(id: &ClusterId, msg: &[u8], signature: &[u8; 64]) -> Result<(),
 }
 
 impl SignedCard {
+    /// Signs with the first key (generation 0), the cluster ID's secret.
     pub fn sign(card: ClusterCard, cluster_secret: &[u8; 32]) -> Self {
-        let signature = sign_with(cluster_secret, &card.signing_bytes());
+        let key = CardKey::first(card.cluster_id);
+        Self::sign_as(card, &key, cluster_secret)
+    }
+
+    /// Signs with the secret of `key` (the caller holds the secret of that generation).
+    pub fn sign_as(card: ClusterCard, key: &CardKey, secret: &[u8; 32]) -> Self {
+        let signature = sign_with(secret, &card.signing_bytes(key));
         Self { card, signature }
     }
 
-    /// Checks shape limits and that the card is signed by the key its cluster ID names.
+    /// Checks shape limits and that the card is signed by the key its cluster ID names
+    /// (generation 0).
     pub fn verify(&self) -> Result<&ClusterCard, CardError> {
+        self.verify_as(&CardKey::first(self.card.cluster_id))
+    }
+
+    /// Checks shape limits and that the card is signed by `key`; a generation-0 key must be
+    /// the cluster ID. Whether `key` is the cluster's legitimate current key is the caller's
+    /// decision (pinning, or a rotation statement).
+    pub fn verify_as(&self, key: &CardKey) -> Result<&ClusterCard, CardError> {
         let c = &self.card;
         if c.members.is_empty() || c.members.len() > MAX_CARD_MEMBERS {
             return Err(CardError::Malformed(format!(
@@ -121,7 +173,10 @@ impl SignedCard {
         if c.name.len() > MAX_CARD_NAME {
             return Err(CardError::Malformed("name too long".into()));
         }
-        verify_by(&c.cluster_id, &c.signing_bytes(), &self.signature)?;
+        if key.generation == 0 && key.key != c.cluster_id {
+            return Err(CardError::FirstKeyMismatch);
+        }
+        verify_by(&key.key, &c.signing_bytes(key), &self.signature)?;
         Ok(c)
     }
 }
@@ -162,5 +217,26 @@ mod tests {
         let mut claim = SignedCard::sign(card(&[9u8; 32]), &[9u8; 32]);
         claim.card.cluster_id = cluster_id_of(&secret);
         assert!(matches!(claim.verify(), Err(CardError::BadSignature(_))));
+    }
+
+    #[test]
+    fn rotated_cards_verify_only_under_their_key_and_generation() {
+        let first = [7u8; 32];
+        let next = [8u8; 32];
+        let key = CardKey {
+            generation: 1,
+            key: cluster_id_of(&next),
+        };
+        let signed = SignedCard::sign_as(card(&first), &key, &next);
+        assert!(signed.verify_as(&key).is_ok());
+        assert!(signed.verify().is_err());
+        let other_gen = CardKey { generation: 2, ..key };
+        assert!(signed.verify_as(&other_gen).is_err());
+        // Generation 0 is the cluster ID, whatever key is named.
+        let fake_first = CardKey {
+            generation: 0,
+            key: cluster_id_of(&next),
+        };
+        assert_eq!(signed.verify_as(&fake_first), Err(CardError::FirstKeyMismatch));
     }
 }

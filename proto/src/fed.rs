@@ -1,21 +1,24 @@
-//! Messages on `causeway/fed/1` and the pure checks of the handshake that binds a cluster card
+//! Messages on `causeway/fed/2` and the pure checks of the handshake that binds a cluster card
 //! to the QUIC connection.
 //!
 //! Handshake, on the first stream of a connection: the dialer sends [`Hello`] with a fresh
-//! challenge; the listener answers [`HelloReply`] with its card, a proof over the dialer's
-//! challenge and its own challenge; the dialer sends [`Auth`] with its card and proof; the
-//! listener answers [`Welcome`]. A proof is a signature by the cluster key over the challenge and
-//! both endpoint IDs, so a captured card or transcript cannot be replayed by another endpoint or
-//! in another session. After the handshake every request travels on its own stream.
+//! challenge; the listener answers [`HelloReply`] with only its cluster ID, current key and a
+//! proof over the dialer's challenge, plus its own challenge; the dialer sends [`Auth`] with its
+//! full card and proof; the listener verifies it and only then answers [`Welcome`] with its own
+//! full card (members and addresses), which the dialer checks against the proof it already has.
+//! A proof is a signature by the cluster's current key over the challenge, both endpoint IDs and
+//! the key's generation, so a captured card or transcript cannot be replayed by another endpoint
+//! or in another session. After the handshake every request travels on its own stream.
 
 use serde::{Deserialize, Serialize};
 
-use crate::card::{CardError, ClusterCard, SignedCard, sign_with, verify_by};
+use crate::card::{CardError, CardKey, sign_with, verify_by};
 use crate::ids::{ClusterId, EndpointKey};
+use crate::rotation::{HeldKey, KeyError, KeyVerdict, KeyedCard, judge};
 
 /// Largest federation control message.
 pub const MAX_FED_FRAME: usize = 1 << 20;
-const PROOF_DOMAIN: &[u8] = b"causeway/session/v1";
+const PROOF_DOMAIN: &[u8] = b"causeway/session/v2";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -24,8 +27,11 @@ pub struct Hello {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
+    /// Who the listener is, without its members: the full card follows in [`Welcome`] once the
+    /// dialer has proved itself.
     Card {
-        card: Box<SignedCard>,
+        cluster_id: ClusterId,
+        key: CardKey,
         #[serde(with = "crate::card::sig_bytes")]
         proof: [u8; 64],
         challenge: [u8; 32],
@@ -35,16 +41,18 @@ pub enum HelloReply {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
-    pub card: SignedCard,
+    pub card: KeyedCard,
     #[serde(with = "crate::card::sig_bytes")]
     pub proof: [u8; 64],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Welcome {
-    /// `links_back`: the listener's cluster has a link to the dialer's cluster.
+    /// `links_back`: the listener's cluster has a link to the dialer's cluster; `card`: the
+    /// listener's full card, under the key its proof named.
     Accepted {
         links_back: bool,
+        card: Box<KeyedCard>,
     },
     Refused(String),
 }
@@ -93,8 +101,8 @@ pub enum FedRequest {
     CatalogChanged {
         changes: Vec<(String, Option<CatalogEntry>)>,
     },
-    /// A newer card of the sender's cluster.
-    CardUpdate(SignedCard),
+    /// A newer card of the sender's cluster (a new epoch, or a new key with its statement).
+    CardUpdate(Box<KeyedCard>),
     /// The sender removed its link; the receiver may close connections.
     Goodbye {
         reason: String,
@@ -125,25 +133,34 @@ pub enum FedResponse {
     Error(String),
 }
 
-fn proof_bytes(challenge: &[u8; 32], prover: &EndpointKey, verifier: &EndpointKey, card: &ClusterCard) -> Vec<u8> {
+fn proof_bytes(
+    challenge: &[u8; 32],
+    prover: &EndpointKey,
+    verifier: &EndpointKey,
+    cluster_id: &ClusterId,
+    key: &CardKey,
+) -> Vec<u8> {
     let mut msg = PROOF_DOMAIN.to_vec();
     msg.extend_from_slice(challenge);
     msg.extend_from_slice(prover.as_bytes());
     msg.extend_from_slice(verifier.as_bytes());
-    msg.extend_from_slice(card.cluster_id.as_bytes());
-    msg.extend_from_slice(&card.epoch.to_be_bytes());
+    msg.extend_from_slice(cluster_id.as_bytes());
+    msg.extend_from_slice(&key.generation.to_be_bytes());
+    msg.extend_from_slice(key.key.as_bytes());
     msg
 }
 
-/// The prover's signature, by its cluster key, binding this session's challenge to both ends.
+/// The prover's signature, by its cluster's current key (`secret` of `key`), binding this
+/// session's challenge to both ends.
 pub fn prove(
-    cluster_secret: &[u8; 32],
+    secret: &[u8; 32],
     challenge: &[u8; 32],
     prover: &EndpointKey,
     verifier: &EndpointKey,
-    card: &ClusterCard,
+    cluster_id: &ClusterId,
+    key: &CardKey,
 ) -> [u8; 64] {
-    sign_with(cluster_secret, &proof_bytes(challenge, prover, verifier, card))
+    sign_with(secret, &proof_bytes(challenge, prover, verifier, cluster_id, key))
 }
 
 /// What this side already knows about the peer cluster, if anything.
@@ -153,12 +170,18 @@ pub struct Expectation {
     pub pinned: Option<ClusterId>,
     /// Epoch of the newest card accepted from that cluster.
     pub known_epoch: u64,
+    /// The key held for the pinned cluster (`None`: its first key), and the members of the
+    /// card held, against which a rotation is checked.
+    pub held: Option<HeldKey>,
+    pub held_members: Vec<EndpointKey>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum HandshakeError {
     #[error(transparent)]
     Card(#[from] CardError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("card of cluster {cluster} does not list the connecting endpoint {remote}")]
     NotListed { cluster: ClusterId, remote: EndpointKey },
     #[error("session proof does not verify (replayed or forged handshake)")]
@@ -167,20 +190,36 @@ pub enum HandshakeError {
     PinnedMismatch { pinned: ClusterId, presented: ClusterId },
     #[error("stale card: epoch {presented} is older than the known epoch {known}")]
     StaleCard { presented: u64, known: u64 },
+    #[error("the full card does not match the key the peer proved ({0})")]
+    CardNotProved(String),
 }
 
-/// Verifies a peer's card and proof for this session: a valid signature, a card that lists the
-/// connection's verified endpoint, a proof over our challenge, the pinned cluster and no older
-/// epoch than we know. Returns the verified card.
-pub fn check_peer<'a>(
-    card: &'a SignedCard,
+/// Checks a proof by `key` of `cluster_id` over our challenge, made by `remote` for `local`.
+pub fn verify_proof(
+    cluster_id: &ClusterId,
+    key: &CardKey,
     proof: &[u8; 64],
     our_challenge: &[u8; 32],
     remote: &EndpointKey,
     local: &EndpointKey,
-    expect: &Expectation,
-) -> Result<&'a ClusterCard, HandshakeError> {
-    let c = card.verify()?;
+) -> Result<(), HandshakeError> {
+    if key.generation == 0 && key.key != *cluster_id {
+        return Err(HandshakeError::BadProof);
+    }
+    verify_by(
+        &key.key,
+        &proof_bytes(our_challenge, remote, local, cluster_id, key),
+        proof,
+    )
+    .map_err(|_| HandshakeError::BadProof)
+}
+
+/// Checks a peer's card for this connection: valid under its own key, of the pinned cluster,
+/// listing the connection's verified endpoint, under a key we hold or can follow, and no older
+/// than what we know.
+pub fn check_card(card: &KeyedCard, remote: &EndpointKey, expect: &Expectation) -> Result<KeyVerdict, HandshakeError> {
+    card.verify()?;
+    let c = &card.signed.card;
     if let Some(pinned) = expect.pinned
         && pinned != c.cluster_id
     {
@@ -195,28 +234,46 @@ pub fn check_peer<'a>(
             remote: *remote,
         });
     }
-    verify_by(&c.cluster_id, &proof_bytes(our_challenge, remote, local, c), proof)
-        .map_err(|_| HandshakeError::BadProof)?;
-    if expect.pinned.is_some() && c.epoch < expect.known_epoch {
+    if expect.pinned.is_none() {
+        return Ok(KeyVerdict::Confirmed);
+    }
+    let first = HeldKey::first(c.cluster_id);
+    let held = expect.held.as_ref().unwrap_or(&first);
+    let verdict = judge(card, held, &expect.held_members)?;
+    if verdict == KeyVerdict::Same && c.epoch < expect.known_epoch {
         return Err(HandshakeError::StaleCard {
             presented: c.epoch,
             known: expect.known_epoch,
         });
     }
-    Ok(c)
+    Ok(verdict)
+}
+
+/// The listener's check of the dialer: its proof over our challenge, then its card.
+pub fn check_peer(
+    card: &KeyedCard,
+    proof: &[u8; 64],
+    our_challenge: &[u8; 32],
+    remote: &EndpointKey,
+    local: &EndpointKey,
+    expect: &Expectation,
+) -> Result<KeyVerdict, HandshakeError> {
+    card.verify()?;
+    verify_proof(&card.cluster_id(), &card.key, proof, our_challenge, remote, local)?;
+    check_card(card, remote, expect)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::card::{CardMember, cluster_id_of};
+    use crate::card::{CardMember, ClusterCard, SignedCard, cluster_id_of};
 
     const SECRET: [u8; 32] = [3; 32];
     const PEER: EndpointKey = EndpointKey([1; 32]);
     const ME: EndpointKey = EndpointKey([2; 32]);
 
-    fn card(epoch: u64, member: EndpointKey) -> SignedCard {
-        SignedCard::sign(
+    fn card(epoch: u64, member: EndpointKey) -> KeyedCard {
+        KeyedCard::first(SignedCard::sign(
             ClusterCard {
                 cluster_id: cluster_id_of(&SECRET),
                 name: "b".into(),
@@ -228,61 +285,69 @@ mod tests {
                 issued_at_ms: 0,
             },
             &SECRET,
-        )
+        ))
+    }
+
+    fn proof(c: &KeyedCard, challenge: &[u8; 32]) -> [u8; 64] {
+        prove(&SECRET, challenge, &PEER, &ME, &c.cluster_id(), &c.key)
+    }
+
+    fn pinned(known_epoch: u64) -> Expectation {
+        Expectation {
+            pinned: Some(cluster_id_of(&SECRET)),
+            known_epoch,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn valid_session_passes() {
         let c = card(2, PEER);
         let challenge = [9; 32];
-        let proof = prove(&SECRET, &challenge, &PEER, &ME, &c.card);
-        let exp = Expectation {
-            pinned: Some(cluster_id_of(&SECRET)),
-            known_epoch: 2,
-        };
-        assert!(check_peer(&c, &proof, &challenge, &PEER, &ME, &exp).is_ok());
+        let p = proof(&c, &challenge);
+        assert_eq!(
+            check_peer(&c, &p, &challenge, &PEER, &ME, &pinned(2)),
+            Ok(KeyVerdict::Same)
+        );
     }
 
     #[test]
     fn every_refusal_has_its_reason() {
         let challenge = [9; 32];
         let c = card(2, PEER);
-        let proof = prove(&SECRET, &challenge, &PEER, &ME, &c.card);
+        let p = proof(&c, &challenge);
         let none = Expectation::default();
         // Replayed proof from another session.
         assert_eq!(
-            check_peer(&c, &proof, &[8; 32], &PEER, &ME, &none),
+            check_peer(&c, &p, &[8; 32], &PEER, &ME, &none),
             Err(HandshakeError::BadProof)
         );
         // Captured card presented by another endpoint.
         let other = EndpointKey([5; 32]);
+        assert!(check_peer(&c, &p, &challenge, &other, &ME, &none).is_err());
         assert!(matches!(
-            check_peer(&c, &proof, &challenge, &other, &ME, &none),
+            check_card(&c, &other, &none),
             Err(HandshakeError::NotListed { .. })
         ));
         // Pinned to a different cluster.
         let exp = Expectation {
             pinned: Some(ClusterId([4; 32])),
-            known_epoch: 0,
+            ..Default::default()
         };
         assert!(matches!(
-            check_peer(&c, &proof, &challenge, &PEER, &ME, &exp),
+            check_peer(&c, &p, &challenge, &PEER, &ME, &exp),
             Err(HandshakeError::PinnedMismatch { .. })
         ));
         // Older card than already known.
-        let exp = Expectation {
-            pinned: Some(cluster_id_of(&SECRET)),
-            known_epoch: 3,
-        };
         assert!(matches!(
-            check_peer(&c, &proof, &challenge, &PEER, &ME, &exp),
+            check_peer(&c, &p, &challenge, &PEER, &ME, &pinned(3)),
             Err(HandshakeError::StaleCard { .. })
         ));
         // Bad signature.
         let mut bad = c.clone();
-        bad.signature[0] ^= 1;
+        bad.signed.signature[0] ^= 1;
         assert!(matches!(
-            check_peer(&bad, &proof, &challenge, &PEER, &ME, &none),
+            check_peer(&bad, &p, &challenge, &PEER, &ME, &none),
             Err(HandshakeError::Card(_))
         ));
     }

@@ -7,6 +7,7 @@ pub mod fed;
 pub mod frame;
 pub mod ids;
 pub mod join;
+pub mod rotation;
 pub mod ticket;
 
 pub use frame::{FrameError, decode, encode};

@@ -1,4 +1,4 @@
-//! Federation between clusters on `causeway/fed/1`: the links this cluster keeps (replicated
+//! Federation between clusters on `causeway/fed/2`: the links this cluster keeps (replicated
 //! records), their live health (kept by the leader, in memory), peers that connect to us without
 //! being linked (inbound), and the operations the CLI uses on links.
 
@@ -7,6 +7,7 @@ pub mod health;
 pub mod limits;
 mod lookup;
 pub mod notify;
+pub mod rotation;
 pub mod server;
 pub mod session;
 pub mod supervisor;
@@ -18,7 +19,7 @@ use std::{
 };
 
 use causeway_catalog::{ClusterIdentity, Command, CommandResult, links::LinkRecord};
-use causeway_proto::{ClusterId, EndpointKey, card::SignedCard};
+use causeway_proto::{ClusterId, EndpointKey, card::SignedCard, fed::Expectation, rotation::KeyedCard};
 use causeway_raft::ClusterNode;
 use iroh::{Endpoint, endpoint::Connection};
 use redb::ReadableDatabase;
@@ -47,6 +48,8 @@ pub struct LinkView {
     /// "outbound" (we link to them) or "inbound" (they connect to us; we do not link to them).
     pub direction: String,
     pub card_epoch: Option<u64>,
+    /// Generation of the peer's key held (0: its first key, the cluster ID).
+    pub key_generation: Option<u64>,
     pub reason: Option<String>,
     /// Whether the peer's push offers are taken (`link set PEER --accept-pushes on|off`).
     pub accept_pushes: bool,
@@ -86,6 +89,8 @@ pub struct Federation {
     /// Caps on what peers can make this node hold (connections, streams, request bytes,
     /// notification writes) and the one resync at a time.
     limits: limits::FedLimits,
+    /// One key rotation at a time (an admin's and the one after a member removal).
+    rotating: tokio::sync::Mutex<()>,
 }
 
 impl Federation {
@@ -116,6 +121,7 @@ impl Federation {
             notifier: notify::Notifier::default(),
             dialing: Mutex::new(HashMap::new()),
             limits: limits::FedLimits::default(),
+            rotating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -149,6 +155,64 @@ impl Federation {
         self.read(causeway_catalog::state::own_card)
     }
 
+    pub(crate) fn own_key(&self) -> Result<Option<causeway_catalog::keys::OwnKey>, NodeError> {
+        self.read(causeway_catalog::keys::own_key)
+    }
+
+    /// Our card as peers get it, under the current key, with that key's secret. Right after a
+    /// rotation the stored card may still carry the previous key's signature until the leader
+    /// publishes the next epoch: it is signed again under the current key meanwhile.
+    pub(crate) fn own_keyed_card(&self) -> Result<Option<([u8; 32], KeyedCard)>, NodeError> {
+        let (Some(key), Some(card)) = (self.own_key()?, self.own_card()?) else {
+            return Ok(None);
+        };
+        let signed = if card.verify_as(&key.key).is_ok() {
+            card
+        } else {
+            SignedCard::sign_as(card.card, &key.key, &key.secret.0)
+        };
+        let keyed = KeyedCard {
+            signed,
+            key: key.key,
+            rotation: key.statement,
+        };
+        Ok(Some((key.secret.0, keyed)))
+    }
+
+    /// The active link that owns `endpoint` (the endpoint index: one owner per endpoint).
+    pub(crate) fn link_owning(&self, endpoint: &EndpointKey) -> Result<Option<LinkRecord>, NodeError> {
+        let Some(name) = self.read(|t| causeway_catalog::endpoint_index::owner(t, endpoint))? else {
+            return Ok(None);
+        };
+        Ok(self.links()?.into_iter().find(|l| !l.is_removed() && l.name == name))
+    }
+
+    /// The active link pinned to `cluster`.
+    pub(crate) fn link_pinned_to(&self, cluster: &ClusterId) -> Result<Option<LinkRecord>, NodeError> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|l| !l.is_removed() && l.pinned == Some(*cluster)))
+    }
+
+    /// What a handshake with the peer of `link` must match: its pinned cluster, the newest
+    /// epoch, and the key held for it with the members a rotation is checked against.
+    pub(crate) fn expectation(&self, link: Option<&LinkRecord>) -> Result<Expectation, NodeError> {
+        let Some(link) = link else {
+            return Ok(Expectation::default());
+        };
+        let held = match link.pinned {
+            Some(c) => Some(self.read(|t| causeway_catalog::keys::held_key(t, &c))?),
+            None => None,
+        };
+        Ok(Expectation {
+            pinned: link.pinned,
+            known_epoch: link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0),
+            held,
+            held_members: link.card.as_ref().map(|c| c.card.endpoints()).unwrap_or_default(),
+        })
+    }
+
     fn record_inbound(&self, card: &SignedCard, endpoint: EndpointKey) {
         let mut live = self.live();
         let c = &card.card;
@@ -170,17 +234,14 @@ impl Federation {
         entry.name = c.name.clone();
     }
 
-    /// How policy sees the cluster behind `endpoint`: linked if a pinned link's card lists it,
-    /// unlinked if it handshook with us as a cluster we do not link, otherwise unknown.
+    /// How policy sees the cluster behind `endpoint`: linked if it belongs to a pinned link
+    /// (found through the endpoint index, so no other link's card can claim it), unlinked if it
+    /// handshook with us as a cluster we do not link, otherwise unknown.
     pub fn relation_of_endpoint(&self, endpoint: &EndpointKey) -> causeway_policy::PeerRelation {
-        if let Ok(links) = self.links() {
-            for l in links.iter().filter(|l| !l.is_removed()) {
-                if let (Some(cluster), Some(card)) = (l.pinned, &l.card)
-                    && card.card.lists(endpoint)
-                {
-                    return causeway_policy::PeerRelation::Linked(cluster);
-                }
-            }
+        if let Ok(Some(link)) = self.link_owning(endpoint)
+            && let Some(cluster) = link.pinned
+        {
+            return causeway_policy::PeerRelation::Linked(cluster);
         }
         let live = self.live();
         for (cluster, p) in &live.inbound {
@@ -195,7 +256,9 @@ impl Federation {
         self.live().refusals.insert(link.to_string(), reason);
     }
 
-    /// `link add`: through Raft.
+    /// `link add`: through Raft. For a peer already linked, it is the admin's confirmation of
+    /// the peer: the next card the named endpoint presents is taken under whatever key signed
+    /// it (after a rotation without a majority, missed rotations, or a key conflict).
     pub async fn add_link(
         &self,
         endpoint: EndpointKey,
@@ -203,6 +266,23 @@ impl Federation {
         name: Option<String>,
         accept_pushes: bool,
     ) -> Result<LinkRecord, NodeError> {
+        if let Some(link) = self.link_owning(&endpoint)?
+            && link.pinned.is_some()
+        {
+            let cmd = Command::ConfirmPeerKey {
+                link: link.name.clone(),
+                endpoint,
+                addrs,
+            };
+            return match self.cluster.write(cmd).await? {
+                CommandResult::Link(l) => {
+                    tracing::info!(link = %l.name, "admin confirmed the peer; its next card is taken as presented");
+                    Ok(l)
+                }
+                CommandResult::Rejected(r) => Err(NodeError::Conflict(r.to_string())),
+                other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
+            };
+        }
         let name = name.unwrap_or_else(|| format!("peer-{}", endpoint.short()));
         match self
             .cluster
@@ -231,11 +311,11 @@ impl Federation {
         }
         if let Ok(key) = peer.parse::<EndpointKey>() {
             let as_cluster = ClusterId(key.0);
-            if let Some(l) = active
-                .clone()
-                .find(|l| l.pinned == Some(as_cluster) || l.recognizes(&key))
-            {
+            if let Some(l) = active.clone().find(|l| l.pinned == Some(as_cluster)) {
                 return Ok(l.clone());
+            }
+            if let Some(l) = self.link_owning(&key)? {
+                return Ok(l);
             }
         }
         Err(NodeError::NotFound(format!(
@@ -289,8 +369,16 @@ impl Federation {
         }
         for l in links {
             let h = live.health.get(&l.name);
+            // A key conflict holds the link failing until an admin confirms the peer.
+            let held = match (l.pinned, l.is_removed()) {
+                (Some(c), false) => self.read(|t| causeway_catalog::keys::held_key(t, &c)).ok(),
+                _ => None,
+            };
+            let conflict = held.as_ref().and_then(|k| k.conflict.then_some(k.key.generation));
             let state = if l.is_removed() {
                 LinkState::Removed
+            } else if conflict.is_some() {
+                LinkState::Failing
             } else {
                 h.map(|h| h.state(now, &self.cfg)).unwrap_or(LinkState::Pending)
             };
@@ -315,7 +403,12 @@ impl Federation {
                 direction: "outbound".into(),
                 card_epoch: l.card.as_ref().map(|c| c.card.epoch),
                 accept_pushes: l.accept_pushes && !l.is_removed(),
+                key_generation: held.as_ref().map(|k| k.key.generation),
                 reason: match state {
+                    LinkState::Failing if conflict.is_some() => Some(format!(
+                        "conflicting key rotation (generation {}); confirm the peer with link add",
+                        conflict.unwrap_or_default()
+                    )),
                     LinkState::Active | LinkState::Removed => None,
                     LinkState::Failing => reason.or_else(|| {
                         h.and_then(|h| h.last_heartbeat_ms_ago(now))
@@ -339,6 +432,7 @@ impl Federation {
                 rtt_ms: None,
                 direction: "inbound".into(),
                 card_epoch: Some(p.card_epoch),
+                key_generation: None,
                 reason: Some("this cluster does not link to the peer".into()),
                 accept_pushes: false,
             });

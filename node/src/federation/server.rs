@@ -1,14 +1,17 @@
-//! The listening side of `causeway/fed/1`, served by every member: handshake (prove who we are,
-//! verify who they are), then heartbeats, card updates and goodbyes on their own streams.
-//! Refusals are answered with the reason and logged; the node keeps serving.
+//! The listening side of `causeway/fed/2`, served by every member: handshake (prove who we are,
+//! verify who they are, and only then show our full card), then heartbeats, card updates and
+//! goodbyes on their own streams. Refusals are answered with the reason and logged; the node
+//! keeps serving.
 
 use std::sync::Arc;
 
-use causeway_catalog::Command;
+use causeway_catalog::{Command, CommandResult, Rejection};
 use causeway_proto::{
     EndpointKey,
-    card::SignedCard,
-    fed::{Auth, Expectation, FedRequest, FedResponse, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_peer, prove},
+    fed::{
+        Auth, FedRequest, FedResponse, HandshakeError, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_peer, prove,
+    },
+    rotation::{KeyError, KeyVerdict, KeyedCard},
 };
 use causeway_raft::wire;
 use iroh::{
@@ -36,16 +39,16 @@ impl std::fmt::Debug for FedService {
 
 /// Who a verified peer is to us.
 struct PeerSession {
-    card: SignedCard,
+    card: KeyedCard,
 }
 
 impl Federation {
     /// Our answer to whether we link to `cluster`.
-    fn links_back(&self, card: &SignedCard, remote: &EndpointKey) -> bool {
+    fn links_back(&self, card: &KeyedCard, remote: &EndpointKey) -> bool {
         self.links()
             .map(|links| {
                 links.iter().filter(|l| !l.is_removed()).any(|l| match l.pinned {
-                    Some(p) => p == card.card.cluster_id,
+                    Some(p) => p == card.cluster_id(),
                     None => l.endpoint == *remote,
                 })
             })
@@ -58,25 +61,26 @@ impl Federation {
         let hello: Hello = wire::read_frame(&mut recv, MAX_FED_FRAME)
             .await
             .map_err(|e| e.to_string())?;
-        let (identity, own) = match (self.identity(), self.own_card()) {
-            (Ok(Some(i)), Ok(Some(c))) => (i, c),
-            _ => {
-                let r = HelloReply::Refused("this cluster has no card yet; try again shortly".into());
-                let _ = wire::write_frame(&mut send, &r, MAX_FED_FRAME).await;
-                let _ = send.finish();
-                return Err("no own card yet".into());
-            }
+        let Ok(Some((secret, own))) = self.own_keyed_card() else {
+            let r = HelloReply::Refused("this cluster has no card yet; try again shortly".into());
+            let _ = wire::write_frame(&mut send, &r, MAX_FED_FRAME).await;
+            let _ = send.finish();
+            return Err("no own card yet".into());
         };
+        // Who we are and a proof, but not our members and addresses: those go only to a dialer
+        // that proved its own cluster key.
         let challenge: [u8; 32] = rand::random();
         let reply = HelloReply::Card {
+            cluster_id: own.cluster_id(),
+            key: own.key,
             proof: prove(
-                &identity.cluster_secret,
+                &secret,
                 &hello.challenge,
                 &self.local,
                 &remote,
-                &own.card,
+                &own.cluster_id(),
+                &own.key,
             ),
-            card: Box::new(own),
             challenge,
         };
         wire::write_frame(&mut send, &reply, MAX_FED_FRAME)
@@ -86,21 +90,46 @@ impl Federation {
             .await
             .map_err(|e| e.to_string())?;
 
-        // What we know: a link that recognizes this endpoint, or one pinned to the claimed cluster.
-        let links = self.links().map_err(|e| e.to_string())?;
-        let active: Vec<_> = links.iter().filter(|l| !l.is_removed()).collect();
-        let claimed = auth.card.card.cluster_id;
-        let by_endpoint = active.iter().find(|l| l.recognizes(&remote));
-        let by_cluster = active.iter().find(|l| l.pinned == Some(claimed));
-        let known = by_endpoint.filter(|l| l.pinned.is_some()).or(by_cluster);
-        let expect = Expectation {
-            pinned: known.and_then(|l| l.pinned),
-            known_epoch: known.and_then(|l| l.card.as_ref()).map(|c| c.card.epoch).unwrap_or(0),
+        // What we know: the link that owns this verified endpoint, or one pinned to the
+        // claimed cluster.
+        let claimed = auth.card.cluster_id();
+        let by_endpoint = self.link_owning(&remote).map_err(|e| e.to_string())?;
+        let by_cluster = self.link_pinned_to(&claimed).map_err(|e| e.to_string())?;
+        let known = by_endpoint
+            .clone()
+            .filter(|l| l.pinned.is_some())
+            .or(by_cluster.clone());
+        let expect = self.expectation(known.as_ref()).map_err(|e| e.to_string())?;
+        let verdict = match check_peer(&auth.card, &auth.proof, &challenge, &remote, &self.local, &expect) {
+            Ok(v) => v,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::warn!(peer = %remote, %reason, "refused federation handshake");
+                if let Some(l) = by_endpoint.as_ref().or(by_cluster.as_ref()) {
+                    self.record_refusal(
+                        &l.name,
+                        format!("refused inbound handshake from {}: {reason}", remote.short()),
+                    );
+                    if let (HandshakeError::Key(KeyError::Conflict(_)), Some(k)) = (&e, &known) {
+                        // Recorded through Raft, so every member refuses both keys from now on.
+                        self.record_peer_card(&k.name, auth.card.clone());
+                    }
+                }
+                let _ = wire::write_frame(&mut send, &Welcome::Refused(reason.clone()), MAX_FED_FRAME).await;
+                let _ = send.finish();
+                return Err(reason);
+            }
         };
-        if let Err(e) = check_peer(&auth.card, &auth.proof, &challenge, &remote, &self.local, &expect) {
-            let reason = e.to_string();
+        // The links this dialer may speak for: the one it is known as, and a link not pinned yet
+        // that the admin added with this very endpoint.
+        let speaks_for: Vec<&str> = known
+            .iter()
+            .chain(by_endpoint.iter().filter(|l| l.pinned.is_none()))
+            .map(|l| l.name.as_str())
+            .collect();
+        if let Some(reason) = self.claims_elsewhere(&auth.card, &speaks_for) {
             tracing::warn!(peer = %remote, %reason, "refused federation handshake");
-            if let Some(l) = by_endpoint.or(by_cluster) {
+            if let Some(l) = &known {
                 self.record_refusal(
                     &l.name,
                     format!("refused inbound handshake from {}: {reason}", remote.short()),
@@ -111,29 +140,81 @@ impl Federation {
             return Err(reason);
         }
         let links_back = self.links_back(&auth.card, &remote);
-        wire::write_frame(&mut send, &Welcome::Accepted { links_back }, MAX_FED_FRAME)
+        let welcome = Welcome::Accepted {
+            links_back,
+            card: Box::new(own),
+        };
+        wire::write_frame(&mut send, &welcome, MAX_FED_FRAME)
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        if let Some(l) = known
-            && auth.card.card.epoch > expect.known_epoch
+        if let Some(l) = &known
+            && (verdict != KeyVerdict::Same || auth.card.epoch() > expect.known_epoch)
         {
-            let cmd = Command::UpdatePeerCard {
-                cluster: claimed,
-                card: auth.card.clone(),
-            };
-            tracing::info!(link = %l.name, epoch = auth.card.card.epoch, "newer card from peer");
-            let cluster = self.cluster.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.write(cmd).await {
-                    tracing::debug!(error = %e, "recording newer peer card");
-                }
-            });
+            tracing::info!(link = %l.name, epoch = auth.card.epoch(), generation = auth.card.key.generation, "newer card from peer");
+            self.record_peer_card(&l.name, auth.card.clone());
         }
         if !links_back {
-            self.record_inbound(&auth.card, remote);
+            self.record_inbound(&auth.card.signed, remote);
         }
         Ok(PeerSession { card: auth.card })
+    }
+
+    /// Why `card` may not speak for the links named `links` (none: a cluster we do not link):
+    /// it lists an endpoint that another link owns.
+    pub(super) fn claims_elsewhere(&self, card: &KeyedCard, links: &[&str]) -> Option<String> {
+        card.signed
+            .card
+            .members
+            .iter()
+            .find_map(|m| match self.link_owning(&m.endpoint) {
+                Ok(Some(owner)) if !links.contains(&owner.name.as_str()) => Some(format!(
+                    "card claims endpoint {}, which belongs to {}",
+                    m.endpoint, owner.name
+                )),
+                _ => None,
+            })
+    }
+
+    /// Records a peer's card through Raft in the background (the state machine decides).
+    pub(super) fn record_peer_card(&self, link: &str, card: KeyedCard) {
+        let cmd = Command::PeerCard {
+            link: link.to_string(),
+            card: Box::new(card),
+        };
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cluster.write(cmd).await {
+                tracing::debug!(error = %e, "recording newer peer card");
+            }
+        });
+    }
+
+    /// A card update on an established session: the peer's newer epoch or new key.
+    async fn accept_card_update(&self, peer: &PeerSession, card: KeyedCard) -> FedResponse {
+        if card.verify().is_err() || card.cluster_id() != peer.card.cluster_id() {
+            return FedResponse::Error("card update is not a valid card of your cluster".into());
+        }
+        let link = match self.link_pinned_to(&card.cluster_id()) {
+            Ok(Some(l)) => l,
+            Ok(None) => return FedResponse::Ok,
+            Err(e) => return FedResponse::Error(format!("could not read links: {e}")),
+        };
+        let cmd = Command::PeerCard {
+            link: link.name.clone(),
+            card: Box::new(card),
+        };
+        match self.cluster.write(cmd).await {
+            Ok(CommandResult::Link(_)) | Ok(CommandResult::Rejected(Rejection::StaleCard { .. })) => FedResponse::Ok,
+            Ok(CommandResult::Rejected(r)) => {
+                let reason = r.to_string();
+                tracing::warn!(link = %link.name, %reason, "refused a card update");
+                self.record_refusal(&link.name, format!("refused card update: {reason}"));
+                FedResponse::Denied(reason)
+            }
+            Ok(other) => FedResponse::Error(format!("unexpected result {other:?}")),
+            Err(e) => FedResponse::Error(format!("could not record the card: {e}")),
+        }
     }
 
     async fn serve_request(
@@ -148,7 +229,7 @@ impl Federation {
                 let card_epoch = self.own_card().ok().flatten().map(|c| c.card.epoch).unwrap_or(0);
                 let links_back = self.links_back(&peer.card, remote);
                 if !links_back {
-                    self.record_inbound(&peer.card, *remote);
+                    self.record_inbound(&peer.card.signed, *remote);
                 }
                 FedResponse::HeartbeatAck {
                     seq,
@@ -156,52 +237,30 @@ impl Federation {
                     links_back,
                 }
             }
-            FedRequest::CardUpdate(card) => {
-                let ok = card.verify().is_ok() && card.card.cluster_id == peer.card.card.cluster_id;
-                if !ok {
-                    return FedResponse::Error("card update is not a valid card of your cluster".into());
-                }
-                let pinned = self
-                    .links()
-                    .map(|ls| {
-                        ls.iter()
-                            .any(|l| !l.is_removed() && l.pinned == Some(card.card.cluster_id))
-                    })
-                    .unwrap_or(false);
-                if pinned {
-                    let cmd = Command::UpdatePeerCard {
-                        cluster: card.card.cluster_id,
-                        card,
-                    };
-                    if let Err(e) = self.cluster.write(cmd).await {
-                        return FedResponse::Error(format!("could not record the card: {e}"));
-                    }
-                }
-                FedResponse::Ok
-            }
+            FedRequest::CardUpdate(card) => self.accept_card_update(peer, *card).await,
             FedRequest::CatalogQuery { after, limit } => {
                 if let Err(reason) = self.confirm_current().await {
                     return FedResponse::Error(reason);
                 }
-                self.serve_catalog_query(peer.card.card.cluster_id, after, limit)
+                self.serve_catalog_query(peer.card.cluster_id(), after, limit)
             }
             FedRequest::CatalogLookup { name } => {
                 if let Err(reason) = self.confirm_current().await {
                     return FedResponse::Error(reason);
                 }
-                self.serve_catalog_lookup(peer.card.card.cluster_id, &name)
+                self.serve_catalog_lookup(peer.card.cluster_id(), &name)
             }
             FedRequest::CatalogChanged { changes } => {
-                self.accept_catalog_changes(peer.card.card.cluster_id, changes).await
+                self.accept_catalog_changes(peer.card.cluster_id(), changes).await
             }
             FedRequest::PushOffer { name, version } => {
-                self.accept_push_offer(peer.card.card.cluster_id, name, version).await
+                self.accept_push_offer(peer.card.cluster_id(), name, version).await
             }
             FedRequest::WriteBack { name, bundle } => {
                 let mirroring = self.mirroring.get().and_then(|w| w.upgrade());
                 match mirroring {
                     Some(m) => {
-                        m.accept_write_back(peer.card.card.cluster_id, *remote, &name, &bundle)
+                        m.accept_write_back(peer.card.cluster_id(), *remote, &name, &bundle)
                             .await
                     }
                     None => FedResponse::Error("node is starting".into()),
@@ -313,7 +372,7 @@ impl ProtocolHandler for FedService {
             let conn = conn.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let cluster = peer.card.card.cluster_id;
+                let cluster = peer.card.cluster_id();
                 let linked = matches!(fed.relation(cluster), causeway_policy::PeerRelation::Linked(_));
                 let resp = match fed.limits.read_request(&mut recv, limits::request_limit(linked)).await {
                     Ok(request) => {

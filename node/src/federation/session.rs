@@ -1,4 +1,4 @@
-//! Both halves of the `causeway/fed/1` handshake over an iroh connection, and one-request
+//! Both halves of the `causeway/fed/2` handshake over an iroh connection, and one-request
 //! streams after it, control requests ahead of bulk ones. The checks themselves are the pure
 //! ones in `causeway_proto::fed`.
 
@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use causeway_proto::{
     EndpointKey,
-    card::SignedCard,
-    fed::{Auth, Expectation, FedRequest, FedResponse, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_peer, prove},
+    fed::{
+        Auth, Expectation, FedRequest, FedResponse, HandshakeError, Hello, HelloReply, MAX_FED_FRAME, Welcome,
+        check_card, prove, verify_proof,
+    },
+    rotation::{KeyVerdict, KeyedCard},
 };
 use causeway_raft::wire;
 use iroh::endpoint::Connection;
@@ -37,25 +40,52 @@ pub fn priority(req: &FedRequest) -> i32 {
     }
 }
 
-/// This cluster's credentials for a handshake.
+/// This cluster's credentials for a handshake: its card under its current key, and that key's
+/// secret.
 pub struct OwnSide {
     pub endpoint: EndpointKey,
-    pub card: SignedCard,
+    pub card: KeyedCard,
     pub secret: [u8; 32],
 }
 
 /// What the dialer learned from a successful handshake.
 pub struct Dialed {
-    pub card: SignedCard,
+    pub card: KeyedCard,
     pub links_back: bool,
+    pub verdict: KeyVerdict,
+}
+
+/// Why a dial's handshake failed; `Refused` carries the check that failed on our side.
+#[derive(Debug)]
+pub enum DialError {
+    Refused(HandshakeError),
+    /// The listener's full card was refused (kept: a key conflict is recorded with it).
+    RefusedCard(HandshakeError, Box<KeyedCard>),
+    Other(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Refused(e) | DialError::RefusedCard(e, _) => write!(f, "refused peer: {e}"),
+            DialError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for DialError {
+    fn from(e: String) -> Self {
+        DialError::Other(e)
+    }
 }
 
 fn s(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// The dialer's half: verify the listener's card and proof, prove ourselves, await the verdict.
-pub async fn dial_handshake(conn: &Connection, own: &OwnSide, expect: &Expectation) -> Result<Dialed, String> {
+/// The dialer's half: check the listener's proof, prove ourselves, then check the full card the
+/// listener sends once it accepted us against the key it proved.
+pub async fn dial_handshake(conn: &Connection, own: &OwnSide, expect: &Expectation) -> Result<Dialed, DialError> {
     let remote = EndpointKey(*conn.remote_id().as_bytes());
     let (mut send, mut recv) = conn.open_bi().await.map_err(s)?;
     let challenge: [u8; 32] = rand::random();
@@ -63,22 +93,56 @@ pub async fn dial_handshake(conn: &Connection, own: &OwnSide, expect: &Expectati
         .await
         .map_err(s)?;
     let reply: HelloReply = wire::read_frame(&mut recv, MAX_FED_FRAME).await.map_err(s)?;
-    let (card, proof, their_challenge) = match reply {
-        HelloReply::Card { card, proof, challenge } => (*card, proof, challenge),
-        HelloReply::Refused(r) => return Err(format!("peer refused the handshake: {r}")),
+    let (cluster_id, key, proof, their_challenge) = match reply {
+        HelloReply::Card {
+            cluster_id,
+            key,
+            proof,
+            challenge,
+        } => (cluster_id, key, proof, challenge),
+        HelloReply::Refused(r) => return Err(format!("peer refused the handshake: {r}").into()),
     };
-    check_peer(&card, &proof, &challenge, &remote, &own.endpoint, expect).map_err(|e| format!("refused peer: {e}"))?;
-    let my_proof = prove(&own.secret, &their_challenge, &own.endpoint, &remote, &own.card.card);
+    verify_proof(&cluster_id, &key, &proof, &challenge, &remote, &own.endpoint).map_err(DialError::Refused)?;
+    if let Some(pinned) = expect.pinned
+        && pinned != cluster_id
+    {
+        return Err(DialError::Refused(HandshakeError::PinnedMismatch {
+            pinned,
+            presented: cluster_id,
+        }));
+    }
+    let my_proof = prove(
+        &own.secret,
+        &their_challenge,
+        &own.endpoint,
+        &remote,
+        &own.card.cluster_id(),
+        &own.card.key,
+    );
     let auth = Auth {
         card: own.card.clone(),
         proof: my_proof,
     };
     wire::write_frame(&mut send, &auth, MAX_FED_FRAME).await.map_err(s)?;
     send.finish().map_err(s)?;
-    match wire::read_frame::<Welcome>(&mut recv, MAX_FED_FRAME).await.map_err(s)? {
-        Welcome::Accepted { links_back } => Ok(Dialed { card, links_back }),
-        Welcome::Refused(r) => Err(format!("peer refused us: {r}")),
+    let (card, links_back) = match wire::read_frame::<Welcome>(&mut recv, MAX_FED_FRAME).await.map_err(s)? {
+        Welcome::Accepted { links_back, card } => (*card, links_back),
+        Welcome::Refused(r) => return Err(format!("peer refused us: {r}").into()),
+    };
+    if card.cluster_id() != cluster_id || card.key != key {
+        return Err(DialError::Refused(HandshakeError::CardNotProved(
+            "another cluster or key".into(),
+        )));
     }
+    let verdict = match check_card(&card, &remote, expect) {
+        Ok(v) => v,
+        Err(e) => return Err(DialError::RefusedCard(e, Box::new(card))),
+    };
+    Ok(Dialed {
+        card,
+        links_back,
+        verdict,
+    })
 }
 
 /// One request on its own stream (at the request's [`priority`]), answered by one response.

@@ -1,16 +1,18 @@
 //! The leader's outbound link work, done once per cluster: keep this cluster's card current
-//! (a new epoch whenever members or addresses change) and tell linked peers; heartbeat every
+//! (a new epoch whenever members or addresses change, a new key when a member left) and tell
+//! linked peers; heartbeat every
 //! link, dialling and handshaking as needed; pin a peer at its first handshake; say goodbye to
 //! removed links. When leadership moves, the new leader takes over from a clean slate. The
 //! change notifier runs beside it ([`super::notify`]), woken by commits rather than this tick.
 
 use std::{sync::Arc, time::Duration};
 
-use causeway_catalog::{Command, CommandResult, links::LinkRecord};
+use causeway_catalog::{Command, CommandResult, Rejection, links::LinkRecord};
 use causeway_proto::{
     EndpointKey,
     card::{CardMember, ClusterCard, SignedCard},
     fed::{Expectation, FedRequest, FedResponse},
+    rotation::{KeyError, KeyVerdict, KeyedCard},
 };
 use iroh::{EndpointAddr, EndpointId, endpoint::Connection};
 use openraft::async_runtime::watch::WatchReceiver as _;
@@ -39,6 +41,8 @@ impl Federation {
         let mut next_resync = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(tick).await;
+            // Every member signs a key rotation the leader started.
+            self.sign_pending_rotation().await;
             let leader = self.cluster.is_leader();
             if !leader {
                 if was_leader {
@@ -81,7 +85,7 @@ impl Federation {
     }
 
     /// The card this cluster should publish now, from the Raft membership.
-    fn desired_card(&self) -> Option<ClusterCard> {
+    pub(super) fn desired_card(&self) -> Option<ClusterCard> {
         let identity = self.identity().ok().flatten()?;
         let m = self.cluster.raft().metrics().borrow_watched().clone();
         let mut members: Vec<CardMember> = m
@@ -104,39 +108,91 @@ impl Federation {
         })
     }
 
-    async fn refresh_own_card(&self) -> Result<(), String> {
-        let Some(mut desired) = self.desired_card() else {
+    /// Publishes a new card when the membership changed. A member that left makes the key
+    /// rotate first (the rotation publishes the card); a card still under the previous key
+    /// (a rotation whose card was not published) is replaced and sent to every linked peer.
+    async fn refresh_own_card(self: &Arc<Self>) -> Result<(), String> {
+        let Some(desired) = self.desired_card() else {
             return Ok(());
         };
+        let key = self.own_key().map_err(|e| e.to_string())?.ok_or("no identity")?;
         let current = self.own_card().map_err(|e| e.to_string())?;
-        if let Some(c) = &current
-            && c.card.members == desired.members
-            && c.card.name == desired.name
-        {
+        let Some(c) = &current else {
+            return self.publish_card(desired, false).await;
+        };
+        if c.verify_as(&key.key).is_err() {
+            return self.publish_card(desired, true).await;
+        }
+        if c.card.members.iter().any(|m| !desired.lists(&m.endpoint)) {
+            // The departed member knows the current key: replace it before anything else.
+            let view = self.rotate_key().await.map_err(|e| e.to_string())?;
+            tracing::info!(
+                generation = view.generation,
+                signers = view.signers,
+                "rotated the cluster key after a member left"
+            );
             return Ok(());
         }
+        if c.card.members == desired.members && c.card.name == desired.name {
+            return Ok(());
+        }
+        self.publish_card(desired, false).await
+    }
+
+    /// Signs `desired` as the next epoch under the current key, records it, and tells peers:
+    /// those with a live session, or (`all_links`, after a rotation) every linked peer.
+    pub(super) async fn publish_card(
+        self: &Arc<Self>,
+        mut desired: ClusterCard,
+        all_links: bool,
+    ) -> Result<(), String> {
+        let key = self.own_key().map_err(|e| e.to_string())?.ok_or("no identity")?;
+        let current = self.own_card().map_err(|e| e.to_string())?;
         desired.epoch = current.map(|c| c.card.epoch).unwrap_or(0) + 1;
-        let secret = self
-            .identity()
-            .map_err(|e| e.to_string())?
-            .ok_or("no identity")?
-            .cluster_secret;
-        let card = SignedCard::sign(desired, &secret);
+        let card = SignedCard::sign_as(desired, &key.key, &key.secret.0);
         let epoch = card.card.epoch;
         match self.cluster.write(Command::SetOwnCard { card: card.clone() }).await {
             Ok(CommandResult::Applied) => {
-                tracing::info!(epoch, "published a new cluster card");
-                let sessions: Vec<Connection> = self.live().sessions.values().cloned().collect();
-                for conn in sessions {
-                    let card = card.clone();
-                    tokio::spawn(async move {
-                        let _ = session::request(&conn, &FedRequest::CardUpdate(card)).await;
-                    });
-                }
+                tracing::info!(epoch, generation = key.key.generation, "published a new cluster card");
+                let keyed = KeyedCard {
+                    signed: card,
+                    key: key.key,
+                    rotation: key.statement,
+                };
+                self.announce_card(keyed, all_links);
                 Ok(())
             }
             Ok(other) => Err(format!("card not recorded: {other:?}")),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Sends `card` to peers at once, on their live sessions, or to every linked peer (dialling
+    /// those without one: the handshake itself then carries the card).
+    fn announce_card(self: &Arc<Self>, card: KeyedCard, all_links: bool) {
+        if !all_links {
+            let sessions: Vec<Connection> = self.live().sessions.values().cloned().collect();
+            for conn in sessions {
+                let card = card.clone();
+                tokio::spawn(async move {
+                    let _ = session::request(&conn, &FedRequest::CardUpdate(Box::new(card))).await;
+                });
+            }
+            return;
+        }
+        let links = self.links().unwrap_or_default();
+        for link in links.into_iter().filter(|l| !l.is_removed() && l.pinned.is_some()) {
+            let fed = self.clone();
+            let card = card.clone();
+            tokio::spawn(async move {
+                match fed.session(&link).await {
+                    Ok(conn) => match session::request(&conn, &FedRequest::CardUpdate(Box::new(card))).await {
+                        Ok(FedResponse::Ok) => {}
+                        other => tracing::warn!(link = %link.name, answer = ?other, "peer did not take our new card"),
+                    },
+                    Err(e) => tracing::warn!(link = %link.name, error = %e, "could not send our new card"),
+                }
+            });
         }
     }
 
@@ -165,6 +221,10 @@ impl Federation {
 
     async fn heartbeat(self: Arc<Self>, link: LinkRecord, seq: u64) {
         let outcome = async {
+            if self.awaits_confirmation(&link) {
+                // The admin confirmed the peer: handshake again to take its card.
+                self.drop_session(&link.name);
+            }
             let conn = self.session(&link).await?;
             let own_epoch = self.own_card().ok().flatten().map(|c| c.card.epoch).unwrap_or(0);
             match session::request(
@@ -231,7 +291,10 @@ impl Federation {
             return Ok(c);
         }
         let (conn, dialed) = self.dial_link(link).await?;
-        self.after_handshake(link, &dialed).await;
+        if let Err(reason) = self.after_handshake(link, &dialed).await {
+            conn.close(super::server::CLOSE_REFUSED.into(), b"card refused");
+            return Err(reason);
+        }
         self.live().sessions.insert(link.name.clone(), conn.clone());
         Ok(conn)
     }
@@ -248,27 +311,34 @@ impl Federation {
         self.dialing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Dials the link's peer endpoints in turn and handshakes with the first that answers.
+    /// Whether the admin confirmed this link's peer and its next card is awaited.
+    fn awaits_confirmation(&self, link: &LinkRecord) -> bool {
+        link.pinned.is_some_and(|c| {
+            self.read(|t| causeway_catalog::keys::held_key(t, &c))
+                .is_ok_and(|k| k.confirm)
+        })
+    }
+
+    /// Dials the link's peer endpoints in turn and handshakes with the first that answers
+    /// (first the endpoint an admin confirmed, if any).
     pub(crate) async fn dial_link(&self, link: &LinkRecord) -> Result<(Connection, Dialed), String> {
-        let identity = self
-            .identity()
-            .map_err(|e| e.to_string())?
-            .ok_or("cluster has no identity yet")?;
-        let own_card = self
-            .own_card()
+        let (secret, card) = self
+            .own_keyed_card()
             .map_err(|e| e.to_string())?
             .ok_or("cluster has no card yet")?;
         let own = OwnSide {
             endpoint: self.local,
-            card: own_card,
-            secret: identity.cluster_secret,
+            card,
+            secret,
         };
-        let expect = Expectation {
-            pinned: link.pinned,
-            known_epoch: link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0),
-        };
+        let expect = self.expectation(Some(link)).map_err(|e| e.to_string())?;
+        let mut targets = link.dial_targets();
+        if expect.held.as_ref().is_some_and(|h| h.confirm) {
+            targets.retain(|(e, _)| *e != link.endpoint);
+            targets.insert(0, (link.endpoint, link.addrs.clone()));
+        }
         let mut last_error = String::from("no endpoint to dial");
-        for (endpoint, addrs) in link.dial_targets() {
+        for (endpoint, addrs) in targets {
             match self.dial(&endpoint, &addrs, &own, &expect).await {
                 Ok(found) => return Ok(found),
                 Err(e) => last_error = format!("{}: {e}", endpoint.short()),
@@ -297,34 +367,52 @@ impl Federation {
             Ok(Ok(d)) => Ok((conn, d)),
             Ok(Err(e)) => {
                 conn.close(super::server::CLOSE_REFUSED.into(), b"handshake refused");
-                Err(e)
+                if let session::DialError::RefusedCard(
+                    causeway_proto::fed::HandshakeError::Key(KeyError::Conflict(_)),
+                    card,
+                ) = &e
+                    && let Ok(Some(link)) = self.link_pinned_to(&card.cluster_id())
+                {
+                    // Recorded through Raft, so every member refuses both keys from now on.
+                    self.record_peer_card(&link.name, (**card).clone());
+                }
+                Err(e.to_string())
             }
             Err(_) => Err("handshake timed out".into()),
         }
     }
 
-    /// Pins the peer at the first handshake, or records a newer card.
-    async fn after_handshake(&self, link: &LinkRecord, dialed: &Dialed) {
+    /// Pins the peer at the first handshake, or records a newer card or key; the state
+    /// machine decides, and a card it refuses (say, one claiming another peer's endpoint) ends
+    /// the session.
+    async fn after_handshake(&self, link: &LinkRecord, dialed: &Dialed) -> Result<(), String> {
         let known = link.card.as_ref().map(|c| c.card.epoch).unwrap_or(0);
-        let cmd = match link.pinned {
-            None => Command::PinLink {
-                name: link.name.clone(),
-                card: dialed.card.clone(),
-            },
-            Some(cluster) if dialed.card.card.epoch > known => Command::UpdatePeerCard {
-                cluster,
-                card: dialed.card.clone(),
-            },
-            Some(_) => return,
+        let newer = link.pinned.is_none() || dialed.verdict != KeyVerdict::Same || dialed.card.epoch() > known;
+        if !newer {
+            return Ok(());
+        }
+        let cmd = Command::PeerCard {
+            link: link.name.clone(),
+            card: Box::new(dialed.card.clone()),
         };
         match self.cluster.write(cmd).await {
             Ok(CommandResult::Link(l)) => {
-                tracing::info!(link = %l.name, cluster = ?l.pinned, epoch = ?l.card.as_ref().map(|c| c.card.epoch), "peer card recorded");
+                tracing::info!(link = %l.name, cluster = ?l.pinned, epoch = ?l.card.as_ref().map(|c| c.card.epoch), generation = dialed.card.key.generation, "peer card recorded");
+                Ok(())
             }
-            Ok(other) => tracing::warn!(link = %link.name, result = ?other, "peer card not recorded"),
-            Err(e) => tracing::warn!(link = %link.name, error = %e, "peer card not recorded"),
+            Ok(CommandResult::Rejected(Rejection::StaleCard { .. })) => Ok(()),
+            Ok(CommandResult::Rejected(r)) => {
+                let reason = format!("peer card refused: {r}");
+                tracing::warn!(link = %link.name, %reason, "peer card not recorded");
+                self.record_refusal(&link.name, reason.clone());
+                Err(reason)
+            }
+            Ok(other) => Err(format!("peer card not recorded: {other:?}")),
+            Err(e) => {
+                tracing::warn!(link = %link.name, error = %e, "peer card not recorded");
+                Ok(())
+            }
         }
-        let _ = dialed.links_back;
     }
 
     /// Tells peers of removed links goodbye and closes their connections.

@@ -457,9 +457,16 @@ impl CraftedCluster {
         else {
             panic!("listener refused hello");
         };
-        let card = self.card();
+        let card = causeway_proto::rotation::KeyedCard::first(self.card());
         let auth = Auth {
-            proof: prove(&self.secret, &challenge, &self.key(), &remote, &card.card),
+            proof: prove(
+                &self.secret,
+                &challenge,
+                &self.key(),
+                &remote,
+                &card.cluster_id(),
+                &card.key,
+            ),
             card,
         };
         wire::write_frame(&mut send, &auth, MAX_FED_FRAME).await.expect("auth");
