@@ -881,14 +881,23 @@ impl Mirroring {
                         };
                         match self.cluster.write(cmd).await {
                             Ok(CommandResult::Resource(_)) => FedResponse::Ok,
-                            other => FedResponse::Error(format!("new version not recorded: {other:?}")),
+                            other => write_back_failed(name, format!("new version not recorded: {other:?}")),
                         }
                     }
                     Ok(None) => FedResponse::Ok,
-                    Err(e) => FedResponse::Error(e.to_string()),
+                    Err(e) => write_back_failed(name, e),
                 }
             }
-            Err(e) => FedResponse::Error(e.to_string()),
+            Err(e) => write_back_failed(name, e),
         }
     }
+}
+
+/// A write-back that failed here: the peer learns that it failed, the log learns why. The
+/// details name local paths and carry git's own messages, which are not the peer's to read.
+fn write_back_failed(name: &str, detail: impl std::fmt::Display) -> causeway_proto::fed::FedResponse {
+    tracing::warn!(resource = name, error = %detail, "write-back failed");
+    causeway_proto::fed::FedResponse::Error(
+        "the write-back could not be applied here; the origin's log says why".into(),
+    )
 }

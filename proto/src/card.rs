@@ -173,6 +173,11 @@ impl SignedCard {
         if c.name.len() > MAX_CARD_NAME {
             return Err(CardError::Malformed("name too long".into()));
         }
+        // The name is shown to admins (`link list`): no control characters that could rewrite
+        // what their terminal shows.
+        if c.name.chars().any(char::is_control) {
+            return Err(CardError::Malformed("name holds control characters".into()));
+        }
         if key.generation == 0 && key.key != c.cluster_id {
             return Err(CardError::FirstKeyMismatch);
         }
@@ -210,6 +215,12 @@ mod tests {
         let mut tampered = signed.clone();
         tampered.card.epoch = 2;
         assert!(matches!(tampered.verify(), Err(CardError::BadSignature(_))));
+        let mut named = card(&secret);
+        named.name = "peer-b\x1b[2K\r".into();
+        assert!(matches!(
+            SignedCard::sign(named, &secret).verify(),
+            Err(CardError::Malformed(_))
+        ));
         let mut bad_sig = signed.clone();
         bad_sig.signature[3] ^= 1;
         assert!(matches!(bad_sig.verify(), Err(CardError::BadSignature(_))));

@@ -228,7 +228,12 @@ impl Federation {
             last_seen_ms: 0,
             card_epoch: c.epoch,
         });
+        // Only endpoints the newest card lists (the handshake checked it lists this one): one
+        // cluster key signing card after card of made-up endpoints would otherwise grow the
+        // set without bound. A card lists at most `MAX_CARD_MEMBERS`.
+        entry.endpoints.retain(|e| c.lists(e));
         entry.endpoints.insert(endpoint);
+        debug_assert!(entry.endpoints.len() <= causeway_proto::card::MAX_CARD_MEMBERS);
         entry.last_seen_ms = now_ms();
         entry.card_epoch = entry.card_epoch.max(c.epoch);
         entry.name = c.name.clone();

@@ -296,8 +296,10 @@ impl Federation {
             .ok()
             .flatten();
         // A name held here by anything but a mirror of the sender is not the sender's to fill.
+        // A link that takes no pushes gets one answer whatever the name, so that its offers
+        // cannot tell it which names exist here.
         let subscription = match &local {
-            Some(r) if r.mirror_of != Some(origin) => None,
+            Some(r) if r.mirror_of != Some(origin) && link_takes_pushes => None,
             _ => Some(Subscription {
                 origin,
                 accept_push: link_takes_pushes,
