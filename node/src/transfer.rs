@@ -854,6 +854,23 @@ impl Mirroring {
             return FedResponse::Error(format!("write-back bundle is larger than {MAX_WRITE_BACK_BYTES} bytes"));
         }
         let _one_at_a_time = self.publishing.lock().await;
+        // Decided again on current state right before the refs move: the fetch may have taken
+        // long enough for the share or the link to go.
+        let still = match self.fed.confirm_current().await {
+            Ok(()) => {
+                let rules = self.local_resource(name).ok().flatten().map(|r| r.shares);
+                causeway_policy::decide(
+                    &self.fed.relation(from),
+                    rules.as_deref(),
+                    causeway_policy::Action::WriteBack,
+                )
+            }
+            Err(reason) => return FedResponse::Error(reason),
+        };
+        if let causeway_policy::Decision::Deny(reason) = still {
+            tracing::info!(resource = name, peer = %from, %reason, "write-back refused by policy after its fetch");
+            return FedResponse::Denied(reason.peer_visible().to_string());
+        }
         match self.content.apply_bundle_blob(root, std::path::Path::new(&path)).await {
             Ok(outcome) if !outcome.refused.is_empty() => {
                 let names: Vec<String> = outcome.refused.iter().map(|r| r.name.clone()).collect();
