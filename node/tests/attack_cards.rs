@@ -92,13 +92,18 @@ async fn dial_as(
     secret: &[u8; 32],
 ) -> (Result<Welcome, String>, Option<Connection>) {
     let run = async {
-        let conn = ep.connect(target, causeway_proto::alpn::FED).await.map_err(|e| e.to_string())?;
+        let conn = ep
+            .connect(target, causeway_proto::alpn::FED)
+            .await
+            .map_err(|e| e.to_string())?;
         let remote = EndpointKey(*conn.remote_id().as_bytes());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         wire::write_frame(&mut send, &Hello { challenge: [1; 32] }, MAX_FED_FRAME)
             .await
             .map_err(|e| e.to_string())?;
-        let reply: HelloReply = wire::read_frame(&mut recv, MAX_FED_FRAME).await.map_err(|e| e.to_string())?;
+        let reply: HelloReply = wire::read_frame(&mut recv, MAX_FED_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
         let HelloReply::Card { challenge, .. } = reply else {
             return Err("listener refused hello".to_string());
         };
@@ -106,9 +111,13 @@ async fn dial_as(
             proof: prove(secret, &challenge, &key_of(ep), &remote, &card.cluster_id(), &card.key),
             card: card.clone(),
         };
-        wire::write_frame(&mut send, &auth, MAX_FED_FRAME).await.map_err(|e| e.to_string())?;
+        wire::write_frame(&mut send, &auth, MAX_FED_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        let w: Welcome = wire::read_frame(&mut recv, MAX_FED_FRAME).await.map_err(|e| e.to_string())?;
+        let w: Welcome = wire::read_frame(&mut recv, MAX_FED_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((w, conn))
     };
     match run.await {
@@ -150,7 +159,14 @@ impl ProtocolHandler for CraftedPeer {
         let reply = HelloReply::Card {
             cluster_id: card.cluster_id(),
             key: card.key,
-            proof: prove(&secret, &hello.challenge, &self.me, &remote, &card.cluster_id(), &card.key),
+            proof: prove(
+                &secret,
+                &hello.challenge,
+                &self.me,
+                &remote,
+                &card.cluster_id(),
+                &card.key,
+            ),
             challenge: [3; 32],
         };
         if wire::write_frame(&mut send, &reply, MAX_FED_FRAME).await.is_err()
@@ -265,7 +281,14 @@ async fn a_removed_member_cannot_speak_for_its_old_cluster() {
     // A rotation forged with the old key alone, or with the removed node's signature too.
     let forged_key = [77u8; 32];
     for signers in [vec![], vec![node_key.to_bytes()]] {
-        let forged = rotated(cluster, (&first, &old_secret), &forged_key, &signers, 2_000_000_000_000, &[me]);
+        let forged = rotated(
+            cluster,
+            (&first, &old_secret),
+            &forged_key,
+            &signers,
+            2_000_000_000_000,
+            &[me],
+        );
         let (w, _) = dial_as(&attacker, addr_of(&p), &forged, &forged_key).await;
         let r = refusal(&w);
         assert!(r.contains("another key"), "{r}");
@@ -300,7 +323,10 @@ async fn conflicting_rotations_fail_the_link_until_an_admin_confirms() {
     let first = CardKey::first(cluster);
     let peer = CraftedPeer {
         me,
-        state: Arc::new(Mutex::new((k0, KeyedCard::first(card_under(&k0, &first, cluster, 1, &members))))),
+        state: Arc::new(Mutex::new((
+            k0,
+            KeyedCard::first(card_under(&k0, &first, cluster, 1, &members)),
+        ))),
     };
     let router = Router::builder(t.clone())
         .accept(causeway_proto::alpn::FED, peer.clone())

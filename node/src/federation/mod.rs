@@ -85,6 +85,8 @@ pub struct Federation {
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// One key rotation at a time (an admin's and the one after a member removal).
     rotating: tokio::sync::Mutex<()>,
+    /// When the leader may try again an automatic rotation that failed (no Raft entry per tick).
+    rotation_retry_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Federation {
@@ -115,6 +117,7 @@ impl Federation {
             notifier: notify::Notifier::default(),
             dialing: Mutex::new(HashMap::new()),
             rotating: tokio::sync::Mutex::new(()),
+            rotation_retry_at: Mutex::new(None),
         })
     }
 

@@ -129,7 +129,10 @@ impl Federation {
         if let Some(reason) = self.claims_elsewhere(&auth.card, &speaks_for) {
             tracing::warn!(peer = %remote, %reason, "refused federation handshake");
             if let Some(l) = &known {
-                self.record_refusal(&l.name, format!("refused inbound handshake from {}: {reason}", remote.short()));
+                self.record_refusal(
+                    &l.name,
+                    format!("refused inbound handshake from {}: {reason}", remote.short()),
+                );
             }
             let _ = wire::write_frame(&mut send, &Welcome::Refused(reason.clone()), MAX_FED_FRAME).await;
             let _ = send.finish();
@@ -159,13 +162,17 @@ impl Federation {
     /// Why `card` may not speak for the links named `links` (none: a cluster we do not link):
     /// it lists an endpoint that another link owns.
     pub(super) fn claims_elsewhere(&self, card: &KeyedCard, links: &[&str]) -> Option<String> {
-        card.signed.card.members.iter().find_map(|m| match self.link_owning(&m.endpoint) {
-            Ok(Some(owner)) if !links.contains(&owner.name.as_str()) => Some(format!(
-                "card claims endpoint {}, which belongs to {}",
-                m.endpoint, owner.name
-            )),
-            _ => None,
-        })
+        card.signed
+            .card
+            .members
+            .iter()
+            .find_map(|m| match self.link_owning(&m.endpoint) {
+                Ok(Some(owner)) if !links.contains(&owner.name.as_str()) => Some(format!(
+                    "card claims endpoint {}, which belongs to {}",
+                    m.endpoint, owner.name
+                )),
+                _ => None,
+            })
     }
 
     /// Records a peer's card through Raft in the background (the state machine decides).
