@@ -91,6 +91,8 @@ pub struct Federation {
     limits: limits::FedLimits,
     /// One key rotation at a time (an admin's and the one after a member removal).
     rotating: tokio::sync::Mutex<()>,
+    /// When the leader may try again an automatic rotation that failed (no Raft entry per tick).
+    rotation_retry_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Federation {
@@ -122,6 +124,7 @@ impl Federation {
             dialing: Mutex::new(HashMap::new()),
             limits: limits::FedLimits::default(),
             rotating: tokio::sync::Mutex::new(()),
+            rotation_retry_at: Mutex::new(None),
         })
     }
 

@@ -125,7 +125,20 @@ impl Federation {
         }
         if c.card.members.iter().any(|m| !desired.lists(&m.endpoint)) {
             // The departed member knows the current key: replace it before anything else.
+            let due = {
+                let now = std::time::Instant::now();
+                let mut retry = self.rotation_retry_at.lock().unwrap_or_else(|e| e.into_inner());
+                let due = retry.is_none_or(|at| now >= at);
+                if due {
+                    *retry = Some(now + super::rotation::ROTATION_SIGN_TIMEOUT);
+                }
+                due
+            };
+            if !due {
+                return Ok(());
+            }
             let view = self.rotate_key().await.map_err(|e| e.to_string())?;
+            *self.rotation_retry_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!(
                 generation = view.generation,
                 signers = view.signers,

@@ -9,6 +9,7 @@ use causeway_proto::{
     ClusterId, EndpointKey, InviteTicket, alpn,
     card::{CardMember, ClusterCard, SignedCard, cluster_id_of},
     fed::{Auth, CatalogEntry, FedRequest, FedResponse, Hello, HelloReply, Welcome, prove},
+    rotation::{KeyedCard, NodeSignature, RotationBody, RotationStatement},
     frame,
     join::{JoinRequest, JoinResponse},
     ticket::TicketMember,
@@ -53,6 +54,25 @@ fn sample_ticket() -> InviteTicket {
         invite_id: [3; 16],
         secret: [4; 32],
         expires_at_ms: 1_800_000_000_000,
+    }
+}
+
+/// The peer's card after a rotation to generation 1, signed by the old key and one member.
+fn rotated_card() -> KeyedCard {
+    let next = [91u8; 32];
+    let body = RotationBody {
+        cluster_id: cluster_id_of(&PEER_SECRET),
+        generation: 1,
+        new_key: cluster_id_of(&next),
+        previous_key: cluster_id_of(&PEER_SECRET),
+    };
+    let sigs = vec![NodeSignature::sign(&[92; 32], &body)];
+    let key = body.card_key();
+    let signed = SignedCard::sign_as(two_member_card().card, &key, &next);
+    KeyedCard {
+        signed,
+        key,
+        rotation: Some(RotationStatement::sign(body, &PEER_SECRET, sigs)),
     }
 }
 
@@ -140,6 +160,24 @@ fn commands() -> Vec<(&'static str, Command)> {
                 after: Some("a".into()),
                 upto: Some("z".into()),
                 entries: vec![catalog_db::peer_entry("m")],
+            },
+        ),
+        (
+            "peer-card-rotated",
+            Command::PeerCard {
+                link: "peer".into(),
+                card: Box::new(rotated_card()),
+            },
+        ),
+        (
+            "rotation-request",
+            Command::RotationRequest {
+                body: Box::new(RotationBody {
+                    cluster_id: cluster_id_of(&OWN_SECRET),
+                    generation: 1,
+                    new_key: cluster_id_of(&[93; 32]),
+                    previous_key: cluster_id_of(&OWN_SECRET),
+                }),
             },
         ),
         (
@@ -370,14 +408,16 @@ pub fn all() -> Vec<Seed> {
     add("card", "two-members", pc(&two_member_card()));
 
     // fed_messages
-    let peer_card = two_member_card();
-    let proof = prove(&PEER_SECRET, &CHALLENGE, &PEER_ENDPOINT, &LOCAL, &peer_card.card);
+    let peer_card = KeyedCard::first(two_member_card());
+    let id = peer_card.cluster_id();
+    let proof = prove(&PEER_SECRET, &CHALLENGE, &PEER_ENDPOINT, &LOCAL, &id, &peer_card.key);
     add("fed_messages", "hello", pc(&Hello { challenge: [5; 32] }));
     add(
         "fed_messages",
         "hello-reply-card",
         pc(&HelloReply::Card {
-            card: Box::new(peer_card.clone()),
+            cluster_id: id,
+            key: peer_card.key,
             proof,
             challenge: [6; 32],
         }),
@@ -395,7 +435,16 @@ pub fn all() -> Vec<Seed> {
             proof,
         }),
     );
-    add("fed_messages", "welcome", pc(&Welcome::Accepted { links_back: true }));
+    add(
+        "fed_messages",
+        "welcome",
+        pc(&Welcome::Accepted {
+            links_back: true,
+            card: Box::new(peer_card.clone()),
+        }),
+    );
+    let rotated = rotated_card();
+    add("fed_messages", "auth-rotated", pc(&Auth { card: rotated, proof }));
     add(
         "fed_messages",
         "welcome-refused",
@@ -439,7 +488,7 @@ pub fn all() -> Vec<Seed> {
                 ],
             },
         ),
-        ("card-update", FedRequest::CardUpdate(peer_card.clone())),
+        ("card-update", FedRequest::CardUpdate(Box::new(peer_card.clone()))),
         (
             "goodbye",
             FedRequest::Goodbye {

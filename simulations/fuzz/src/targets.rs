@@ -8,8 +8,12 @@ use causeway_catalog::{Command, state::CatalogSnapshot, validate};
 use causeway_policy::{Audience, ShareMode};
 use causeway_proto::{
     ClusterId, EndpointKey, InviteTicket, alpn,
-    card::{MAX_CARD_BYTES, MAX_CARD_MEMBERS, MAX_CARD_NAME, MAX_MEMBER_ADDRS, SignedCard, cluster_id_of},
-    fed::{Auth, Expectation, FedRequest, FedResponse, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_peer, prove},
+    card::{CardKey, MAX_CARD_BYTES, MAX_CARD_MEMBERS, MAX_CARD_NAME, MAX_MEMBER_ADDRS, SignedCard, cluster_id_of},
+    fed::{
+        Auth, Expectation, FedRequest, FedResponse, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_card, check_peer,
+        prove, verify_proof,
+    },
+    rotation::{KeyVerdict, KeyedCard},
     frame::{self, FrameError, PREFIX_LEN},
     join::{JoinRequest, JoinResponse, MAX_JOIN_FRAME},
     ticket::{MAX_TICKET_LEN, MAX_TICKET_MEMBERS, PREFIX as TICKET_PREFIX},
@@ -192,7 +196,7 @@ pub fn card(data: &[u8]) {
         assert!(c.lists(&m.endpoint));
         assert!(c.member(&m.endpoint).is_some());
     }
-    peer_checks(&signed, &[0; 64]);
+    peer_checks(&KeyedCard::first(signed.clone()), &[0; 64]);
 
     // Re-signed by a known cluster key.
     let secret = catalog_db::PEER_SECRET;
@@ -206,13 +210,16 @@ pub fn card(data: &[u8]) {
     );
     if shape_ok {
         let remote = resigned.card.members[0].endpoint;
-        let proof = prove(&secret, &CHALLENGE, &remote, &LOCAL, &resigned.card);
+        let id = resigned.card.cluster_id;
+        let proof = prove(&secret, &CHALLENGE, &remote, &LOCAL, &id, &CardKey::first(id));
         let pinned = Expectation {
-            pinned: Some(resigned.card.cluster_id),
+            pinned: Some(id),
             known_epoch: resigned.card.epoch,
+            ..Default::default()
         };
-        assert!(check_peer(&resigned, &proof, &CHALLENGE, &remote, &LOCAL, &pinned).is_ok());
-        assert!(check_peer(&resigned, &proof, &[78; 32], &remote, &LOCAL, &pinned).is_err());
+        let keyed = KeyedCard::first(resigned.clone());
+        assert!(check_peer(&keyed, &proof, &CHALLENGE, &remote, &LOCAL, &pinned).is_ok());
+        assert!(check_peer(&keyed, &proof, &[78; 32], &remote, &LOCAL, &pinned).is_err());
         let mut tampered = resigned.clone();
         tampered.card.epoch ^= 1;
         assert!(tampered.verify().is_err(), "a card with a changed epoch still verifies");
@@ -221,10 +228,11 @@ pub fn card(data: &[u8]) {
 
 /// `fed::check_peer` on a decoded card and proof, as the listener and the dialer run it, with
 /// no expectation, a matching pin and a wrong pin.
-fn peer_checks(card: &SignedCard, proof: &[u8; 64]) {
-    let claimed = card.card.cluster_id;
+fn peer_checks(card: &KeyedCard, proof: &[u8; 64]) {
+    let claimed = card.cluster_id();
     let remotes = [
-        card.card
+        card.signed
+            .card
             .members
             .first()
             .map(|m| m.endpoint)
@@ -235,26 +243,31 @@ fn peer_checks(card: &SignedCard, proof: &[u8; 64]) {
         Expectation::default(),
         Expectation {
             pinned: Some(claimed),
-            known_epoch: card.card.epoch.saturating_add(1),
+            known_epoch: card.epoch().saturating_add(1),
+            ..Default::default()
         },
         Expectation {
             pinned: Some(ClusterId([9; 32])),
-            known_epoch: 0,
+            ..Default::default()
         },
     ];
     for remote in &remotes {
         for expect in &expectations {
             match check_peer(card, proof, &CHALLENGE, remote, &LOCAL, expect) {
-                Ok(c) => {
-                    assert!(card.verify().is_ok() && c.lists(remote));
+                Ok(verdict) => {
+                    assert!(card.verify().is_ok() && card.signed.card.lists(remote));
                     if let Some(p) = expect.pinned {
-                        assert_eq!(p, c.cluster_id);
-                        assert!(c.epoch >= expect.known_epoch);
+                        assert_eq!(p, claimed);
+                        assert!(verdict != KeyVerdict::Same || card.epoch() >= expect.known_epoch);
                     }
                 }
                 Err(e) => {
                     let _ = e.to_string();
                 }
+            }
+            if let Ok(verdict) = check_card(card, remote, expect) {
+                assert!(card.verify().is_ok() && card.signed.card.lists(remote));
+                let _ = verdict;
             }
         }
     }
@@ -274,8 +287,16 @@ pub fn fed_messages(data: &[u8]) {
     if let Some(m) = decode_framed::<HelloReply>(data, MAX_FED_FRAME) {
         round_trip_eq(&m, n);
         match &m {
-            HelloReply::Card { card, proof, challenge } => {
-                peer_checks(card, proof);
+            HelloReply::Card {
+                cluster_id,
+                key,
+                proof,
+                challenge,
+            } => {
+                let remote = catalog_db::PEER_ENDPOINT;
+                if verify_proof(cluster_id, key, proof, &CHALLENGE, &remote, &LOCAL).is_ok() {
+                    assert!(key.generation > 0 || key.key == *cluster_id);
+                }
                 let _ = challenge;
             }
             HelloReply::Refused(reason) => {
@@ -289,6 +310,9 @@ pub fn fed_messages(data: &[u8]) {
     }
     if let Some(m) = decode_framed::<Welcome>(data, MAX_FED_FRAME) {
         round_trip_eq(&m, n);
+        if let Welcome::Accepted { card, .. } = &m {
+            peer_checks(card, &[0; 64]);
+        }
     }
     if let Some(m) = decode_framed::<FedRequest>(data, MAX_FED_FRAME) {
         round_trip_eq(&m, n);
