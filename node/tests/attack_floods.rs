@@ -97,7 +97,7 @@ impl ProtocolHandler for Peer {
                 &keyed.key,
             ),
             cluster_id: keyed.cluster_id(),
-            key: keyed.key.clone(),
+            key: keyed.key,
             challenge: [3; 32],
         };
         if wire::write_frame(&mut send, &reply, MAX_FED_FRAME).await.is_err()
