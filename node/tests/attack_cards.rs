@@ -262,12 +262,38 @@ async fn a_removed_member_cannot_speak_for_its_old_cluster() {
         causeway_catalog::keys::own_key(&txn).unwrap().unwrap().secret.0
     };
     assert_eq!(cluster_id_of(&old_secret), cluster);
+
+    // Before its removal, the member opens a federation session to the peer and keeps it.
+    let held_epoch = link_where(&p, "alpha", "with a card", |l| l["card_epoch"].is_u64())["card_epoch"]
+        .as_u64()
+        .unwrap();
+    let members: Vec<EndpointKey> = nodes.iter().map(|n| n.endpoint_id().parse().unwrap()).collect();
+    let honest = KeyedCard::first(card_under(
+        &old_secret,
+        &CardKey::first(cluster),
+        cluster,
+        held_epoch,
+        &members,
+    ));
+    let held = endpoint_with(node_key.clone()).await;
+    let (w, conn) = dial_as(&held, addr_of(&p), &honest, &old_secret).await;
+    assert!(matches!(w, Ok(Welcome::Accepted { .. })), "{w:?}");
+    let conn = conn.unwrap();
+
     let out = nodes[0].cli(&["cluster", "remove", &c_id]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The leader rotates at once and the peer follows without its admin.
     let l = link_where(&p, "alpha", "on key generation 1", |l| l["key_generation"] == 1);
     assert!(!endpoints_of(&l).contains(&c_id), "{l}");
+
+    // The session it held open no longer speaks for alpha: no catalog through it.
+    let body = causeway_proto::encode(&FedRequest::CatalogQuery { after: None, limit: 10 }, MAX_FED_FRAME).unwrap();
+    let mut bytes = causeway_proto::frame::prefix(body.len()).to_vec();
+    bytes.extend_from_slice(&body);
+    let r = fed_raw(&conn, &bytes).await;
+    assert!(!matches!(r, Ok(FedResponse::Catalog { .. })), "{r:?}");
+    held.close().await;
 
     // The removed member, with the old key: a card of a huge epoch listing only itself.
     let attacker = endpoint_with(node_key.clone()).await;

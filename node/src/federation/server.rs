@@ -224,6 +224,19 @@ impl Federation {
         req: FedRequest,
         conn: &Connection,
     ) -> FedResponse {
+        // A session speaks for its cluster only while that cluster's newest card we hold still
+        // lists its endpoint: a member its own cluster removed keeps no authority here through a
+        // connection it holds open. (A card no newer than the session's listed it at the
+        // handshake; one being recorded just now is newer only once applied.)
+        if let Ok(Some(link)) = self.link_pinned_to(&peer.card.cluster_id())
+            && let Some(held) = &link.card
+            && held.card.epoch > peer.card.epoch()
+            && !held.card.lists(remote)
+        {
+            tracing::info!(peer = %remote, "session of an endpoint its cluster no longer lists; closed");
+            conn.close(CLOSE_REFUSED.into(), b"no longer listed by its cluster");
+            return FedResponse::Error("this endpoint is no longer listed in its cluster's card".into());
+        }
         match req {
             FedRequest::Heartbeat { seq, .. } => {
                 let card_epoch = self.own_card().ok().flatten().map(|c| c.card.epoch).unwrap_or(0);
