@@ -37,6 +37,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_WAIT: Duration = Duration::from_secs(600);
 /// Pulls running at once on the leader.
 pub const MAX_CONCURRENT_PULLS: usize = 8;
+/// Of those, pulls from one origin at once: a peer that serves slowly (or trickles on
+/// purpose) holds at most these slots, never every one.
+pub const MAX_PULLS_PER_ORIGIN: usize = 2;
 
 pub use crate::content::layout::mirror_path;
 
@@ -74,6 +77,8 @@ pub struct Mirroring {
     stall_after: Duration,
     transfers: Mutex<BTreeMap<TransferKey, Transfer>>,
     running: tokio::sync::Semaphore,
+    /// Per origin, its share of `running` (an entry per origin ever pulled from: links only).
+    per_origin: Mutex<BTreeMap<ClusterId, Arc<tokio::sync::Semaphore>>>,
     in_flight: Mutex<std::collections::BTreeSet<String>>,
     /// Write-back bundles offered to origins: (root, origin cluster).
     offers: Mutex<Vec<(HashAndFormat, ClusterId)>>,
@@ -120,6 +125,7 @@ impl Mirroring {
             stall_after: Duration::from_millis(sync.stall_after_ms.max(100)),
             transfers: Mutex::new(BTreeMap::new()),
             running: tokio::sync::Semaphore::new(MAX_CONCURRENT_PULLS),
+            per_origin: Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(Default::default()),
             offers: Mutex::new(Vec::new()),
             replicate_cursor: Mutex::new(None),
@@ -235,6 +241,17 @@ impl Mirroring {
         peer_label: &str,
         guard: PullGuard,
     ) -> Result<Resource, NodeError> {
+        let origin_slots = self
+            .per_origin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(origin)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_PULLS_PER_ORIGIN)))
+            .clone();
+        let _origin_permit = origin_slots
+            .acquire_owned()
+            .await
+            .map_err(|_| NodeError::Refused("shutting down".into()))?;
         let _permit = self
             .running
             .acquire()

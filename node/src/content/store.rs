@@ -168,6 +168,7 @@ impl ContentStore {
         stall_after: std::time::Duration,
     ) -> Result<u64, NodeError> {
         let mut stream = std::pin::pin!(self.store.remote().fetch(conn, root).stream());
+        let mut pace = Pace::new(std::time::Instant::now());
         loop {
             // A peer that stops sending (killed, partitioned) must not hold the transfer forever.
             let item = match tokio::time::timeout(stall_after, stream.next()).await {
@@ -181,7 +182,10 @@ impl ContentStore {
                 }
             };
             match item {
-                GetProgressItem::Progress(n) => progress(n),
+                GetProgressItem::Progress(n) => {
+                    pace.observe(n, std::time::Instant::now())?;
+                    progress(n)
+                }
                 GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
                 GetProgressItem::Error(e) => return Err(NodeError::Refused(format!("transfer failed: {e}"))),
             }
@@ -298,5 +302,62 @@ mod tests {
         std::fs::remove_file(out.join("big")).expect("remove mirror");
         assert!(store.is_complete(big_root).await);
         store.shutdown().await;
+    }
+}
+
+/// Least a transfer must move in every [`PROGRESS_WINDOW`]: about 4 KiB/s, far below any real
+/// link, so only a peer that trickles on purpose (to hold a transfer slot) falls under it.
+pub const MIN_PROGRESS_PER_WINDOW: u64 = 256 << 10;
+/// The span over which a transfer's progress is judged.
+pub const PROGRESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Judges a transfer's pace window by window from its cumulative byte count.
+struct Pace {
+    window_start: std::time::Instant,
+    bytes_at_start: u64,
+}
+
+impl Pace {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            window_start: now,
+            bytes_at_start: 0,
+        }
+    }
+
+    /// `bytes`: the transfer's bytes so far. Refuses a window that moved too little.
+    fn observe(&mut self, bytes: u64, now: std::time::Instant) -> Result<(), NodeError> {
+        if now.duration_since(self.window_start) < PROGRESS_WINDOW {
+            return Ok(());
+        }
+        let moved = bytes.saturating_sub(self.bytes_at_start);
+        if moved < MIN_PROGRESS_PER_WINDOW {
+            return Err(NodeError::Refused(format!(
+                "transfer too slow: {moved} bytes in {} s (at least {MIN_PROGRESS_PER_WINDOW} needed)",
+                PROGRESS_WINDOW.as_secs()
+            )));
+        }
+        self.window_start = now;
+        self.bytes_at_start = bytes;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn a_trickle_is_given_up_and_a_real_pace_is_not() {
+        let t0 = std::time::Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(pace.observe(10, t0 + PROGRESS_WINDOW / 2).is_ok());
+        assert!(pace.observe(10 + MIN_PROGRESS_PER_WINDOW, t0 + PROGRESS_WINDOW).is_ok());
+        // The next window starts where this one ended: a trickle in it is refused.
+        let t1 = t0 + PROGRESS_WINDOW;
+        assert!(
+            pace.observe(20 + MIN_PROGRESS_PER_WINDOW, t1 + PROGRESS_WINDOW)
+                .is_err()
+        );
     }
 }
