@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod health;
 mod lookup;
 pub mod notify;
+mod own_card;
 pub mod rotation;
 pub mod server;
 pub mod session;
