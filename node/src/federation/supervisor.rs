@@ -166,7 +166,13 @@ impl Federation {
     /// else a new one, dialling its endpoints in turn (one dial per link at a time).
     pub(crate) async fn session(&self, link: &LinkRecord) -> Result<Connection, String> {
         if let Some(c) = self.live_session(&link.name) {
-            return Ok(c);
+            // A session to an endpoint the peer's card no longer lists (a member it removed,
+            // which may still run and answer under the old key) is not the peer any more.
+            let remote = EndpointKey(*c.remote_id().as_bytes());
+            if link.card.as_ref().is_none_or(|card| card.card.lists(&remote)) {
+                return Ok(c);
+            }
+            self.drop_session(&link.name);
         }
         let gate = self.dialing().entry(link.name.clone()).or_default().clone();
         let _dialing = gate.lock().await;
