@@ -528,3 +528,43 @@ async fn a_card_claiming_another_peers_endpoint_is_refused() {
     conn.close(0u32.into(), b"done");
     router.shutdown().await.unwrap();
 }
+
+#[test]
+fn a_rotation_without_a_majority_waits_for_the_peers_admin() {
+    let h = Harness::new();
+    let mut a = h.init("a");
+    a.start();
+    let mut b = h.join("b", &a);
+    b.start();
+    wait_for_voters(&a, 2);
+    let mut p = h.init("p");
+    p.start();
+    link_add(&p, &a, "alpha");
+    link_add(&a, &p, "peer");
+    link_where(&p, "alpha", "pinned on two members", |l| {
+        l["state"] == "active" && endpoints_of(l).len() == 2
+    });
+
+    // Two members to one: the remaining member alone cannot be a majority of the previous card.
+    let out = a.cli(&["cluster", "remove", &b.endpoint_id()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    b.kill9();
+    let l = link_where(&p, "alpha", "refusing the new key", |l| {
+        l["reason"].as_str().is_some_and(|r| r.contains("majority"))
+    });
+    assert_eq!(l["key_generation"], 0, "{l}");
+
+    // Its admin confirms the cluster: the new key is taken.
+    let out = p.cli(&[
+        "link",
+        "add",
+        &a.endpoint_id(),
+        "--addr",
+        &format!("127.0.0.1:{}", a.port),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = link_where(&p, "alpha", "on generation 1 after the confirmation", |l| {
+        l["state"] == "active" && l["key_generation"] == 1
+    });
+    assert_eq!(endpoints_of(&l), vec![a.endpoint_id()]);
+}

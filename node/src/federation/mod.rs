@@ -7,6 +7,7 @@ pub mod health;
 pub mod limits;
 mod lookup;
 pub mod notify;
+mod own_card;
 pub mod rotation;
 pub mod server;
 pub mod session;

@@ -11,7 +11,7 @@ use causeway_proto::{
     fed::{
         Auth, FedRequest, FedResponse, HandshakeError, Hello, HelloReply, MAX_FED_FRAME, Welcome, check_peer, prove,
     },
-    rotation::{KeyError, KeyVerdict, KeyedCard},
+    rotation::{HeldKey, KeyError, KeyVerdict, KeyedCard, judge},
 };
 use causeway_raft::wire;
 use iroh::{
@@ -200,6 +200,25 @@ impl Federation {
             Ok(None) => return FedResponse::Ok,
             Err(e) => return FedResponse::Error(format!("could not read links: {e}")),
         };
+        // Decided here first, so a peer repeating cards costs no Raft write; the state machine
+        // decides again when it applies the write.
+        if let Some(reason) = self.claims_elsewhere(&card, &[link.name.as_str()]) {
+            self.record_refusal(&link.name, format!("refused card update: {reason}"));
+            return FedResponse::Denied(reason);
+        }
+        let expect = match self.expectation(Some(&link)) {
+            Ok(e) => e,
+            Err(e) => return FedResponse::Error(format!("could not read links: {e}")),
+        };
+        let held = expect.held.clone().unwrap_or_else(|| HeldKey::first(card.cluster_id()));
+        match judge(&card, &held, &expect.held_members) {
+            Ok(KeyVerdict::Same) if card.epoch() <= expect.known_epoch => return FedResponse::Ok,
+            Err(e) if !matches!(e, KeyError::Conflict(_)) => {
+                self.record_refusal(&link.name, format!("refused card update: {e}"));
+                return FedResponse::Denied(e.to_string());
+            }
+            _ => {}
+        }
         let cmd = Command::PeerCard {
             link: link.name.clone(),
             card: Box::new(card),
