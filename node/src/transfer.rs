@@ -67,6 +67,26 @@ fn recorded_mirrors(fed: &Federation) -> Vec<crate::content::migrate::MirrorReco
 
 type TransferKey = (String, String, &'static str);
 
+/// Most transfer rows kept: a peer's offers and pulls of names it does not share each leave
+/// one, so the table is bounded like everything a peer can make us hold.
+const MAX_TRANSFER_ROWS: usize = 4096;
+
+/// Frees a row when the table is full: the longest-idle row that never synced (a refusal, a
+/// failure), else the longest-idle one. A mirror's evicted row is made again from the catalog
+/// the next time it is asked for.
+fn make_room(map: &mut BTreeMap<TransferKey, Transfer>) {
+    if map.len() < MAX_TRANSFER_ROWS {
+        return;
+    }
+    let victim = map
+        .iter()
+        .min_by_key(|(_, t)| (t.synced_version().is_some(), t.updated_ms()))
+        .map(|(k, _)| k.clone());
+    if let Some(k) = victim {
+        map.remove(&k);
+    }
+}
+
 pub struct Mirroring {
     cluster: ClusterNode,
     fed: Arc<Federation>,
@@ -139,6 +159,9 @@ impl Mirroring {
     fn with_transfer<T>(&self, name: &str, peer: &str, dir: Direction, f: impl FnOnce(&mut Transfer) -> T) -> T {
         let mut map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
         let key = (name.to_string(), peer.to_string(), direction_word(dir));
+        if !map.contains_key(&key) {
+            make_room(&mut map);
+        }
         let t = map.entry(key).or_insert_with(|| self.new_row(name, peer, dir));
         f(t)
     }
@@ -934,4 +957,35 @@ fn write_back_failed(name: &str, detail: impl std::fmt::Display) -> causeway_pro
     causeway_proto::fed::FedResponse::Error(
         "the write-back could not be applied here; the origin's log says why".into(),
     )
+}
+
+#[cfg(test)]
+mod row_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_gives_up_an_idle_row_that_never_synced_first() {
+        let mut map = BTreeMap::new();
+        for i in 0..MAX_TRANSFER_ROWS {
+            let mut t = Transfer::new(format!("r{i}"), "p".into(), Direction::Pull, 10 + i as u64);
+            if i != 7 {
+                t.synced(1, 10 + i as u64);
+            }
+            map.insert((format!("r{i}"), "p".to_string(), "pull"), t);
+        }
+        make_room(&mut map);
+        assert_eq!(map.len(), MAX_TRANSFER_ROWS - 1);
+        assert!(!map.contains_key(&("r7".to_string(), "p".to_string(), "pull")));
+        // With none left that never synced, the longest idle goes.
+        map.insert(
+            ("x".into(), "p".into(), "pull"),
+            Transfer::new("x".into(), "p".into(), Direction::Pull, 1),
+        );
+        map.get_mut(&("x".to_string(), "p".to_string(), "pull"))
+            .unwrap()
+            .synced(1, 1);
+        make_room(&mut map);
+        assert!(!map.contains_key(&("x".to_string(), "p".to_string(), "pull")));
+        assert_eq!(map.len(), MAX_TRANSFER_ROWS - 1);
+    }
 }
