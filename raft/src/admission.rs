@@ -163,6 +163,11 @@ mod tests {
             Standing::Stranger
         );
         assert!(Standing::JoinPeer.may_connect());
+        // A join peer replicates; it does not forward writes or membership changes.
+        let forward = RaftRequest::Forward(crate::wire::ForwardRequest::RemoveMember { id: b });
+        assert!(!Standing::JoinPeer.may_ask(&forward));
+        assert!(Standing::Member.may_ask(&forward));
+        assert!(!Standing::Stranger.may_ask(&forward));
         assert!(!Standing::Stranger.may_connect());
     }
 }
