@@ -250,6 +250,14 @@ pub enum KeyError {
 /// pinned cluster) against what is held, `held_members` being the members of the card held.
 pub fn judge(presented: &KeyedCard, held: &HeldKey, held_members: &[EndpointKey]) -> Result<KeyVerdict, KeyError> {
     if held.confirm {
+        // The admin's confirmation takes the next key as presented, never an older one: the
+        // first key stays in every former member's database.
+        if presented.key.generation < held.key.generation {
+            return Err(KeyError::StaleGeneration {
+                presented: presented.key.generation,
+                known: held.key.generation,
+            });
+        }
         return Ok(KeyVerdict::Confirmed);
     }
     if held.conflict {

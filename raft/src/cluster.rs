@@ -327,11 +327,8 @@ impl ClusterNode {
         }
         match req {
             ForwardRequest::Write(cmd) => {
-                // A command that names its author names the member that sent it, no other.
-                if let Command::CreateInvite { created_by, .. } = &cmd
-                    && *created_by != from
-                {
-                    return ForwardResponse::Failed(format!("an invite made by {from} cannot name {created_by}"));
+                if let Err(reason) = forwardable(&cmd, from, self.0.id) {
+                    return ForwardResponse::Failed(reason);
                 }
                 tracing::debug!(command = cmd.label(), "proposing");
                 match self.0.proposer.propose(cmd.into()).await {
@@ -831,5 +828,47 @@ mod tests {
             rows += 2;
         }
         assert!(entries <= 20, "never due while the catalog grows: {entries}");
+    }
+}
+
+/// Whether a member may have the leader propose `cmd` for it. A command that names its author
+/// names the member that sent it, no other; the cluster's own key and card, and batches, are
+/// proposed by the leader for itself only: a member forwarding a rotation request could
+/// otherwise gather the others' signatures for a key of its own choosing before its removal.
+fn forwardable(cmd: &Command, from: EndpointKey, own: EndpointKey) -> Result<(), String> {
+    match cmd {
+        Command::CreateInvite { created_by, .. } if *created_by != from => {
+            Err(format!("an invite made by {from} cannot name {created_by}"))
+        }
+        Command::RotationRequest { .. }
+        | Command::RotateOwnKey { .. }
+        | Command::SetOwnCard { .. }
+        | Command::Batch(_)
+            if from != own =>
+        {
+            Err(format!("{} is proposed by the leader only", cmd.label()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod forwarding_tests {
+    use super::*;
+
+    #[test]
+    fn members_cannot_forward_the_clusters_own_key_or_card_or_a_batch() {
+        let (me, other) = (EndpointKey([1; 32]), EndpointKey([2; 32]));
+        let invite = |by| Command::CreateInvite {
+            invite_id: [0; 16],
+            secret_hash: [0; 32],
+            expires_at_ms: 0,
+            created_by: by,
+        };
+        assert!(forwardable(&invite(other), other, me).is_ok());
+        assert!(forwardable(&invite(me), other, me).is_err());
+        let batch = Command::Batch(vec![invite(me)]);
+        assert!(forwardable(&batch, other, me).is_err());
+        assert!(forwardable(&batch, me, me).is_ok());
     }
 }

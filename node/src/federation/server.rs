@@ -236,6 +236,15 @@ impl Federation {
         }
     }
 
+    /// The key generation held for `link`'s peer (cards order by generation, then epoch).
+    fn held_generation(&self, link: &causeway_catalog::links::LinkRecord) -> u64 {
+        self.expectation(Some(link))
+            .ok()
+            .and_then(|e| e.held)
+            .map(|h| h.key.generation)
+            .unwrap_or(0)
+    }
+
     async fn serve_request(
         &self,
         peer: &PeerSession,
@@ -249,8 +258,8 @@ impl Federation {
         // handshake; one being recorded just now is newer only once applied.)
         if let Ok(Some(link)) = self.link_pinned_to(&peer.card.cluster_id())
             && let Some(held) = &link.card
-            && held.card.epoch > peer.card.epoch()
             && !held.card.lists(remote)
+            && (self.held_generation(&link), held.card.epoch) > (peer.card.key.generation, peer.card.epoch())
         {
             tracing::info!(peer = %remote, "session of an endpoint its cluster no longer lists; closed");
             conn.close(CLOSE_REFUSED.into(), b"no longer listed by its cluster");

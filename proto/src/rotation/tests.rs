@@ -95,4 +95,11 @@ fn a_majority_rotation_is_followed_and_a_lone_key_is_not() {
     let weak = rotated(&[3; 32], &[2]);
     assert_eq!(judge(&weak, &after, &members()), Err(KeyError::KeyMismatch(1)));
     assert_eq!(judge(&ok, &after, &members()), Ok(KeyVerdict::Same));
+    // An admin's confirmation takes the next key as presented, but never the old one back.
+    let confirming = HeldKey { confirm: true, ..after };
+    assert!(matches!(
+        judge(&old, &confirming, &members()),
+        Err(KeyError::StaleGeneration { .. })
+    ));
+    assert_eq!(judge(&weak, &confirming, &members()), Ok(KeyVerdict::Confirmed));
 }
