@@ -3,11 +3,11 @@
 //! transaction per batch (what the Raft state machine does per applied batch), one resource in
 //! [`SHARE_EVERY`] getting a share rule. Then point lookups and a linked peer's policy-filtered
 //! pages of 100 are timed: through the share index (`share_index::visible_page`, what
-//! `catalog_page` in `node/src/federation/catalog.rs` serves) and, for comparison, by the scan of
-//! every resource that served them before the index. Every figure is set against the same operation on a plain redb table holding as many rows of
-//! the same size, built in the same batches, in the same run on the same disk. The process's RSS
-//! is sampled around the catalog: nothing in our code may hold the catalog in memory, only redb's
-//! (bounded) page cache.
+//! `catalog_page` in `node/src/federation/catalog.rs` serves) and, for comparison, by scanning
+//! every resource, as a catalog without the index would. Every figure is set against the same
+//! operation on a plain redb table holding as many rows of the same size, built in the same
+//! batches, in the same run on the same disk. The process's RSS is sampled around the catalog:
+//! nothing in our code may hold the catalog in memory, only redb's (bounded) page cache.
 
 use std::{
     hint::black_box,
@@ -109,7 +109,7 @@ pub struct CatalogReport {
     /// Index rows read per indexed page.
     pub page_rows_read_avg: f64,
     pub page_entries_avg: f64,
-    /// The same pages by scanning every resource (before the index).
+    /// The same pages by scanning every resource (no index).
     pub scan_page: Stats,
     pub page_scanned_avg: f64,
     pub page_p50_vs_raw: f64,
@@ -238,7 +238,7 @@ impl CatalogReport {
                 self.scan_page.p50_ms / self.raw_range.p50_ms,
                 self.scan_page.p99_ms / self.raw_range.p99_ms,
             )),
-            "(before the share index)".into(),
+            "(no share index)".into(),
         );
         row(
             &mut t,
@@ -441,7 +441,7 @@ fn build_catalog(db: &Database, plan: &CatalogPlan) -> Result<Built> {
     Ok(built)
 }
 
-/// One page for `peer` after `after` as `catalog_page` scanned it before the share index: list
+/// One page for `peer` after `after` as a scan without the share index finds it: list
 /// in pages of `MAX_PAGE`, keep what the peer may see, stop at the first visible entry past a
 /// full page. Returns the entries and the rows scanned.
 fn scanned_page(db: &Database, peer: &PeerRelation, after: Option<&str>) -> Result<(Vec<Resource>, usize)> {

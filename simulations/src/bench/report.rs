@@ -1,6 +1,6 @@
-//! The bench's results: every figure next to the raw commit it is compared with, the goals of
-//! the issue checked against them, and their two renderings (a plain-text table and JSON). Each
-//! figure is its series' middle trial; the table shows the spread of the trials beside it.
+//! The bench's results: every figure next to the raw commit it is compared with, the performance
+//! goals checked against them, and their two renderings (a plain-text table and JSON). Each figure
+//! is its series' middle trial; the table shows the spread of the trials beside it.
 
 use serde::Serialize;
 
