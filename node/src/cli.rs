@@ -46,7 +46,8 @@ pub enum Command {
         /// UDP address to listen on.
         #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
         bind: Option<SocketAddr>,
-        /// How peers are found: static (explicit addresses only) or n0 (iroh discovery + relays).
+        /// How peers are found: static (explicit addresses only), n0 (iroh discovery +
+        /// relays), dht (Mainline DHT; publishes the node's direct addresses) or n0+dht.
         #[arg(long, value_enum, default_value = "n0")]
         discovery: DiscoveryArg,
     },
@@ -189,6 +190,8 @@ pub enum DiscoveryArg {
     Static,
     N0,
     Dht,
+    #[value(name = "n0+dht", alias = "dht+n0")]
+    N0Dht,
 }
 
 impl From<DiscoveryArg> for Discovery {
@@ -197,6 +200,7 @@ impl From<DiscoveryArg> for Discovery {
             DiscoveryArg::Static => Discovery::Static,
             DiscoveryArg::N0 => Discovery::N0,
             DiscoveryArg::Dht => Discovery::Dht,
+            DiscoveryArg::N0Dht => Discovery::N0Dht,
         }
     }
 }
@@ -215,6 +219,7 @@ pub enum ClusterCommand {
         /// UDP address the new node will listen on.
         #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
         bind: Option<SocketAddr>,
+        /// How peers are found: static, n0, dht or n0+dht (as for `init`).
         #[arg(long, value_enum, default_value = "n0")]
         discovery: DiscoveryArg,
     },

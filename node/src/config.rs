@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Port used when `--bind` is not given.
 pub const DEFAULT_PORT: u16 = 7465;
 
-/// How a node finds the addresses of peers it dials.
+/// Most entries `dht_bootstrap` may list.
+pub const MAX_DHT_BOOTSTRAP: usize = 64;
+
+/// How a node finds the addresses of peers it dials, and where it publishes its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Discovery {
@@ -21,9 +24,44 @@ pub enum Discovery {
     /// iroh's public address lookup and relays (production default).
     #[default]
     N0,
-    /// Mainline DHT. Accepted in config so sites can state intent; iroh 1.x ships no DHT
-    /// lookup, so starting with it fails with a clear message.
+    /// The BitTorrent Mainline DHT only: the node publishes its direct addresses there,
+    /// signed by its endpoint key, and looks peers up there. Relays are disabled.
     Dht,
+    /// Both `n0` and `dht`: relays, and lookups in both places.
+    #[serde(rename = "n0+dht", alias = "dht+n0")]
+    N0Dht,
+}
+
+impl Discovery {
+    /// Whether this mode uses iroh's public lookup and relays.
+    pub fn uses_n0(self) -> bool {
+        matches!(self, Self::N0 | Self::N0Dht)
+    }
+
+    /// Whether this mode publishes to and looks up in the Mainline DHT.
+    pub fn uses_dht(self) -> bool {
+        matches!(self, Self::Dht | Self::N0Dht)
+    }
+
+    /// The mode as the config file and `--discovery` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::N0 => "n0",
+            Self::Dht => "dht",
+            Self::N0Dht => "n0+dht",
+        }
+    }
+
+    /// The same mode without the DHT: for the short-lived endpoints of `init` and `join`,
+    /// which dial only addresses they were given and end before a DHT would bootstrap.
+    pub fn without_dht(self) -> Self {
+        match self {
+            Self::Dht => Self::Static,
+            Self::N0Dht => Self::N0,
+            other => other,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,6 +74,10 @@ pub struct Config {
     pub bind: SocketAddr,
     #[serde(default)]
     pub discovery: Discovery,
+    /// Mainline DHT bootstrap nodes (`host:port`, IPv4), used when `discovery` includes
+    /// `dht`. Absent: the DHT client's default public bootstrap nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht_bootstrap: Option<Vec<String>>,
     /// Control socket path; relative paths are inside the data dir.
     #[serde(default = "default_socket")]
     pub control_socket: PathBuf,
@@ -57,6 +99,7 @@ impl Config {
             data_dir: None,
             bind,
             discovery,
+            dht_bootstrap: None,
             control_socket: default_socket(),
             raft: RaftSettings::default(),
             federation: Default::default(),
@@ -72,7 +115,22 @@ impl Config {
 
     /// Keys this version ignores, with what to do instead; the daemon logs them at start.
     pub fn warnings(&self) -> Vec<String> {
-        self.federation.warnings()
+        let mut warnings = self.federation.warnings();
+        if self.dht_bootstrap.is_some() && !self.discovery.uses_dht() {
+            warnings.push(format!(
+                "dht_bootstrap is ignored: discovery is \"{}\"; set discovery = \"dht\" or \"n0+dht\" to use the DHT",
+                self.discovery.as_str()
+            ));
+        }
+        warnings
+    }
+
+    /// What the endpoint needs to know about discovery.
+    pub fn discovery_options(&self) -> crate::endpoint::DiscoveryOptions {
+        crate::endpoint::DiscoveryOptions {
+            mode: self.discovery,
+            dht_bootstrap: self.dht_bootstrap.clone(),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -95,6 +153,9 @@ impl Config {
         if r.snapshot_logs == 0 {
             return Err("raft.snapshot_logs must be at least 1".into());
         }
+        if let Some(nodes) = &self.dht_bootstrap {
+            validate_dht_bootstrap(nodes)?;
+        }
         Ok(())
     }
 
@@ -106,6 +167,39 @@ impl Config {
             data_dir.join(&self.control_socket)
         }
     }
+}
+
+/// A bootstrap list must be usable as written: an empty list would leave the DHT without a
+/// way in (leave the key out for the default nodes), and the DHT client speaks IPv4 only.
+fn validate_dht_bootstrap(nodes: &[String]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err("dht_bootstrap is empty: list at least one host:port, or leave it out for the default public bootstrap nodes".into());
+    }
+    if nodes.len() > MAX_DHT_BOOTSTRAP {
+        return Err(format!(
+            "dht_bootstrap lists {} nodes; at most {MAX_DHT_BOOTSTRAP}",
+            nodes.len()
+        ));
+    }
+    for node in nodes {
+        if let Ok(addr) = node.parse::<SocketAddr>() {
+            if addr.is_ipv6() {
+                return Err(format!(
+                    "dht_bootstrap entry {node:?}: the Mainline DHT client speaks IPv4 only"
+                ));
+            }
+            continue;
+        }
+        let valid = node
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!(
+                "dht_bootstrap entry {node:?}: expected host:port, e.g. 127.0.0.1:6881"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `IP:PORT` for `--bind`, naming the problem when it is wrong.
@@ -126,6 +220,60 @@ mod tests {
         let minimal = Config::parse("bind = \"127.0.0.1:1\"").unwrap();
         assert_eq!(minimal.discovery, Discovery::N0);
         assert_eq!(minimal.raft, RaftSettings::default());
+    }
+
+    #[test]
+    fn discovery_modes_and_old_configs_load() {
+        for (text, mode) in [
+            ("static", Discovery::Static),
+            ("n0", Discovery::N0),
+            ("dht", Discovery::Dht),
+            ("n0+dht", Discovery::N0Dht),
+            ("dht+n0", Discovery::N0Dht),
+        ] {
+            let c = Config::parse(&format!("bind = \"127.0.0.1:1\"\ndiscovery = \"{text}\"")).unwrap();
+            assert_eq!(c.discovery, mode, "{text}");
+            assert_eq!(c.dht_bootstrap, None);
+            assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "{text} round-trips");
+        }
+        assert_eq!(Discovery::N0Dht.without_dht(), Discovery::N0);
+        assert_eq!(Discovery::Dht.without_dht(), Discovery::Static);
+        assert!(Discovery::N0Dht.uses_n0() && Discovery::N0Dht.uses_dht());
+        assert!(!Discovery::Static.uses_dht() && !Discovery::Dht.uses_n0());
+    }
+
+    #[test]
+    fn dht_bootstrap_is_checked_and_round_trips() {
+        let base = "bind = \"127.0.0.1:1\"\ndiscovery = \"dht\"\n";
+        let c = Config::parse(&format!(
+            "{base}dht_bootstrap = [\"127.0.0.1:6881\", \"router.example:6881\"]"
+        ))
+        .unwrap();
+        assert_eq!(c.dht_bootstrap.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert!(c.warnings().is_empty());
+        for bad in [
+            "[]",
+            "[\"nope\"]",
+            "[\"host:99999\"]",
+            "[\":6881\"]",
+            "[\"[::1]:6881\"]",
+        ] {
+            let e = Config::parse(&format!("{base}dht_bootstrap = {bad}")).unwrap_err();
+            assert!(e.contains("dht_bootstrap"), "{bad}: {e}");
+        }
+        let too_many: Vec<String> = (0..=MAX_DHT_BOOTSTRAP)
+            .map(|i| format!("\"10.0.0.1:{}\"", i + 1))
+            .collect();
+        assert!(Config::parse(&format!("{base}dht_bootstrap = [{}]", too_many.join(","))).is_err());
+        let ignored =
+            Config::parse("bind = \"127.0.0.1:1\"\ndiscovery = \"static\"\ndht_bootstrap = [\"127.0.0.1:6881\"]")
+                .unwrap();
+        assert!(
+            ignored.warnings()[0].contains("dht_bootstrap is ignored"),
+            "{:?}",
+            ignored.warnings()
+        );
     }
 
     #[test]

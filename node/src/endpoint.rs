@@ -1,5 +1,7 @@
 //! Builds the node's iroh endpoint for the configured discovery mode.
 
+mod dht;
+
 use std::net::SocketAddr;
 
 use iroh::{
@@ -11,29 +13,46 @@ use crate::config::Discovery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error(
-        "mainline DHT discovery is not available in this build (iroh 1.x ships no DHT lookup); use discovery = \"static\" or \"n0\""
-    )]
-    DhtUnavailable,
     #[error("invalid bind address {0}: {1}")]
     BadBind(SocketAddr, String),
     #[error("cannot bind {0}: {1}")]
     Bind(SocketAddr, String),
+    #[error("cannot start the Mainline DHT client: {0}")]
+    Dht(String),
 }
 
-/// Binds an endpoint on exactly `bind`. `Static` disables relays, address lookup and port
-/// mapping, so the node only ever dials addresses it was given.
+/// What the endpoint needs to know about discovery: the mode, and for the DHT its bootstrap
+/// nodes (`None`: the DHT client's default public ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryOptions {
+    pub mode: Discovery,
+    pub dht_bootstrap: Option<Vec<String>>,
+}
+
+impl From<Discovery> for DiscoveryOptions {
+    fn from(mode: Discovery) -> Self {
+        Self {
+            mode,
+            dht_bootstrap: None,
+        }
+    }
+}
+
+/// Binds an endpoint on exactly `bind`. Without `n0`, relays and port mapping are off, so
+/// the node is reached only at its bound addresses; `Static` also has no address lookup,
+/// so it only ever dials addresses it was given.
 pub async fn bind(
     secret: SecretKey,
     bind: SocketAddr,
-    discovery: Discovery,
+    discovery: impl Into<DiscoveryOptions>,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
+    let discovery = discovery.into();
     // A socket closed a moment ago (a restart in the same process) can take a few tens of
     // milliseconds to be released: retry a busy address briefly before reporting it.
     let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
     loop {
-        match bind_once(secret.clone(), bind, discovery, alpns.clone()).await {
+        match bind_once(secret.clone(), bind, &discovery, alpns.clone()).await {
             Err(EndpointError::Bind(..)) if bind.port() != 0 && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             }
@@ -48,14 +67,22 @@ const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 async fn bind_once(
     secret: SecretKey,
     bind: SocketAddr,
-    discovery: Discovery,
+    discovery: &DiscoveryOptions,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
-    let builder = match discovery {
-        Discovery::Static => Endpoint::builder(presets::Minimal).portmapper_config(PortmapperConfig::Disabled),
-        Discovery::N0 => Endpoint::builder(presets::N0),
-        Discovery::Dht => return Err(EndpointError::DhtUnavailable),
+    let mut builder = if discovery.mode.uses_n0() {
+        Endpoint::builder(presets::N0)
+    } else {
+        // Port mapping would probe the local gateway; without relays nothing else leaves
+        // the host but what the node dials (and, with `dht`, its DHT traffic).
+        Endpoint::builder(presets::Minimal).portmapper_config(PortmapperConfig::Disabled)
     };
+    if discovery.mode.uses_dht() {
+        let lookup = dht::lookup(secret.clone(), discovery.dht_bootstrap.clone())
+            .await
+            .map_err(EndpointError::Dht)?;
+        builder = builder.address_lookup(lookup);
+    }
     builder
         .clear_ip_transports()
         .bind_addr(bind)

@@ -56,7 +56,9 @@ async fn build(
     let cluster_key = iroh::SecretKey::generate();
     let cluster_id = ClusterId(*cluster_key.public().as_bytes());
     // Binding the real address now surfaces a bad or busy --bind at init, not at first run.
-    let ep = endpoint::bind(key.clone(), bind, discovery, vec![]).await?;
+    // The DHT is left to `run`: this endpoint dials no one, and lives too briefly to
+    // bootstrap into the DHT; `run` publishes with the key and addresses it has here.
+    let ep = endpoint::bind(key.clone(), bind, discovery.without_dht(), vec![]).await?;
     let id = endpoint_key(&ep.id());
     let addrs = endpoint::advertised_addrs(&ep);
     let name = name.unwrap_or_else(|| format!("cluster-{}", &cluster_id.to_string()[..8]));

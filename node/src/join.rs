@@ -240,7 +240,9 @@ pub async fn join_cluster(
     let staging = datadir::stage_new(data_dir)?;
     let result = async {
         let key = iroh::SecretKey::generate();
-        let ep = endpoint::bind(key.clone(), bind, discovery, vec![]).await?;
+        // The ticket carries the members' addresses. The DHT is left to `run`: its bootstrap
+        // list is in the config written below, and it takes longer to join than a join lasts.
+        let ep = endpoint::bind(key.clone(), bind, discovery.without_dht(), vec![]).await?;
         let req = JoinRequest {
             invite_id: ticket.invite_id,
             secret: ticket.secret,

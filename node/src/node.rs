@@ -76,7 +76,7 @@ impl Node {
             alpn::FED.to_vec(),
             iroh_blobs::ALPN.to_vec(),
         ];
-        let endpoint = endpoint::bind(key.clone(), config.bind, config.discovery, alpns).await?;
+        let endpoint = endpoint::bind(key.clone(), config.bind, config.discovery_options(), alpns).await?;
         let id = endpoint_key(&endpoint.id());
         let cluster = ClusterNode::start(
             id,

@@ -280,6 +280,11 @@ impl Harness {
 
     /// `causeway init` of a new single-node cluster (not started).
     pub fn init(&self, name: &str) -> NodeProc {
+        self.init_with_discovery(name, "static")
+    }
+
+    /// `causeway init --discovery MODE` of a new single-node cluster (not started).
+    pub fn init_with_discovery(&self, name: &str, discovery: &str) -> NodeProc {
         let port = free_port();
         let node = self.node(name, port);
         let bind = format!("127.0.0.1:{port}");
@@ -292,7 +297,7 @@ impl Harness {
             "--bind",
             &bind,
             "--discovery",
-            "static",
+            discovery,
         ]);
         assert!(
             out.status.success(),
