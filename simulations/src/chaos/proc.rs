@@ -125,16 +125,20 @@ pub fn find_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
                 candidate.display()
             );
         };
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        eprintln!(
-            "chaos: building causeway (cargo build -p causeway{})",
-            if release { " --release" } else { "" }
-        );
+        // The binary sits in target/<profile>/: build it with that same profile (debug is
+        // cargo's name for the dev profile's directory).
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| *n != "debug")
+            .map(str::to_owned);
+        let flag = profile.as_ref().map(|p| format!(" --profile {p}")).unwrap_or_default();
+        eprintln!("chaos: building causeway (cargo build -p causeway{flag})");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(ws).args(["build", "-p", "causeway"]);
-        if release {
-            cmd.arg("--release");
+        if let Some(p) = &profile {
+            cmd.args(["--profile", p]);
         }
         let status = cmd.status().context("run cargo build -p causeway")?;
         if !status.success() || !candidate.is_file() {
