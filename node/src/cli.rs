@@ -161,6 +161,14 @@ pub enum LinkCommand {
         /// arrive here as mirrors without a `sync`. Off by default (see `link set`).
         #[arg(long)]
         accept_pushes: bool,
+        /// How long to wait for the first handshake, which pins the peer's cluster ID; the
+        /// command fails, saying why, if the link is not up by then.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LINK_WAIT_SECS,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_LINK_WAIT_SECS))]
+        wait: u64,
+        /// Return at once (the link reads `pending` until its first handshake).
+        #[arg(long, conflicts_with = "wait")]
+        no_wait: bool,
     },
     /// Links and their health, plus peers that connect to us without our linking to them.
     List,
@@ -174,6 +182,11 @@ pub enum LinkCommand {
         accept_pushes: bool,
     },
 }
+
+/// How long `link add` waits for the first handshake by default.
+pub const DEFAULT_LINK_WAIT_SECS: u64 = 10;
+/// Longest `link add --wait`.
+pub const MAX_LINK_WAIT_SECS: u64 = 3600;
 
 /// `on` / `off` for a link option.
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -581,18 +594,44 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
             addrs,
             name,
             accept_pushes,
+            wait,
+            no_wait,
         } => {
             endpoint_id
                 .parse::<causeway_proto::EndpointKey>()
                 .map_err(|e| anyhow!("{e}"))?;
-            let v = client(cli)
-                .await?
+            let mut c = client(cli).await?;
+            let added = c
                 .link_add(endpoint_id, addrs.clone(), name.clone(), *accept_pushes)
                 .await?;
+            if *no_wait {
+                if cli.json {
+                    print_json(&link_json(&added))?;
+                } else {
+                    println!(
+                        "added link {} to {endpoint_id}: {}; `causeway link list` shows when it is up",
+                        added.name, added.state
+                    );
+                }
+                return Ok(());
+            }
+            let waited = Duration::from_secs(*wait);
+            let v = c
+                .wait_link_up(&added.name, waited)
+                .await?
+                .ok_or_else(|| anyhow!("link {} vanished while waiting for its first handshake", added.name))?;
             if cli.json {
                 print_json(&link_json(&v))?;
-            } else {
-                println!("linked {} ({})", v.name, endpoint_id);
+            } else if v.is_up() {
+                println!("linked {} ({endpoint_id}): {}", v.name, link_summary(&v));
+            }
+            if !v.is_up() {
+                bail!(
+                    "link {} is added but not up after {} s: {}; it keeps trying (`causeway link list` shows its state)",
+                    v.name,
+                    waited.as_secs(),
+                    link_summary(&v)
+                );
             }
         }
         LinkCommand::List => {
@@ -642,6 +681,26 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
     Ok(())
 }
 
+/// One line on how a link stands: the pinned cluster when it is up, else its state and the
+/// reason the supervisor recorded.
+fn link_summary(l: &crate::federation::LinkView) -> String {
+    use crate::federation::health::LinkState;
+    if l.is_up() {
+        return format!(
+            "cluster {} ({}) is pinned, link active",
+            l.peer.as_deref().unwrap_or("?"),
+            l.cluster_name.as_deref().unwrap_or("unnamed"),
+        );
+    }
+    let why = match (&l.reason, l.state) {
+        (Some(r), _) => r.clone(),
+        (None, LinkState::Pending) if l.peer.is_none() => "waiting for its first handshake (no answer yet)".into(),
+        (None, LinkState::Pending) => "waiting for a heartbeat".into(),
+        (None, _) => "no reason recorded".into(),
+    };
+    format!("{} ({why})", l.state)
+}
+
 /// A link in the contract's JSON shape.
 fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
     serde_json::json!({
@@ -657,6 +716,7 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "key_generation": l.key_generation,
         "reason": l.reason,
         "accept_pushes": l.accept_pushes,
+        "cluster_name": l.cluster_name,
     })
 }
 

@@ -420,6 +420,7 @@ impl Node {
                 key_generation: None,
                 reason: None,
                 accept_pushes: record.accept_pushes,
+                cluster_name: None,
             }))
     }
 

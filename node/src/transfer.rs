@@ -217,13 +217,7 @@ impl Mirroring {
 
     /// [`Mirroring::pull`], stopped as soon as `guard` or the link's removal says so.
     async fn pull_guarded(self: &Arc<Self>, name: &str, peer: &str, guard: PullGuard) -> Result<Resource, NodeError> {
-        let link = self.fed.resolve(peer)?;
-        let Some(origin) = link.pinned else {
-            return Err(NodeError::Refused(format!(
-                "link {:?} has not completed a handshake yet",
-                link.name
-            )));
-        };
+        let (link, origin) = self.fed.resolve_pinned(peer)?;
         let peer_label = origin.to_string();
         // One transfer per resource at a time: a second request (a push offer racing an admin's
         // `sync`) waits for the first and then finds the mirror already current.
@@ -744,13 +738,7 @@ impl Mirroring {
     /// origin decides by its own policy (a read-only share refuses) and moves refs only by
     /// fast-forward.
     pub async fn write_back(self: &Arc<Self>, name: &str, peer: &str) -> Result<Resource, NodeError> {
-        let link = self.fed.resolve(peer)?;
-        let Some(origin) = link.pinned else {
-            return Err(NodeError::Refused(format!(
-                "link {:?} has not completed a handshake yet",
-                link.name
-            )));
-        };
+        let (link, origin) = self.fed.resolve_pinned(peer)?;
         let label = origin.to_string();
         let result = self.write_back_inner(name, &link, origin, &label).await;
         if let Err(e) = &result {

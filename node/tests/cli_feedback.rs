@@ -1,0 +1,160 @@
+//! What the CLI tells an operator, through the real binary: `link add` returns once the link
+//! works (or says why it does not), and a peer whose link is pending is named as pending.
+
+mod common;
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+fn write_random(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::File::create(path).unwrap().write_all(&data).unwrap();
+    data
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Publishes `len` random bytes on `node` as the artifact `name`, shared for pull with `with`.
+fn publish_artifact(h: &Harness, node: &NodeProc, name: &str, len: usize, with: &str) -> Vec<u8> {
+    let src = h.path(&format!("{name}.bin"));
+    let data = write_random(&src, len, 11);
+    node.register_artifact(name, &src);
+    node.json(&["resource", "publish", name]);
+    let out = node.cli(&["share", name, "--with", with, "--mode", "pull", "--read-only"]);
+    assert!(out.status.success(), "share: {}", stderr(&out));
+    data
+}
+
+#[test]
+fn link_add_returns_a_working_link_and_a_sync_right_after_succeeds() {
+    let h = Harness::new();
+    let (mut a, mut b) = (h.init("a"), h.init("b"));
+    a.start();
+    b.start();
+    let b_cluster = cluster_id(&b);
+    let a_cluster = cluster_id(&a);
+
+    // a links b: --json keeps the link contract's shape, and reads up and pinned.
+    let out = a.cli(&[
+        "link",
+        "add",
+        &b.endpoint_id(),
+        "--addr",
+        &format!("127.0.0.1:{}", b.port),
+        "--name",
+        "beta",
+        "--json",
+    ]);
+    assert!(out.status.success(), "link add --json: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["peer"], b_cluster.as_str());
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["name"], "beta");
+    for key in ["endpoints", "mutual", "last_heartbeat_ms_ago"] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    // Shared with the link just added, without waiting for anything else.
+    let data = publish_artifact(&h, &a, "model", 1 << 20, "beta");
+
+    // b links a: the pinned cluster ID and name are printed.
+    let addr = format!("127.0.0.1:{}", a.port);
+    let out = b.cli(&["link", "add", &a.endpoint_id(), "--addr", &addr, "--name", "alpha"]);
+    assert!(out.status.success(), "link add: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("linked alpha"), "{text}");
+    assert!(text.contains(&a_cluster), "the pinned cluster ID is printed: {text}");
+    assert!(text.contains("(a)"), "the peer cluster's name is printed: {text}");
+
+    // Typed right after: the cluster ID resolves, the content arrives.
+    let out = b.cli(&["sync", "model", "--from", &a_cluster]);
+    assert!(out.status.success(), "sync right after link add: {}", stderr(&out));
+    let file = b.dir.join("mirrors").join(&a_cluster).join("artifacts").join("model");
+    assert!(std::fs::read(&file).unwrap() == data, "mirror differs");
+}
+
+#[test]
+fn link_add_to_nothing_says_why_and_a_pending_peer_is_named_as_pending() {
+    let h = Harness::new();
+    let mut b = h.init("b");
+    b.start();
+    // A node that exists but never runs: nothing listens on its port.
+    let ghost = h.init("ghost");
+    let ghost_id = ghost.endpoint_id();
+    let ghost_cluster = cluster_id(&ghost);
+    let addr = format!("127.0.0.1:{}", ghost.port);
+
+    let started = Instant::now();
+    let out = b.cli(&[
+        "link", "add", &ghost_id, "--addr", &addr, "--name", "ghost", "--wait", "5",
+    ]);
+    let took = started.elapsed();
+    assert!(!out.status.success(), "a link that never came up must fail the command");
+    let err = stderr(&out);
+    assert!(err.contains("not up after 5 s"), "{err}");
+    assert!(
+        err.contains("pending") || err.contains("failing"),
+        "the state is given: {err}"
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+
+    // Its endpoint ID and its name: the link is pending, not unknown.
+    for peer in [ghost_id.as_str(), "ghost"] {
+        let out = b.cli(&["sync", "model", "--from", peer]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("is pending: waiting for its first handshake"),
+            "{peer}: {err}"
+        );
+        assert!(!err.contains("no link matches"), "{err}");
+    }
+    // Its cluster ID cannot be known before the handshake: the pending link is named.
+    let out = b.cli(&["sync", "model", "--from", &ghost_cluster]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no link is pinned to"), "{err}");
+    assert!(
+        err.contains("\"ghost\" is pending: waiting for its first handshake"),
+        "{err}"
+    );
+    // Other commands naming it say the same.
+    let out = b.cli(&["share", "preview", "ghost"]);
+    assert!(stderr(&out).contains("is pending"), "{}", stderr(&out));
+    let out = b.cli(&["catalog", "ghost", "--cached"]);
+    assert!(stderr(&out).contains("is pending"), "{}", stderr(&out));
+
+    // --no-wait returns at once, successfully, saying the link is pending.
+    let other = h.init("other");
+    let started = Instant::now();
+    let out = b.cli(&[
+        "link",
+        "add",
+        &other.endpoint_id(),
+        "--addr",
+        &format!("127.0.0.1:{}", other.port),
+        "--name",
+        "other",
+        "--no-wait",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("pending"), "{}", stdout(&out));
+    assert!(started.elapsed() < Duration::from_secs(5), "--no-wait waited");
+}
