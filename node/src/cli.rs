@@ -18,6 +18,7 @@ use crate::api::{IdInfo, RegisterResource, ResourceView};
 use crate::client::Client;
 use crate::config::{self, Config, DEFAULT_PORT, Discovery};
 use crate::datadir;
+use crate::progress::{self, Follower};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -730,6 +731,10 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                 println!("no transfers");
             } else {
                 for r in &rows {
+                    let total = match r.bytes_total_known {
+                        true => r.bytes_total.to_string(),
+                        false => "?".into(),
+                    };
                     println!(
                         "{:<24} {:<5} {:<12} v{:<4} {:>12}/{:<12} lag {}ms{}",
                         r.resource,
@@ -737,7 +742,7 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                         r.state,
                         r.version,
                         r.bytes_done,
-                        r.bytes_total,
+                        total,
                         r.lag_ms,
                         r.reason.as_deref().map(|x| format!("  ({x})")).unwrap_or_default()
                     );
@@ -768,13 +773,18 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                 },
             };
             let from = &from;
-            let progress = tokio::spawn(show_progress(client(cli).await?, name.clone(), cli.json));
+            let progress = match cli.json {
+                true => None,
+                false => Some(Follower::start(
+                    name,
+                    progress::transfer_samples(client(cli).await?, name.clone()),
+                )),
+            };
             let result = c.sync_pull(name, from).await;
-            progress.abort();
-            let r = result?;
-            if std::io::stderr().is_terminal() && !cli.json {
-                eprintln!();
+            if let Some(p) = progress {
+                p.stop().await;
             }
+            let r = result?;
             if cli.json {
                 print_json(&r)?;
             } else {
@@ -788,36 +798,6 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Shows a transfer's progress on stderr while it runs: a live line on a terminal, plain lines
-/// (at most one a second, and on every state change) otherwise.
-async fn show_progress(mut c: Client, name: String, quiet: bool) {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_state = String::new();
-    let mut last_print = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(rows) = c.sync_status().await else { continue };
-        let Some(t) = rows.iter().find(|r| r.resource == name) else {
-            continue;
-        };
-        if quiet {
-            continue;
-        }
-        let pct = (t.bytes_done * 100).checked_div(t.bytes_total).unwrap_or(0);
-        let line = format!(
-            "{name}: {} {} / {} bytes ({pct}%)",
-            t.state, t.bytes_done, t.bytes_total
-        );
-        if tty {
-            eprint!("\r{line:<78}");
-        } else if t.state.to_string() != last_state || last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!("{line}");
-            last_print = std::time::Instant::now();
-        }
-        last_state = t.state.to_string();
-    }
 }
 
 async fn share(cli: &Cli, args: &ShareArgs) -> Result<()> {
@@ -912,7 +892,19 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             }
         }
         ResourceCommand::Publish { name, content } => {
-            let r = client(cli).await?.publish(name, content.clone()).await?;
+            // A large file or directory takes a while to import: shown as it goes.
+            let progress = match cli.json {
+                true => None,
+                false => Some(Follower::start(
+                    name,
+                    progress::import_samples(client(cli).await?, name.clone()),
+                )),
+            };
+            let result = client(cli).await?.publish(name, content.clone()).await;
+            if let Some(p) = progress {
+                p.stop().await;
+            }
+            let r = result?;
             if cli.json {
                 print_json(&r)?;
             } else {

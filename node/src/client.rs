@@ -308,6 +308,15 @@ impl Client {
         self.typed(ControlRequest::SyncStatus).await
     }
 
+    /// The import running for resource `name` on this node (a publish or registration reading
+    /// its file or directory into the store), if any: bytes done and total.
+    pub async fn import_status(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::content::imports::ImportView>, ClientError> {
+        self.typed(ControlRequest::ImportStatus { name: name.into() }).await
+    }
+
     /// The newest change sequence number: follow the feed "from now" by passing it to `changes`.
     pub async fn newest_change_seq(&mut self) -> Result<u64, ClientError> {
         let v: ChangesView = self

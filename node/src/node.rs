@@ -438,6 +438,12 @@ impl Node {
         crate::app::link_list(&self.0.cluster).await
     }
 
+    /// The import running for resource `name` on this node (its content is imported under the
+    /// tag `res/NAME`), if any.
+    pub fn import_status(&self, name: &str) -> Option<crate::content::imports::ImportView> {
+        self.content().imports().get(&format!("res/{name}"))
+    }
+
     pub fn content(&self) -> &ContentStore {
         &self.0.content
     }

@@ -368,6 +368,7 @@ impl Mirroring {
         // fails the request, so the next member is tried (verified ranges are kept).
         let mut last = String::from("no endpoint to fetch from");
         let mut done = false;
+        let mut total: Option<u64> = None;
         for (endpoint, addrs) in link.dial_targets() {
             let Ok(id) = EndpointId::from_bytes(endpoint.as_bytes()) else {
                 continue;
@@ -387,7 +388,12 @@ impl Mirroring {
                     continue;
                 }
             };
+            // The total is known before the first byte moves (a progress bar, not "/ 0").
+            if total.is_none() {
+                total = crate::content::probe::remote_size(&conn, root).await;
+            }
             let base = self.content.local_bytes(root).await;
+            self.with_transfer(name, peer_label, Direction::Pull, |t| t.progress(base, total, now_ms()));
             let result = self
                 .content
                 .fetch(

@@ -1,10 +1,13 @@
 //! What the CLI tells an operator, through the real binary: `link add` returns once the link
-//! works (or says why it does not), and a peer whose link is pending is named as pending.
+//! works (or says why it does not), a peer whose link is pending is named as pending, and a
+//! sync's progress shows the real total.
 
 mod common;
 
 use std::{
-    io::Write,
+    io::{BufRead, BufReader, Write},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -157,4 +160,108 @@ fn link_add_to_nothing_says_why_and_a_pending_peer_is_named_as_pending() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("pending"), "{}", stdout(&out));
     assert!(started.elapsed() < Duration::from_secs(5), "--no-wait waited");
+}
+
+/// Runs `causeway ARGS` with its stderr read line by line into a channel as it comes.
+fn spawn_with_stderr(node: &NodeProc, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn causeway");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+#[test]
+fn sync_progress_off_a_terminal_shows_the_real_total() {
+    let h = Harness::new();
+    // b waits out the pause below without calling the transfer stalled.
+    let (a, b) = h.linked_pair(|_| {}, |c| c.sync.stall_after_ms = 60_000);
+    let size: usize = 48 << 20;
+    publish_artifact(&h, &a, "model", size, "b");
+
+    let (mut child, lines) = spawn_with_stderr(&b, &["sync", "model", "--from", "a"]);
+    // Hold the origin still while bytes are moving, so the CLI sees the transfer under way.
+    let mut paused = false;
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        let row = b
+            .try_json(&["sync", "status"])
+            .and_then(|v| v.as_array()?.iter().find(|t| t["resource"] == "model").cloned());
+        if let Some(t) = row {
+            if t["state"] == "synced" {
+                break;
+            }
+            if t["state"] == "transferring" && t["bytes_done"].as_u64().unwrap_or(0) > 0 {
+                assert_eq!(t["bytes_total"], size as u64, "the total is known mid-transfer: {t}");
+                assert_eq!(t["bytes_total_known"], true, "{t}");
+                a.pause();
+                paused = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen = Vec::new();
+    if paused {
+        // The CLI polls five times a second: a line comes while the origin is held.
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && !seen.iter().any(|l: &String| l.starts_with("model: transferring")) {
+            if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+                seen.push(l);
+            }
+        }
+        a.resume();
+    }
+    let status = child.wait().expect("sync exits");
+    seen.extend(lines.iter());
+    assert!(status.success(), "sync failed: {seen:?}");
+    assert!(
+        paused,
+        "the transfer ended before it could be observed; make the artifact larger"
+    );
+    let progress: Vec<&String> = seen.iter().filter(|l| l.starts_with("model: ")).collect();
+    let with_total = format!(" / {size} bytes (");
+    assert!(
+        progress.iter().any(|l| l.contains(&with_total)),
+        "no line with the real total: {seen:?}"
+    );
+    for l in &progress {
+        // Before the total is known (the first instant of the transfer), bytes only.
+        assert!(l.contains(&with_total) || !l.contains(" / "), "{l}");
+        assert!(!l.contains("/ 0 bytes"), "{l}");
+    }
+}
+
+#[test]
+fn publish_of_a_large_file_shows_its_import() {
+    let h = Harness::new();
+    let mut a = h.init("a");
+    a.start();
+    let src = h.path("big.bin");
+    let size: usize = 96 << 20;
+    write_random(&src, size, 3);
+    a.register_artifact("big", &src);
+    let out = a.cli(&["resource", "publish", "big"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The import may finish between two polls; any line shown has the real total.
+    for l in err.lines().filter(|l| l.starts_with("big: ")) {
+        assert!(l.starts_with("big: importing "), "{l}");
+        assert!(l.contains(&format!(" / {size} bytes (")), "{l}");
+    }
+    assert!(stdout(&out).contains("published big version 1"), "{}", stdout(&out));
 }
