@@ -1,6 +1,6 @@
 //! What the CLI tells an operator, through the real binary: `link add` returns once the link
-//! works (or says why it does not), a peer whose link is pending is named as pending, and a
-//! sync's progress shows the real total.
+//! works (or says why it does not), a peer whose link is pending is named as pending, a sync's
+//! progress shows the real total, and `demo --exit` says how to start its nodes again.
 
 mod common;
 
@@ -264,4 +264,80 @@ fn publish_of_a_large_file_shows_its_import() {
         assert!(l.contains(&format!(" / {size} bytes (")), "{l}");
     }
     assert!(stdout(&out).contains("published big version 1"), "{}", stdout(&out));
+}
+
+/// Kills the demo's restarted nodes when the test ends, however it ends.
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn demo_exit_says_where_the_data_is_and_how_to_start_the_nodes_again() {
+    let h = Harness::new();
+    let root = h.path("demo");
+    let out = run_cli(&["demo", "--exit", "--dir", root.to_str().unwrap()]);
+    assert!(out.status.success(), "demo: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains("while this runs"),
+        "no commands for stopped nodes: {text}"
+    );
+    assert!(text.contains("Both nodes have stopped"), "{text}");
+    assert!(text.contains(&root.display().to_string()), "where the data is: {text}");
+
+    // The printed commands start the nodes again; the link between them comes back up.
+    let starts: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .filter(|w| w.len() == 4 && w[1] == "--data-dir" && w[3] == "run")
+        .collect();
+    assert_eq!(starts.len(), 2, "two start commands: {text}");
+    let dirs: Vec<String> = starts.iter().map(|w| w[2].clone()).collect();
+    assert_eq!(
+        dirs,
+        [root.join("alpha"), root.join("beta")].map(|p| p.display().to_string())
+    );
+    let mut running = Running(Vec::new());
+    for w in &starts {
+        let log = std::fs::File::create(format!("{}.log", w[2])).unwrap();
+        running.0.push(
+            Command::new(&w[0])
+                .args(&w[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("the printed command runs"),
+        );
+    }
+    let tries: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("then try:"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert!(tries.iter().any(|t| t.ends_with("link list")), "{text}");
+    let link_list: Vec<&str> = tries
+        .iter()
+        .find(|t| t.ends_with("link list"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    wait_for("the demo's link to come back up", || {
+        let mut args: Vec<&str> = link_list[1..].to_vec();
+        args.push("--json");
+        let out = Command::new(link_list[0]).args(&args).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|l| l["name"] == "beta" && l["state"] == "active")
+            .then_some(())
+    });
 }
