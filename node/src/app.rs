@@ -57,6 +57,7 @@ fn remote(kind: String, message: String) -> NodeError {
         "not_found" => NodeError::NotFound(message),
         "conflict" => NodeError::Conflict(message),
         "invalid" => NodeError::Invalid(message),
+        "link_pending" => NodeError::LinkPending(message),
         _ => NodeError::Refused(message),
     }
 }

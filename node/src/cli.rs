@@ -18,6 +18,7 @@ use crate::api::{IdInfo, RegisterResource, ResourceView};
 use crate::client::Client;
 use crate::config::{self, Config, DEFAULT_PORT, Discovery};
 use crate::datadir;
+use crate::progress::{self, Follower};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -162,6 +163,14 @@ pub enum LinkCommand {
         /// arrive here as mirrors without a `sync`. Off by default (see `link set`).
         #[arg(long)]
         accept_pushes: bool,
+        /// How long to wait for the first handshake, which pins the peer's cluster ID; the
+        /// command fails, saying why, if the link is not up by then.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LINK_WAIT_SECS,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_LINK_WAIT_SECS))]
+        wait: u64,
+        /// Return at once (the link reads `pending` until its first handshake).
+        #[arg(long, conflicts_with = "wait")]
+        no_wait: bool,
     },
     /// Links and their health, plus peers that connect to us without our linking to them.
     List,
@@ -175,6 +184,11 @@ pub enum LinkCommand {
         accept_pushes: bool,
     },
 }
+
+/// How long `link add` waits for the first handshake by default.
+pub const DEFAULT_LINK_WAIT_SECS: u64 = 10;
+/// Longest `link add --wait`.
+pub const MAX_LINK_WAIT_SECS: u64 = 3600;
 
 /// `on` / `off` for a link option.
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -586,18 +600,44 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
             addrs,
             name,
             accept_pushes,
+            wait,
+            no_wait,
         } => {
             endpoint_id
                 .parse::<causeway_proto::EndpointKey>()
                 .map_err(|e| anyhow!("{e}"))?;
-            let v = client(cli)
-                .await?
+            let mut c = client(cli).await?;
+            let added = c
                 .link_add(endpoint_id, addrs.clone(), name.clone(), *accept_pushes)
                 .await?;
+            if *no_wait {
+                if cli.json {
+                    print_json(&link_json(&added))?;
+                } else {
+                    println!(
+                        "added link {} to {endpoint_id}: {}; `causeway link list` shows when it is up",
+                        added.name, added.state
+                    );
+                }
+                return Ok(());
+            }
+            let waited = Duration::from_secs(*wait);
+            let v = c
+                .wait_link_up(&added.name, waited)
+                .await?
+                .ok_or_else(|| anyhow!("link {} vanished while waiting for its first handshake", added.name))?;
             if cli.json {
                 print_json(&link_json(&v))?;
-            } else {
-                println!("linked {} ({})", v.name, endpoint_id);
+            } else if v.is_up() {
+                println!("linked {} ({endpoint_id}): {}", v.name, link_summary(&v));
+            }
+            if !v.is_up() {
+                bail!(
+                    "link {} is added but not up after {} s: {}; it keeps trying (`causeway link list` shows its state)",
+                    v.name,
+                    waited.as_secs(),
+                    link_summary(&v)
+                );
             }
         }
         LinkCommand::List => {
@@ -647,6 +687,26 @@ async fn link(cli: &Cli, cmd: &LinkCommand) -> Result<()> {
     Ok(())
 }
 
+/// One line on how a link stands: the pinned cluster when it is up, else its state and the
+/// reason the supervisor recorded.
+fn link_summary(l: &crate::federation::LinkView) -> String {
+    use crate::federation::health::LinkState;
+    if l.is_up() {
+        return format!(
+            "cluster {} ({}) is pinned, link active",
+            l.peer.as_deref().unwrap_or("?"),
+            l.cluster_name.as_deref().unwrap_or("unnamed"),
+        );
+    }
+    let why = match (&l.reason, l.state) {
+        (Some(r), _) => r.clone(),
+        (None, LinkState::Pending) if l.peer.is_none() => "waiting for its first handshake (no answer yet)".into(),
+        (None, LinkState::Pending) => "waiting for a heartbeat".into(),
+        (None, _) => "no reason recorded".into(),
+    };
+    format!("{} ({why})", l.state)
+}
+
 /// A link in the contract's JSON shape.
 fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
     serde_json::json!({
@@ -662,6 +722,7 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
         "key_generation": l.key_generation,
         "reason": l.reason,
         "accept_pushes": l.accept_pushes,
+        "cluster_name": l.cluster_name,
     })
 }
 
@@ -675,6 +736,10 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                 println!("no transfers");
             } else {
                 for r in &rows {
+                    let total = match r.bytes_total_known {
+                        true => r.bytes_total.to_string(),
+                        false => "?".into(),
+                    };
                     println!(
                         "{:<24} {:<5} {:<12} v{:<4} {:>12}/{:<12} lag {}ms{}",
                         r.resource,
@@ -682,7 +747,7 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                         r.state,
                         r.version,
                         r.bytes_done,
-                        r.bytes_total,
+                        total,
                         r.lag_ms,
                         r.reason.as_deref().map(|x| format!("  ({x})")).unwrap_or_default()
                     );
@@ -713,13 +778,18 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
                 },
             };
             let from = &from;
-            let progress = tokio::spawn(show_progress(client(cli).await?, name.clone(), cli.json));
+            let progress = match cli.json {
+                true => None,
+                false => Some(Follower::start(
+                    name,
+                    progress::transfer_samples(client(cli).await?, name.clone()),
+                )),
+            };
             let result = c.sync_pull(name, from).await;
-            progress.abort();
-            let r = result?;
-            if std::io::stderr().is_terminal() && !cli.json {
-                eprintln!();
+            if let Some(p) = progress {
+                p.stop().await;
             }
+            let r = result?;
             if cli.json {
                 print_json(&r)?;
             } else {
@@ -733,36 +803,6 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Shows a transfer's progress on stderr while it runs: a live line on a terminal, plain lines
-/// (at most one a second, and on every state change) otherwise.
-async fn show_progress(mut c: Client, name: String, quiet: bool) {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_state = String::new();
-    let mut last_print = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(rows) = c.sync_status().await else { continue };
-        let Some(t) = rows.iter().find(|r| r.resource == name) else {
-            continue;
-        };
-        if quiet {
-            continue;
-        }
-        let pct = (t.bytes_done * 100).checked_div(t.bytes_total).unwrap_or(0);
-        let line = format!(
-            "{name}: {} {} / {} bytes ({pct}%)",
-            t.state, t.bytes_done, t.bytes_total
-        );
-        if tty {
-            eprint!("\r{line:<78}");
-        } else if t.state.to_string() != last_state || last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!("{line}");
-            last_print = std::time::Instant::now();
-        }
-        last_state = t.state.to_string();
-    }
 }
 
 async fn share(cli: &Cli, args: &ShareArgs) -> Result<()> {
@@ -857,7 +897,19 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             }
         }
         ResourceCommand::Publish { name, content } => {
-            let r = client(cli).await?.publish(name, content.clone()).await?;
+            // A large file or directory takes a while to import: shown as it goes.
+            let progress = match cli.json {
+                true => None,
+                false => Some(Follower::start(
+                    name,
+                    progress::import_samples(client(cli).await?, name.clone()),
+                )),
+            };
+            let result = client(cli).await?.publish(name, content.clone()).await;
+            if let Some(p) = progress {
+                p.stop().await;
+            }
+            let r = result?;
             if cli.json {
                 print_json(&r)?;
             } else {

@@ -39,6 +39,9 @@ pub enum ClientError {
     Remote { kind: String, message: String },
 }
 
+/// How often [`Client::wait_link_up`] reads the link's state.
+pub const LINK_POLL: Duration = Duration::from_millis(100);
+
 pub struct Client {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
@@ -156,6 +159,31 @@ impl Client {
             accept_pushes,
         })
         .await
+    }
+
+    /// Polls the link named `name` until it is up ([`LinkView::is_up`]: pinned and active) or
+    /// `timeout` has passed, and returns how it reads last. The caller tells up from not by
+    /// [`LinkView::is_up`]; a link that is not up carries the state and reason the leader's
+    /// supervisor recorded.
+    ///
+    /// [`LinkView::is_up`]: crate::federation::LinkView::is_up
+    pub async fn wait_link_up(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<crate::federation::LinkView>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let view = self
+                .link_list()
+                .await?
+                .into_iter()
+                .find(|l| l.name == name && l.direction == "outbound");
+            if view.as_ref().is_none_or(|v| v.is_up()) || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+            tokio::time::sleep(LINK_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        }
     }
 
     /// `link set PEER --accept-pushes on|off`.
@@ -278,6 +306,15 @@ impl Client {
 
     pub async fn sync_status(&mut self) -> Result<Vec<causeway_sync::status::TransferStatus>, ClientError> {
         self.typed(ControlRequest::SyncStatus).await
+    }
+
+    /// The import running for resource `name` on this node (a publish or registration reading
+    /// its file or directory into the store), if any: bytes done and total.
+    pub async fn import_status(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::content::imports::ImportView>, ClientError> {
+        self.typed(ControlRequest::ImportStatus { name: name.into() }).await
     }
 
     /// The newest change sequence number: follow the feed "from now" by passing it to `changes`.

@@ -114,6 +114,11 @@ pub enum ControlRequest {
         accept_pushes: bool,
     },
     RotateKey,
+    /// The import running for resource `name` on this node (a publish or registration reading
+    /// a large file or directory), or null.
+    ImportStatus {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -168,7 +173,10 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
     // barrier). The status requests skip it: they must answer on a node whose storage failed.
     if !matches!(
         req,
-        ControlRequest::Id | ControlRequest::ClusterStatus | ControlRequest::SyncStatus
+        ControlRequest::Id
+            | ControlRequest::ClusterStatus
+            | ControlRequest::SyncStatus
+            | ControlRequest::ImportStatus { .. }
     ) {
         node.cluster().settle().await?;
     }
@@ -221,6 +229,7 @@ async fn dispatch(node: &Node, req: ControlRequest) -> Result<serde_json::Value,
         ControlRequest::SyncPull { name, peer } => json(node.sync_pull(&name, &peer).await?),
         ControlRequest::SyncPush { name, peer } => json(node.sync_push(&name, &peer).await?),
         ControlRequest::SyncStatus => json(node.sync_status().await?),
+        ControlRequest::ImportStatus { name } => json(node.import_status(&name)),
         ControlRequest::PeerCatalog { peer, cached } => json(node.peer_catalog(&peer, cached).await?),
         ControlRequest::Changes { after, limit, wait_ms } => json(
             node.changes(

@@ -1,7 +1,8 @@
 //! `causeway demo`: the whole federation in one command. Two clusters start in temporary data
 //! dirs on loopback, link each other, share a git repository and an artifact, replicate them,
 //! and a new commit pushed on one side arrives on the other. The data dirs are kept and both
-//! nodes keep serving their control sockets, so the CLI can be pointed at them afterwards.
+//! nodes keep serving their control sockets, so the CLI can be pointed at them afterwards;
+//! with `--exit` the nodes stop and the demo says how to start them again.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -272,18 +273,90 @@ pub async fn run(root: Option<PathBuf>, exit: bool) -> Result<()> {
         );
     }
 
-    println!("\nThe data dirs are kept. Try, while this runs:");
-    println!("    causeway --data-dir {} link list", alpha.dir.display());
-    println!("    causeway --data-dir {} catalog alpha", beta.dir.display());
-    println!("    causeway --data-dir {} resource list", beta.dir.display());
-    println!("    causeway --data-dir {} sync status --json", beta.dir.display());
-    if !exit {
-        println!("Ctrl-C stops both nodes.");
-        tokio::signal::ctrl_c().await?;
+    let bin = program();
+    let tries = try_commands(&bin, &alpha.dir, &beta.dir);
+    let (alpha_dir, beta_dir) = (alpha.dir.clone(), beta.dir.clone());
+    if exit {
+        for c in [alpha, beta] {
+            c.serve.abort();
+            c.node.shutdown().await;
+        }
+        println!(
+            "\nBoth nodes have stopped. Their data is kept under {}:",
+            root.display()
+        );
+        println!("    alpha  {}", alpha_dir.display());
+        println!("    beta   {}  (mirrors under mirrors/)", beta_dir.display());
+        println!("Start them again, each in its own terminal (or with & at the end):");
+        for dir in [&alpha_dir, &beta_dir] {
+            println!("    {bin} --data-dir {} run", quoted(dir));
+        }
+        println!("then try:");
+        for t in &tries {
+            println!("    {t}");
+        }
+        return Ok(());
     }
+    println!("\nThe data dirs are kept. Try, while this runs:");
+    for t in &tries {
+        println!("    {t}");
+    }
+    println!("Ctrl-C stops both nodes.");
+    tokio::signal::ctrl_c().await?;
     for c in [alpha, beta] {
         c.serve.abort();
         c.node.shutdown().await;
     }
     Ok(())
+}
+
+/// Commands to try against the two nodes.
+fn try_commands(bin: &str, alpha: &Path, beta: &Path) -> Vec<String> {
+    vec![
+        format!("{bin} --data-dir {} link list", quoted(alpha)),
+        format!("{bin} --data-dir {} catalog alpha", quoted(beta)),
+        format!("{bin} --data-dir {} resource list", quoted(beta)),
+        format!("{bin} --data-dir {} sync status --json", quoted(beta)),
+    ]
+}
+
+/// A path as a shell word: single-quoted unless it is plain.
+fn quoted(p: &Path) -> String {
+    let s = p.display().to_string();
+    let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@,".contains(c));
+    if plain {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// How to call this program again: `causeway` when that is what the shell finds, else the
+/// path of the running binary (a demo run with `cargo run` is not on the PATH).
+fn program() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "causeway".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            std::fs::canonicalize(dir.join("causeway"))
+                .is_ok_and(|found| std::fs::canonicalize(&exe).is_ok_and(|me| me == found))
+        })
+    });
+    if on_path { "causeway".into() } else { quoted(&exe) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_shell_words() {
+        assert_eq!(
+            quoted(Path::new("/tmp/causeway-demo-1/alpha")),
+            "/tmp/causeway-demo-1/alpha"
+        );
+        assert_eq!(quoted(Path::new("/tmp/my demo/alpha")), "'/tmp/my demo/alpha'");
+        assert_eq!(quoted(Path::new("/tmp/it's")), "'/tmp/it'\\''s'");
+    }
 }

@@ -21,6 +21,10 @@ pub enum NodeError {
     Conflict(String),
     #[error("{0}")]
     Refused(String),
+    /// The named peer's link exists but has not completed its first handshake, so its cluster
+    /// is not pinned yet (kind `link_pending`: a caller waits and tries again).
+    #[error("{0}")]
+    LinkPending(String),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -36,6 +40,7 @@ impl NodeError {
             NodeError::NotFound(_) => "not_found",
             NodeError::Conflict(_) => "conflict",
             NodeError::Refused(_) => "refused",
+            NodeError::LinkPending(_) => "link_pending",
             NodeError::Storage(_) => "storage",
         }
     }

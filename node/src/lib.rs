@@ -20,6 +20,7 @@ pub mod init;
 pub mod join;
 pub mod join_guard;
 pub mod node;
+pub mod progress;
 pub mod sharing;
 pub mod transfer;
 

@@ -420,6 +420,7 @@ impl Node {
                 key_generation: None,
                 reason: None,
                 accept_pushes: record.accept_pushes,
+                cluster_name: None,
             }))
     }
 
@@ -435,6 +436,12 @@ impl Node {
 
     pub async fn link_list(&self) -> Result<Vec<LinkView>, NodeError> {
         crate::app::link_list(&self.0.cluster).await
+    }
+
+    /// The import running for resource `name` on this node (its content is imported under the
+    /// tag `res/NAME`), if any.
+    pub fn import_status(&self, name: &str) -> Option<crate::content::imports::ImportView> {
+        self.content().imports().get(&format!("res/{name}"))
     }
 
     pub fn content(&self) -> &ContentStore {

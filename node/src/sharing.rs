@@ -141,16 +141,13 @@ impl Node {
             w if w.eq_ignore_ascii_case("public") => Ok(Audience::Public),
             w if w.eq_ignore_ascii_case("linked") => Ok(Audience::Linked),
             w => match self.federation().resolve(w) {
-                Ok(link) => link.pinned.map(Audience::Cluster).ok_or_else(|| {
-                    NodeError::Refused(format!(
-                        "link {:?} has not completed a handshake yet, so its cluster ID is unknown; try again once `link list` shows it",
-                        link.name
-                    ))
-                }),
-                Err(_) => w
-                    .parse::<ClusterId>()
+                Ok(link) => link
+                    .pinned
                     .map(Audience::Cluster)
-                    .map_err(|_| NodeError::Invalid(format!("{w:?} is not \"public\", \"linked\", a link, or a cluster ID"))),
+                    .ok_or_else(|| crate::federation::pending_error(w, &link.name)),
+                Err(_) => w.parse::<ClusterId>().map(Audience::Cluster).map_err(|_| {
+                    NodeError::Invalid(format!("{w:?} is not \"public\", \"linked\", a link, or a cluster ID"))
+                }),
             },
         }
     }
@@ -193,7 +190,7 @@ impl Node {
             Ok(link) => link
                 .pinned
                 .map(PeerRelation::Linked)
-                .ok_or_else(|| NodeError::Refused(format!("link {:?} has not completed a handshake yet", link.name))),
+                .ok_or_else(|| crate::federation::pending_error(p, &link.name)),
             Err(_) => match p.parse::<EndpointKey>() {
                 Ok(k) => Ok(PeerRelation::Unlinked(ClusterId(k.0))),
                 Err(_) => Err(NodeError::NotFound(format!(

@@ -217,13 +217,7 @@ impl Mirroring {
 
     /// [`Mirroring::pull`], stopped as soon as `guard` or the link's removal says so.
     async fn pull_guarded(self: &Arc<Self>, name: &str, peer: &str, guard: PullGuard) -> Result<Resource, NodeError> {
-        let link = self.fed.resolve(peer)?;
-        let Some(origin) = link.pinned else {
-            return Err(NodeError::Refused(format!(
-                "link {:?} has not completed a handshake yet",
-                link.name
-            )));
-        };
+        let (link, origin) = self.fed.resolve_pinned(peer)?;
         let peer_label = origin.to_string();
         // One transfer per resource at a time: a second request (a push offer racing an admin's
         // `sync`) waits for the first and then finds the mirror already current.
@@ -374,6 +368,7 @@ impl Mirroring {
         // fails the request, so the next member is tried (verified ranges are kept).
         let mut last = String::from("no endpoint to fetch from");
         let mut done = false;
+        let mut total: Option<u64> = None;
         for (endpoint, addrs) in link.dial_targets() {
             let Ok(id) = EndpointId::from_bytes(endpoint.as_bytes()) else {
                 continue;
@@ -393,7 +388,12 @@ impl Mirroring {
                     continue;
                 }
             };
+            // The total is known before the first byte moves (a progress bar, not "/ 0").
+            if total.is_none() {
+                total = crate::content::probe::remote_size(&conn, root).await;
+            }
             let base = self.content.local_bytes(root).await;
+            self.with_transfer(name, peer_label, Direction::Pull, |t| t.progress(base, total, now_ms()));
             let result = self
                 .content
                 .fetch(
@@ -744,13 +744,7 @@ impl Mirroring {
     /// origin decides by its own policy (a read-only share refuses) and moves refs only by
     /// fast-forward.
     pub async fn write_back(self: &Arc<Self>, name: &str, peer: &str) -> Result<Resource, NodeError> {
-        let link = self.fed.resolve(peer)?;
-        let Some(origin) = link.pinned else {
-            return Err(NodeError::Refused(format!(
-                "link {:?} has not completed a handshake yet",
-                link.name
-            )));
-        };
+        let (link, origin) = self.fed.resolve_pinned(peer)?;
         let label = origin.to_string();
         let result = self.write_back_inner(name, &link, origin, &label).await;
         if let Err(e) = &result {

@@ -42,7 +42,8 @@
 //! * **Version shown.** `transferring` / `stalled`: the version being transferred. `synced` and
 //!   `pending`: the last synced version (0 before the first). `failed` / `denied`: the version of
 //!   the attempt that failed, else the newest wanted version, else the last synced one.
-//! * **Bytes.** `bytes_total` reads 0 while the total is unknown.
+//! * **Bytes.** `bytes_total` reads 0 while the total is unknown, and `bytes_total_known` says
+//!   which (a display must not show an unknown total as 0).
 //! * **Time.** Times may repeat; a time earlier than a previous one is treated as no time passing
 //!   (all differences saturate at 0).
 
@@ -144,6 +145,9 @@ pub struct TransferStatus {
     /// 0 while unknown.
     pub bytes_total: u64,
     pub reason: Option<String>,
+    /// Whether `bytes_total` is known (false: it reads 0 and means "unknown").
+    #[serde(default)]
+    pub bytes_total_known: bool,
 }
 
 /// The stored phase; `stalled` is derived when reading.
@@ -397,6 +401,7 @@ impl Transfer {
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total.unwrap_or(0),
             reason,
+            bytes_total_known: self.bytes_total.is_some(),
         }
     }
 }
@@ -580,8 +585,10 @@ mod tests {
         t.start(1, None, 0);
         t.progress(300, None, 10);
         assert_eq!(t.status(10, &CFG).bytes_total, 0);
+        assert!(!t.status(10, &CFG).bytes_total_known);
         t.progress(400, Some(350), 20); // a total smaller than what moved is raised
         assert_eq!(t.status(20, &CFG).bytes_total, 400);
+        assert!(t.status(20, &CFG).bytes_total_known);
         t.synced(1, 30);
         let s = t.status(30, &CFG);
         assert_eq!((s.bytes_done, s.bytes_total), (400, 400));
@@ -621,7 +628,7 @@ mod tests {
             serde_json::json!({
                 "resource": "infra-tools", "peer": "CLUSTER", "direction": "push", "state": "stalled",
                 "version": 7, "lag_ms": 20_000, "bytes_done": 0, "bytes_total": 10,
-                "reason": "no progress for 20000 ms"
+                "reason": "no progress for 20000 ms", "bytes_total_known": true
             })
         );
         let back: TransferStatus = serde_json::from_value(v).expect("back");

@@ -2,8 +2,10 @@
 //! root, serving blobs only to those policy lets pull them, and exporting mirrors.
 
 pub mod access;
+pub mod imports;
 pub mod layout;
 pub mod migrate;
+pub mod probe;
 pub mod repo;
 pub mod store;
 

@@ -7,10 +7,16 @@ use std::path::Path;
 use iroh::endpoint::Connection;
 use iroh_blobs::{
     HashAndFormat,
-    api::{proto::BlobStatus, remote::GetProgressItem},
+    api::{
+        TempTag,
+        proto::{AddProgressItem, BlobStatus},
+        remote::GetProgressItem,
+    },
     format::collection::Collection,
     store::fs::{FsStore, options::PathOptions},
 };
+
+use super::imports::{ImportGuard, Imports};
 use n0_future::StreamExt;
 
 use crate::error::NodeError;
@@ -34,6 +40,8 @@ pub struct ContentStore {
     store: FsStore,
     /// Where the store keeps complete blobs as files of its own.
     paths: PathOptions,
+    /// Imports running now, for the CLI's progress display.
+    imports: Imports,
 }
 
 /// Parses a content root as printed in the catalog (64 hex for a blob, `s` + 64 hex for a
@@ -49,11 +57,39 @@ impl ContentStore {
         Ok(Self {
             store,
             paths: PathOptions::new(dir),
+            imports: Imports::default(),
         })
     }
 
     pub fn store(&self) -> &FsStore {
         &self.store
+    }
+
+    /// The imports running on this node, by tag.
+    pub fn imports(&self) -> &Imports {
+        &self.imports
+    }
+
+    /// Adds one file to the store, reporting its copy and hashing to `guard`. The temp tag
+    /// keeps the blob until the caller's named tag does.
+    async fn add_tracked(&self, path: &Path, guard: &mut ImportGuard) -> Result<TempTag, NodeError> {
+        let abs = std::path::absolute(path).map_err(err)?;
+        let mut stream = self.store.blobs().add_path(abs).stream().await;
+        let mut size = 0;
+        while let Some(item) = stream.next().await {
+            match item {
+                AddProgressItem::Size(s) => size = s,
+                AddProgressItem::CopyProgress(offset) => guard.copied(offset),
+                AddProgressItem::CopyDone => guard.copied(size),
+                AddProgressItem::OutboardProgress(offset) => guard.hashed(offset),
+                AddProgressItem::Done(tt) => {
+                    guard.file_done(size);
+                    return Ok(tt);
+                }
+                AddProgressItem::Error(e) => return Err(err(e)),
+            }
+        }
+        Err(err(format!("import of {} ended without completing", path.display())))
     }
 
     /// Imports a file (verifying nothing: it is ours) and tags it under `tag`.
@@ -67,9 +103,10 @@ impl ContentStore {
                 path.display()
             )));
         }
-        let abs = std::path::absolute(path).map_err(err)?;
-        let tt = self.store.blobs().add_path(abs).await.map_err(err)?;
-        let root = HashAndFormat::raw(tt.hash);
+        let size = std::fs::metadata(path).map_err(err)?.len();
+        let mut guard = self.imports.begin(tag, size, 1);
+        let tt = self.add_tracked(path, &mut guard).await?;
+        let root = HashAndFormat::raw(tt.hash());
         self.tag(tag, root).await?;
         Ok(root)
     }
@@ -97,7 +134,14 @@ impl ContentStore {
             }
         }
         files.sort();
+        let mut total: u64 = 0;
+        for f in &files {
+            total = total.saturating_add(std::fs::metadata(f).map_err(err)?.len());
+        }
+        let mut guard = self.imports.begin(tag, total, files.len() as u64);
         let mut collection = Collection::default();
+        // Each file's temp tag holds it until the collection's tag does.
+        let mut held = Vec::with_capacity(files.len());
         for f in &files {
             let rel = f.strip_prefix(dir).map_err(err)?;
             let name = rel
@@ -105,17 +149,14 @@ impl ContentStore {
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
                 .join("/");
-            let tt = self
-                .store
-                .blobs()
-                .add_path(std::path::absolute(f).map_err(err)?)
-                .await
-                .map_err(err)?;
-            collection.push(name, tt.hash);
+            let tt = self.add_tracked(f, &mut guard).await?;
+            collection.push(name, tt.hash());
+            held.push(tt);
         }
         let tt = collection.store(&self.store).await.map_err(err)?;
         let root = HashAndFormat::hash_seq(tt.hash());
         self.tag(tag, root).await?;
+        drop(held);
         Ok(root)
     }
 

@@ -144,10 +144,7 @@ impl Federation {
     /// The replicated view of what a linked peer shares with us (kept current by its
     /// notifications and the periodic resync).
     pub fn cached_peer_catalog(&self, peer: &str) -> Result<Vec<causeway_catalog::peer_views::PeerEntry>, NodeError> {
-        let link = self.resolve(peer)?;
-        let Some(cluster) = link.pinned else {
-            return Ok(Vec::new());
-        };
+        let (_, cluster) = self.resolve_pinned(peer)?;
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {

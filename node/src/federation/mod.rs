@@ -54,6 +54,54 @@ pub struct LinkView {
     pub reason: Option<String>,
     /// Whether the peer's push offers are taken (`link set PEER --accept-pushes on|off`).
     pub accept_pushes: bool,
+    /// The name the peer's card gives its cluster (none before the first handshake).
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+}
+
+/// Most pending link names one error lists.
+const MAX_PENDING_NAMED: usize = 3;
+
+/// `peer` names a link that has not completed its first handshake.
+pub(crate) fn pending_error(peer: &str, link: &str) -> NodeError {
+    let named = if peer == link {
+        String::new()
+    } else {
+        format!(" (link {link:?})")
+    };
+    NodeError::LinkPending(format!(
+        "link to {peer}{named} is pending: waiting for its first handshake (see `causeway link list`)"
+    ))
+}
+
+/// `peer` is a key that names no link, while `pending` links are not pinned yet: it may be the
+/// cluster ID one of them will pin.
+fn unpinned_key_error(peer: &str, pending: &[&str]) -> NodeError {
+    let mut names: Vec<String> = pending
+        .iter()
+        .take(MAX_PENDING_NAMED)
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if pending.len() > MAX_PENDING_NAMED {
+        names.push(format!("{} more", pending.len() - MAX_PENDING_NAMED));
+    }
+    let (which, its) = if pending.len() == 1 {
+        ("link", "its")
+    } else {
+        ("links", "their")
+    };
+    NodeError::LinkPending(format!(
+        "no link is pinned to {peer} yet; {which} {} {} pending: waiting for {its} first handshake (see `causeway link list`)",
+        names.join(", "),
+        if pending.len() == 1 { "is" } else { "are" },
+    ))
+}
+
+impl LinkView {
+    /// Whether the link works: our outbound link, pinned to its peer's cluster, and active.
+    pub fn is_up(&self) -> bool {
+        self.direction == "outbound" && self.peer.is_some() && self.state == LinkState::Active
+    }
 }
 
 /// A cluster that completed a handshake with us without our linking to it.
@@ -311,7 +359,9 @@ impl Federation {
     }
 
     /// Finds the active link a PEER argument names: link name, pinned cluster ID, or any
-    /// endpoint of the peer.
+    /// endpoint of the peer. A key that names no link while some link still waits for its
+    /// first handshake may be that link's cluster ID (unknown until the handshake pins it):
+    /// the error says the link is pending ([`NodeError::LinkPending`]) rather than unknown.
     pub fn resolve(&self, peer: &str) -> Result<LinkRecord, NodeError> {
         let links = self.links()?;
         let active = links.iter().filter(|l| !l.is_removed());
@@ -326,10 +376,28 @@ impl Federation {
             if let Some(l) = self.link_owning(&key)? {
                 return Ok(l);
             }
+            let pending: Vec<&str> = active
+                .clone()
+                .filter(|l| l.pinned.is_none())
+                .map(|l| l.name.as_str())
+                .collect();
+            if !pending.is_empty() {
+                return Err(unpinned_key_error(peer, &pending));
+            }
         }
         Err(NodeError::NotFound(format!(
             "no link matches {peer:?} (give a link name, cluster ID or endpoint ID)"
         )))
+    }
+
+    /// The link a PEER argument names and the cluster it is pinned to; a link still waiting
+    /// for its first handshake is [`NodeError::LinkPending`].
+    pub fn resolve_pinned(&self, peer: &str) -> Result<(LinkRecord, ClusterId), NodeError> {
+        let link = self.resolve(peer)?;
+        match link.pinned {
+            Some(cluster) => Ok((link, cluster)),
+            None => Err(pending_error(peer, &link.name)),
+        }
     }
 
     /// `link set PEER --accept-pushes on|off`: through Raft.
@@ -425,6 +493,7 @@ impl Federation {
                     }),
                     LinkState::Pending => reason,
                 },
+                cluster_name: l.card.as_ref().map(|c| c.card.name.clone()),
             });
         }
         for (cluster, p) in &live.inbound {
@@ -444,6 +513,7 @@ impl Federation {
                 key_generation: None,
                 reason: Some("this cluster does not link to the peer".into()),
                 accept_pushes: false,
+                cluster_name: Some(p.name.clone()),
             });
         }
         Ok(out)
