@@ -20,9 +20,11 @@ pub mod init;
 pub mod join;
 pub mod join_guard;
 pub mod node;
+pub mod register;
 pub mod sharing;
 pub mod transfer;
 
+pub use api::OnRegister;
 pub use causeway_policy::ShareMode;
 pub use client::{Client, ClientError};
 pub use config::{Config, Discovery};
