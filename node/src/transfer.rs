@@ -318,7 +318,9 @@ impl Mirroring {
             });
             return Ok(local);
         }
-        self.with_transfer(name, peer_label, Direction::Pull, |t| t.want(entry.version, now_ms()));
+        if entry.version > 0 {
+            self.with_transfer(name, peer_label, Direction::Pull, |t| t.want(entry.version, now_ms()));
+        }
         let mut refused: Option<String> = None;
         if let Some(root) = root {
             self.fetch_root(name, link, peer_label, entry.version, root).await?;

@@ -122,6 +122,7 @@ fn an_artifact_registered_with_a_path_is_synced_at_once_and_an_unpublished_one_r
     assert_eq!(row["state"], "pending", "{row}");
     assert_eq!(row["reason"], "nothing published yet", "{row}");
     assert_eq!(row["version"], 0, "{row}");
+    assert_eq!(row["lag_ms"], 0, "nothing to lag behind: {row}");
     assert!(!artifacts.join("later").exists());
     // --json prints the followed mirror on stdout and keeps the exit code.
     let out = b.cli(&["sync", "later", "--from", "a", "--json"]);

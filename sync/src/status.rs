@@ -34,8 +34,8 @@
 //!   newer version is running records `v` but leaves that transfer `transferring`.
 //! * **Nothing published.** `nothing_published` says the origin has no version of the resource
 //!   yet (it registered it without content): the transfer reads `pending` with the reason
-//!   [`NOTHING_PUBLISHED`], never `synced`. It is taken in any state, like `failed`; a `want`,
-//!   `start` or `synced` of a version ends it.
+//!   [`NOTHING_PUBLISHED`], never `synced`, with nothing wanted (lag 0). It is taken in any
+//!   state, like `failed`; a `want`, `start` or `synced` of a version ends it.
 //! * **Failures.** `failed` and `denied` are taken in any state (an explicit outcome of the latest
 //!   attempt); they stay until the next `start` or `synced`. A `want` does not hide them.
 //! * **Refused.** `refused(v)` is a version recorded with part of it refused (a git mirror that
@@ -331,6 +331,8 @@ impl Transfer {
     /// The origin has no version of the resource yet: nothing to fetch, and nothing synced.
     pub fn nothing_published(&mut self, now_ms: u64) {
         self.touch(now_ms);
+        // The origin has nothing we lack, so nothing is wanted and nothing lags.
+        self.wanted.clear();
         self.phase = Phase::NothingPublished;
         self.attempt = None;
         self.reason = None;
@@ -596,6 +598,7 @@ mod tests {
     #[test]
     fn nothing_published_reads_pending_with_the_reason_until_a_version_comes() {
         let mut t = t0();
+        t.want(2, 1_000);
         t.nothing_published(2_000);
         let s = t.status(3_000, &CFG);
         assert_eq!((s.state, s.version, s.lag_ms), (TransferState::Pending, 0, 0));
