@@ -199,14 +199,7 @@ fn register(w: &mut StateWriter<'_>, reg: Registration<'_>) -> Result<CommandRes
             _ => return reject(Rejection::ResourceExists(name.clone())),
         }
     }
-    record_change(
-        w,
-        name,
-        ChangeKind::Registered,
-        None,
-        Some(&resource),
-        registered_at_ms,
-    )?;
+    record_change(w, name, ChangeKind::Registered, None, Some(&resource), registered_at_ms)?;
     Ok(CommandResult::ResourceRegistered(resource))
 }
 
