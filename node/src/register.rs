@@ -6,9 +6,13 @@
 //! (`register/<time>/<name>`); only then is the registration proposed, as one entry. An import
 //! that fails, a rejected proposal or a crash before the commit leave no resource in the
 //! catalog, so running the same registration again succeeds (the bytes are content-addressed:
-//! importing them again costs no new space). A crash after the commit leaves the resource
-//! registered and published, complete; its content may then stay held by that attempt's tag
-//! rather than `res/<name>`, which is only a matter of which tag keeps it.
+//! importing them again costs no new space). A crash after the commit (or a write whose answer
+//! was lost) leaves the resource registered and published, complete, and running the command
+//! again says it already exists; its content may then stay held by the attempt's tag rather
+//! than `res/<name>`, which only changes which tag keeps it. A repository's push hook is
+//! installed after the commit (before it, a rejected registration would leave a hook that
+//! publishes whichever resource holds the name); a node that stops in between leaves the
+//! repository without it, and its pushes are then published by `resource publish NAME`.
 
 use std::path::Path;
 
@@ -92,28 +96,25 @@ impl Node {
                 registered_at_ms,
             },
         };
-        let result = self.cluster().write(cmd).await;
-        let result = match result {
-            Ok(r) => {
-                self.recognize_own_retry(r, &name, &kind, &owner, registered_at_ms)
-                    .await
-            }
-            Err(e) => Err(e.into()),
-        };
+        // A write whose outcome is unknown (an error here) may still commit: the attempt's tag
+        // then keeps holding the content it points at. Only a decided rejection drops it.
+        let result = self.cluster().write(cmd).await?;
+        let result = self
+            .recognize_own_retry(result, &name, &kind, &owner, registered_at_ms)
+            .await?;
         let registered = match result {
-            Ok(CommandResult::ResourceRegistered(r)) => r,
-            other => {
+            CommandResult::ResourceRegistered(r) => r,
+            refused => {
                 if first.is_some() {
                     self.drop_attempt_tag(&attempt_tag).await;
                 }
-                return match other {
-                    Ok(CommandResult::Rejected(Rejection::ResourceExists(n))) => {
-                        Err(NodeError::Conflict(format!("a resource named {n:?} already exists")))
+                return Err(match refused {
+                    CommandResult::Rejected(Rejection::ResourceExists(n)) => {
+                        NodeError::Conflict(format!("a resource named {n:?} already exists"))
                     }
-                    Ok(CommandResult::Rejected(r)) => Err(NodeError::Invalid(r.to_string())),
-                    Ok(other) => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
-                    Err(e) => Err(e),
-                };
+                    CommandResult::Rejected(r) => NodeError::Invalid(r.to_string()),
+                    other => NodeError::Refused(format!("unexpected result {other:?}")),
+                });
             }
         };
         if let Some(root) = first {
