@@ -670,6 +670,21 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
     })
 }
 
+/// Exit code of `sync NAME --from PEER` when PEER has published no version of NAME yet:
+/// `EX_TEMPFAIL`, "try again later", so a script tells it from a refusal (exit code 1).
+pub const EXIT_NOTHING_PUBLISHED: u8 = 75;
+
+/// The peer registered the resource but published no version yet: this cluster follows it and
+/// fetches the first version when it is published, but has nothing now.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name}: nothing published yet at {peer} (version 0); this cluster follows it and fetches the first version when it is published"
+)]
+pub struct NothingPublished {
+    pub name: String,
+    pub peer: String,
+}
+
 async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
     match &args.action {
         Some(SyncCommand::Status) => {
@@ -746,21 +761,6 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Exit code of `sync NAME --from PEER` when PEER has published no version of NAME yet:
-/// `EX_TEMPFAIL`, "try again later", so a script tells it from a refusal (exit code 1).
-pub const EXIT_NOTHING_PUBLISHED: u8 = 75;
-
-/// The peer registered the resource but published no version yet: this cluster follows it and
-/// fetches the first version when it is published, but has nothing now.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{name}: nothing published yet at {peer} (version 0); this cluster follows it and fetches the first version when it is published"
-)]
-pub struct NothingPublished {
-    pub name: String,
-    pub peer: String,
 }
 
 /// Shows a transfer's progress on stderr while it runs: a live line on a terminal, plain lines
