@@ -174,6 +174,19 @@ pub enum Command {
         endpoint: EndpointKey,
         addrs: Vec<SocketAddr>,
     },
+    /// [`Command::RegisterResource`] with its first version: the resource is recorded at
+    /// version 1 pointing at `content`, whose bytes the proposer imported before proposing. One
+    /// entry, so a registration is either absent or complete, never registered without the
+    /// version it was meant to have.
+    RegisterPublished {
+        name: String,
+        kind: String,
+        owner: String,
+        path: Option<String>,
+        metadata: BTreeMap<String, String>,
+        registered_at_ms: u64,
+        content: String,
+    },
 }
 
 /// Decodes a batch's commands, refusing a batch among them. The type allows any depth, and
@@ -225,6 +238,7 @@ impl Command {
             Command::RotateOwnKey { .. } => "rotate-own-key",
             Command::PeerCard { .. } => "peer-card",
             Command::ConfirmPeerKey { .. } => "confirm-peer-key",
+            Command::RegisterPublished { .. } => "register-published",
         }
     }
 }

@@ -138,6 +138,71 @@ fn remove(w: &mut StateWriter<'_>, r: &Resource, now_ms: u64) -> Result<(), Cata
     record_change(w, &r.name, ChangeKind::Removed, Some(r), None, now_ms)
 }
 
+/// The fields of a registration; `content` is its first version's root, if it has one.
+struct Registration<'a> {
+    name: &'a String,
+    kind: &'a String,
+    owner: &'a String,
+    path: &'a Option<String>,
+    metadata: &'a BTreeMap<String, String>,
+    registered_at_ms: u64,
+    content: Option<&'a String>,
+}
+
+/// A new local resource: version 0 without content, version 1 with it (registered and published
+/// in one step).
+fn register(w: &mut StateWriter<'_>, reg: Registration<'_>) -> Result<CommandResult, CatalogError> {
+    let Registration {
+        name,
+        kind,
+        owner,
+        path,
+        metadata,
+        registered_at_ms,
+        content,
+    } = reg;
+    if let Err(e) = validate::resource_name(name)
+        .and_then(|_| validate::kind(kind))
+        .and_then(|_| validate::owner(owner))
+        .and_then(|_| validate::metadata(metadata))
+    {
+        return reject(Rejection::Invalid(e));
+    }
+    if path.as_ref().is_some_and(|p| p.len() > validate::MAX_PATH_LEN) {
+        return reject(Rejection::Invalid("path too long".into()));
+    }
+    if content.is_some_and(|c| c.is_empty() || c.len() > validate::MAX_CONTENT_LEN) {
+        return reject(Rejection::Invalid("content root must be 1..=128 bytes".into()));
+    }
+    let resource = Resource {
+        name: name.clone(),
+        kind: kind.clone(),
+        owner: owner.clone(),
+        version: u64::from(content.is_some()),
+        content: content.cloned(),
+        path: path.clone(),
+        metadata: metadata.clone(),
+        shares: Vec::new(),
+        registered_at_ms,
+        updated_at_ms: registered_at_ms,
+        mirror_of: None,
+    };
+    if !store_new(w, &resource)? {
+        // A mirror never holds a name against a local resource: names are this
+        // cluster's own, and a mirror (which a peer's push may have created) is a copy
+        // that gives way. Its content and files stay; only the record goes.
+        match load(w, name)? {
+            Some(mirror) if mirror.mirror_of.is_some() => {
+                remove(w, &mirror, registered_at_ms)?;
+                store_new(w, &resource)?;
+            }
+            _ => return reject(Rejection::ResourceExists(name.clone())),
+        }
+    }
+    record_change(w, name, ChangeKind::Registered, None, Some(&resource), registered_at_ms)?;
+    Ok(CommandResult::ResourceRegistered(resource))
+}
+
 pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandResult, CatalogError> {
     match cmd {
         Command::RegisterResource {
@@ -147,52 +212,38 @@ pub(crate) fn apply(w: &mut StateWriter<'_>, cmd: &Command) -> Result<CommandRes
             path,
             metadata,
             registered_at_ms,
-        } => {
-            if let Err(e) = validate::resource_name(name)
-                .and_then(|_| validate::kind(kind))
-                .and_then(|_| validate::owner(owner))
-                .and_then(|_| validate::metadata(metadata))
-            {
-                return reject(Rejection::Invalid(e));
-            }
-            if path.as_ref().is_some_and(|p| p.len() > validate::MAX_PATH_LEN) {
-                return reject(Rejection::Invalid("path too long".into()));
-            }
-            let resource = Resource {
-                name: name.clone(),
-                kind: kind.clone(),
-                owner: owner.clone(),
-                version: 0,
-                content: None,
-                path: path.clone(),
-                metadata: metadata.clone(),
-                shares: Vec::new(),
-                registered_at_ms: *registered_at_ms,
-                updated_at_ms: *registered_at_ms,
-                mirror_of: None,
-            };
-            if !store_new(w, &resource)? {
-                // A mirror never holds a name against a local resource: names are this
-                // cluster's own, and a mirror (which a peer's push may have created) is a copy
-                // that gives way. Its content and files stay; only the record goes.
-                match load(w, name)? {
-                    Some(mirror) if mirror.mirror_of.is_some() => {
-                        remove(w, &mirror, *registered_at_ms)?;
-                        store_new(w, &resource)?;
-                    }
-                    _ => return reject(Rejection::ResourceExists(name.clone())),
-                }
-            }
-            record_change(
-                w,
+        } => register(
+            w,
+            Registration {
                 name,
-                ChangeKind::Registered,
-                None,
-                Some(&resource),
-                *registered_at_ms,
-            )?;
-            Ok(CommandResult::ResourceRegistered(resource))
-        }
+                kind,
+                owner,
+                path,
+                metadata,
+                registered_at_ms: *registered_at_ms,
+                content: None,
+            },
+        ),
+        Command::RegisterPublished {
+            name,
+            kind,
+            owner,
+            path,
+            metadata,
+            registered_at_ms,
+            content,
+        } => register(
+            w,
+            Registration {
+                name,
+                kind,
+                owner,
+                path,
+                metadata,
+                registered_at_ms: *registered_at_ms,
+                content: Some(content),
+            },
+        ),
         Command::UpdateMetadata {
             name,
             set,
@@ -458,6 +509,44 @@ mod tests {
             run(&db, register),
             CommandResult::Rejected(Rejection::ResourceExists("tools".into()))
         );
+    }
+
+    #[test]
+    fn a_registration_with_content_is_version_one_in_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("r.redb")).unwrap();
+        let register = |name: &str, content: &str| Command::RegisterPublished {
+            name: name.into(),
+            kind: "artifact".into(),
+            owner: "ci".into(),
+            path: Some("/srv/model.bin".into()),
+            metadata: Default::default(),
+            registered_at_ms: 5,
+            content: content.into(),
+        };
+        let r = match run(&db, register("model", "root")) {
+            CommandResult::ResourceRegistered(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((r.version, r.content.as_deref()), (1, Some("root")));
+        let read = db.begin_read().unwrap();
+        let (changes, _) = changes_after(&read, 0, 10).unwrap();
+        assert_eq!(changes.len(), 1, "one change: registered at version 1");
+        assert_eq!((changes[0].kind, changes[0].version), (ChangeKind::Registered, 1));
+        drop(read);
+        // Refused whole: a taken name, an empty or oversized root.
+        assert_eq!(
+            run(&db, register("model", "other")),
+            CommandResult::Rejected(Rejection::ResourceExists("model".into()))
+        );
+        for bad in [String::new(), "x".repeat(validate::MAX_CONTENT_LEN + 1)] {
+            assert!(matches!(
+                run(&db, register("other", &bad)),
+                CommandResult::Rejected(Rejection::Invalid(_))
+            ));
+        }
+        let read = db.begin_read().unwrap();
+        assert!(crate::state::get_resource(&read, "other").unwrap().is_none());
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl<'txn> StateWriter<'txn> {
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResult, CatalogError> {
         match cmd {
             Command::RegisterResource { .. }
+            | Command::RegisterPublished { .. }
             | Command::UpdateMetadata { .. }
             | Command::PublishResource { .. }
             | Command::RemoveResource { .. }

@@ -2,17 +2,20 @@
 //! they can be federated, and shows the whole subsystem side of the library API through
 //! `causeway::Client` (the control socket of a running daemon):
 //!
-//! - register each dashboard as kind `monitoring/dashboard`, owner `monitoring` (idempotent: a
-//!   dashboard that is already registered is kept, so the program can be run again),
-//! - update a metadata key, publish a new version, share the first dashboard with `public` as
-//!   read-only `pull`,
+//! - write each dashboard's definition to a JSON file and register it as kind
+//!   `monitoring/dashboard`, owner `monitoring`, with that file as its path: registering
+//!   publishes the file as version 1 ([`OnRegister::Publish`]), so a linked cluster it is shared
+//!   with can sync the definition at once (idempotent: a dashboard that is already registered
+//!   is kept, so the program can be run again),
+//! - update a metadata key; on a later run, write the definition again and publish it as a new
+//!   version; share the first dashboard with `public` as read-only `pull`,
 //! - list its dashboards back a page at a time,
 //! - follow the change feed until it has seen every change it made.
 //!
 //! Run it against a running node (`causeway run --data-dir DIR` in another terminal):
 //!
 //! ```text
-//! cargo run -p causeway --example monitoring -- --data-dir DIR dash-a dash-b
+//! cargo run -p causeway --example monitoring -- --data-dir DIR --dashboards DEFS dash-a dash-b
 //! ```
 //!
 //! `CAUSEWAY_DATA_DIR` may stand in for `--data-dir`. The integration test
@@ -27,7 +30,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use causeway::{
-    Client, ClientError,
+    Client, ClientError, OnRegister,
     api::{RegisterResource, ResourceView},
 };
 use clap::Parser;
@@ -48,7 +51,7 @@ pub struct Report {
     pub registered: Vec<String>,
     /// Dashboards that were already registered by an earlier run.
     pub already_registered: Vec<String>,
-    /// Each dashboard's version after this run published it.
+    /// Each dashboard's version after this run registered or published it.
     pub versions: BTreeMap<String, u64>,
     /// The dashboard shared with `public`, if any.
     pub shared: Option<String>,
@@ -68,18 +71,32 @@ fn dashboard_metadata(index: usize) -> BTreeMap<String, String> {
     ])
 }
 
-/// Registers `name`, or accepts it as already registered when it exists as one of ours.
-/// Returns whether this call registered it.
-async fn register(client: &mut Client, name: &str, index: usize) -> anyhow::Result<bool> {
+/// Writes the definition of dashboard `name` (what a peer that syncs it receives) to a file in
+/// `dir`, returning the file's absolute path.
+fn write_definition(dir: &Path, name: &str, index: usize) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let file = std::path::absolute(dir.join(format!("{name}.json")))?;
+    let mut definition = dashboard_metadata(index);
+    definition.insert("title".into(), name.to_string());
+    definition.insert("refresh".into(), "30s".into());
+    std::fs::write(&file, serde_json::to_vec_pretty(&definition)?)
+        .with_context(|| format!("write {}", file.display()))?;
+    Ok(file)
+}
+
+/// Registers `name` with its definition file, published as version 1, or accepts it as already
+/// registered when it exists as one of ours. Returns the version when this call registered it.
+async fn register(client: &mut Client, name: &str, index: usize, definition: &Path) -> anyhow::Result<Option<u64>> {
     let req = RegisterResource {
         name: name.to_string(),
         kind: KIND.to_string(),
         owner: OWNER.to_string(),
-        path: None,
+        path: Some(definition.display().to_string()),
         metadata: dashboard_metadata(index),
+        on_register: OnRegister::Publish,
     };
     match client.register_resource(req).await {
-        Ok(_) => Ok(true),
+        Ok(r) => Ok(Some(r.version)),
         Err(ClientError::Remote { kind, .. }) if kind == "conflict" => {
             let existing = client.show_resource(name).await?;
             if existing.kind != KIND || existing.owner != OWNER {
@@ -89,7 +106,7 @@ async fn register(client: &mut Client, name: &str, index: usize) -> anyhow::Resu
                     existing.owner
                 );
             }
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e).with_context(|| format!("register {name}")),
     }
@@ -112,8 +129,9 @@ async fn list_dashboards(client: &mut Client) -> anyhow::Result<(Vec<ResourceVie
     }
 }
 
-/// Runs the subsystem against the daemon of the node in `data_dir`.
-pub async fn run(data_dir: &Path, dashboards: &[&str]) -> anyhow::Result<Report> {
+/// Runs the subsystem against the daemon of the node in `data_dir`, keeping the dashboards'
+/// definition files in `definitions`.
+pub async fn run(data_dir: &Path, definitions: &Path, dashboards: &[&str]) -> anyhow::Result<Report> {
     let mut client = Client::connect(data_dir).await?;
     let id = client.id().await?;
     println!("connected to node {} of cluster {:?}", id.endpoint_id, id.cluster_name);
@@ -124,9 +142,13 @@ pub async fn run(data_dir: &Path, dashboards: &[&str]) -> anyhow::Result<Report>
     let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
 
     for (i, &name) in dashboards.iter().enumerate() {
-        if register(&mut client, name, i).await? {
-            println!("registered {name} ({KIND})");
+        let definition = write_definition(definitions, name, i)?;
+        let registered = register(&mut client, name, i, &definition).await?;
+        if let Some(version) = registered {
+            // Registering published the definition: a peer can sync it from now on.
+            println!("registered {name} ({KIND}) at version {version}");
             report.registered.push(name.to_string());
+            report.versions.insert(name.to_string(), version);
             expected.insert(("registered".into(), name.into()));
         } else {
             println!("{name} was already registered");
@@ -138,10 +160,13 @@ pub async fn run(data_dir: &Path, dashboards: &[&str]) -> anyhow::Result<Report>
         println!("set {name} refresh={}", r.metadata.get("refresh").map_or("?", |v| v));
         expected.insert(("metadata_updated".into(), name.into()));
 
-        let r = client.publish(name, None).await?;
-        println!("published {name} version {}", r.version);
-        report.versions.insert(name.to_string(), r.version);
-        expected.insert(("published".into(), name.into()));
+        if registered.is_none() {
+            // The definition file as written now becomes the next version.
+            let r = client.publish(name, None).await?;
+            println!("published {name} version {}", r.version);
+            report.versions.insert(name.to_string(), r.version);
+            expected.insert(("published".into(), name.into()));
+        }
     }
 
     if let Some(&first) = dashboards.first() {
@@ -194,16 +219,19 @@ struct Args {
     /// The node's data directory (its daemon must be running).
     #[arg(long, env = "CAUSEWAY_DATA_DIR")]
     data_dir: PathBuf,
+    /// Where the dashboards' definition files are written (and published from).
+    #[arg(long, default_value = "dashboards")]
+    dashboards: PathBuf,
     /// Dashboard names to register.
     #[arg(required = true)]
-    dashboards: Vec<String>,
+    names: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let names: Vec<&str> = args.dashboards.iter().map(String::as_str).collect();
-    match run(&args.data_dir, &names).await {
+    let names: Vec<&str> = args.names.iter().map(String::as_str).collect();
+    match run(&args.data_dir, &args.dashboards, &names).await {
         Ok(report) => {
             println!(
                 "done: {} registered, {} already registered, {} dashboards listed in {} page(s), {} changes seen",

@@ -63,6 +63,14 @@ pub struct ResourceView {
     pub updated_at_ms: u64,
 }
 
+impl ResourceView {
+    /// Whether a version was published: false for a resource registered without content (and
+    /// for the mirror of one), which has nothing to fetch yet.
+    pub fn has_version(&self) -> bool {
+        self.version > 0
+    }
+}
+
 impl From<causeway_catalog::Resource> for ResourceView {
     fn from(r: causeway_catalog::Resource) -> Self {
         Self {
@@ -142,10 +150,29 @@ pub struct RegisterResource {
     pub kind: String,
     #[serde(default)]
     pub owner: String,
+    /// The content on the node that serves the request: a file or directory (an artifact), a
+    /// bare repository (`forge/repo`). Absolute, or relative to the daemon's working directory.
     #[serde(default)]
     pub path: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// What registering does with `path`'s content (nothing without a path).
+    #[serde(default)]
+    pub on_register: OnRegister,
+}
+
+/// Whether a registration with a path publishes the path's current content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRegister {
+    /// Import the path's current content and record it as version 1 with the registration, so
+    /// a peer it is shared with can fetch it at once (a repository: its current refs as the
+    /// first bundle; one without refs stays at version 0 until its first push).
+    #[default]
+    Publish,
+    /// Record the resource at version 0 without content; the subsystem publishes later
+    /// (`resource publish`, or a push into a registered repository).
+    RecordOnly,
 }
 
 /// What `cluster join` reports.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::{IdInfo, RegisterResource, ResourceView};
+use crate::api::{IdInfo, OnRegister, RegisterResource, ResourceView};
 use crate::client::Client;
 use crate::config::{self, Config, DEFAULT_PORT, Discovery};
 use crate::datadir;
@@ -301,9 +301,15 @@ pub struct RegisterArgs {
     pub kind: String,
     #[arg(long)]
     pub name: String,
-    /// Local path of the resource's content (a file, directory or bare repository).
+    /// Local path of the resource's content (a file, directory or bare repository). Its
+    /// current content is imported and recorded as version 1 (a repository: its current refs),
+    /// so a peer it is shared with can sync it at once.
     #[arg(long)]
     pub path: Option<PathBuf>,
+    /// Record the resource at version 0 without importing the path's content; a later
+    /// `resource publish` (or a push into a registered repository) publishes it.
+    #[arg(long, requires = "path")]
+    pub no_publish: bool,
     #[arg(long, default_value = "")]
     pub owner: String,
     /// Metadata entries; repeatable.
@@ -324,6 +330,10 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NothingPublished>() => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_NOTHING_PUBLISHED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -726,6 +736,21 @@ fn link_json(l: &crate::federation::LinkView) -> serde_json::Value {
     })
 }
 
+/// Exit code of `sync NAME --from PEER` when PEER has published no version of NAME yet:
+/// `EX_TEMPFAIL`, "try again later", so a script tells it from a refusal (exit code 1).
+pub const EXIT_NOTHING_PUBLISHED: u8 = 75;
+
+/// The peer registered the resource but published no version yet: this cluster follows it and
+/// fetches the first version when it is published, but has nothing now.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name}: nothing published yet at {peer} (version 0); this cluster follows it and fetches the first version when it is published"
+)]
+pub struct NothingPublished {
+    pub name: String,
+    pub peer: String,
+}
+
 async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
     match &args.action {
         Some(SyncCommand::Status) => {
@@ -792,7 +817,15 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Result<()> {
             let r = result?;
             if cli.json {
                 print_json(&r)?;
-            } else {
+            }
+            if !r.has_version() {
+                return Err(NothingPublished {
+                    name: r.name,
+                    peer: from.clone(),
+                }
+                .into());
+            }
+            if !cli.json {
                 println!(
                     "{} is a mirror of {} at version {}",
                     r.name,
@@ -865,18 +898,51 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
             {
                 bail!("path {} does not exist", p.display());
             }
+            // The daemon resolves the path, from its own working directory: send it absolute.
+            let path = match &a.path {
+                Some(p) => Some(
+                    std::path::absolute(p)
+                        .with_context(|| format!("path {}", p.display()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
             let req = RegisterResource {
                 name: a.name.clone(),
                 kind: a.kind.clone(),
                 owner: a.owner.clone(),
-                path: a.path.as_ref().map(|p| p.display().to_string()),
+                path,
                 metadata: a.meta.iter().cloned().collect(),
+                on_register: if a.no_publish {
+                    OnRegister::RecordOnly
+                } else {
+                    OnRegister::Publish
+                },
             };
             let r = client(cli).await?.register_resource(req).await?;
             if cli.json {
                 print_json(&r)?;
-            } else {
+            } else if r.has_version() {
+                println!(
+                    "registered {} ({}) at version {}, content {}",
+                    r.name,
+                    r.kind,
+                    r.version,
+                    r.content.as_deref().unwrap_or("none")
+                );
+            } else if a.path.is_none() {
                 println!("registered {} ({})", r.name, r.kind);
+            } else if a.no_publish {
+                println!(
+                    "registered {} ({}) at version 0, not published: `causeway resource publish {}` publishes its content",
+                    r.name, r.kind, r.name
+                );
+            } else {
+                println!(
+                    "registered {} ({}) at version 0: the repository has no refs yet; its first push publishes version 1",
+                    r.name, r.kind
+                );
             }
         }
         ResourceCommand::List { after, limit } => {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::api::RegisterResource;
+use crate::api::{OnRegister, RegisterResource};
 use crate::config::{Config, Discovery};
 use crate::control::ControlServer;
 use crate::federation::health::LinkState;
@@ -169,9 +169,9 @@ pub async fn run(root: Option<PathBuf>, exit: bool) -> Result<()> {
                 owner: "forge".into(),
                 path: Some(repo.to_string_lossy().into_owned()),
                 metadata: Default::default(),
+                on_register: OnRegister::Publish,
             })
             .await?;
-        alpha.node.publish("shared-lib", None).await?;
         alpha
             .node
             .share("shared-lib", "beta", causeway_policy::ShareMode::Bidirectional, false)
@@ -193,9 +193,9 @@ pub async fn run(root: Option<PathBuf>, exit: bool) -> Result<()> {
             owner: "ci".into(),
             path: Some(artifact.to_string_lossy().into_owned()),
             metadata: Default::default(),
+            on_register: OnRegister::Publish,
         })
         .await?;
-    alpha.node.publish("release", None).await?;
     alpha
         .node
         .share("release", "beta", causeway_policy::ShareMode::Pull, true)
@@ -208,6 +208,7 @@ pub async fn run(root: Option<PathBuf>, exit: bool) -> Result<()> {
             owner: "ops".into(),
             path: None,
             metadata: Default::default(),
+            on_register: OnRegister::RecordOnly,
         })
         .await?;
     println!("    release (artifact, 4 MiB) → beta, pull read-only;  private-notes: not shared");

@@ -21,9 +21,11 @@ pub mod join;
 pub mod join_guard;
 pub mod node;
 pub mod progress;
+pub mod register;
 pub mod sharing;
 pub mod transfer;
 
+pub use api::OnRegister;
 pub use causeway_policy::ShareMode;
 pub use client::{Client, ClientError};
 pub use config::{Config, Discovery};

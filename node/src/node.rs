@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use causeway_catalog::{Command, CommandResult, Rejection};
+use causeway_catalog::{Command, CommandResult};
 use causeway_proto::{
     EndpointKey, InviteTicket, alpn,
     ticket::{MAX_TICKET_MEMBERS, TicketMember},
@@ -17,7 +17,7 @@ use causeway_proto::{
 use causeway_raft::{ClusterNode, MemberNode, RaftService, Role};
 use iroh::{Endpoint, protocol::Router};
 
-use crate::api::{ClusterStatusView, IdInfo, InviteView, MemberView, RegisterResource, ResourceView};
+use crate::api::{ClusterStatusView, IdInfo, InviteView, MemberView, ResourceView};
 use crate::config::Config;
 use crate::content::{ContentStore, access::guarded_events};
 use crate::datadir::{self, NodeState};
@@ -33,8 +33,7 @@ pub const MAX_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 /// Largest page of a list call.
 pub const MAX_LIST_PAGE: usize = causeway_catalog::state::MAX_PAGE;
-/// Longest local path stored with a resource.
-pub const MAX_PATH_LEN: usize = 4096;
+pub use crate::register::MAX_PATH_LEN;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -274,73 +273,6 @@ impl Node {
         Ok(())
     }
 
-    pub async fn register_resource(&self, req: RegisterResource) -> Result<ResourceView, NodeError> {
-        causeway_catalog::validate::resource_name(&req.name)
-            .and_then(|_| causeway_catalog::validate::kind(&req.kind))
-            .and_then(|_| causeway_catalog::validate::owner(&req.owner))
-            .and_then(|_| causeway_catalog::validate::metadata(&req.metadata))
-            .map_err(NodeError::Invalid)?;
-        let path = match &req.path {
-            None => None,
-            Some(p) => {
-                let canonical = std::fs::canonicalize(p)
-                    .map_err(|e| NodeError::Invalid(format!("path {p:?} cannot be used: {e}")))?;
-                let s = canonical.to_string_lossy().into_owned();
-                if s.len() > MAX_PATH_LEN {
-                    return Err(NodeError::Invalid(format!("path is longer than {MAX_PATH_LEN} bytes")));
-                }
-                Some(s)
-            }
-        };
-        let registered_at_ms = now_ms();
-        let (name, kind, owner) = (req.name.clone(), req.kind.clone(), req.owner.clone());
-        let result = self
-            .0
-            .cluster
-            .write(Command::RegisterResource {
-                name: req.name,
-                kind: req.kind,
-                owner: req.owner,
-                path,
-                metadata: req.metadata,
-                registered_at_ms,
-            })
-            .await?;
-        // A forward that failed after the leader committed is retried; the retry then finds
-        // our own registration. Recognize it by its timestamp and report success, once.
-        let result = match result {
-            CommandResult::Rejected(Rejection::ResourceExists(_)) => {
-                self.0.cluster.read_barrier().await?;
-                let existing = self
-                    .0
-                    .federation
-                    .read(|t| causeway_catalog::state::get_resource(t, &name))?;
-                match existing {
-                    Some(r) if r.registered_at_ms == registered_at_ms && r.kind == kind && r.owner == owner => {
-                        CommandResult::ResourceRegistered(r)
-                    }
-                    _ => CommandResult::Rejected(Rejection::ResourceExists(name)),
-                }
-            }
-            other => other,
-        };
-        match result {
-            CommandResult::ResourceRegistered(r) => {
-                if r.kind == "forge/repo"
-                    && let Some(path) = &r.path
-                {
-                    self.install_repo_hook(&r.name, std::path::Path::new(path));
-                }
-                Ok(r.into())
-            }
-            CommandResult::Rejected(Rejection::ResourceExists(n)) => {
-                Err(NodeError::Conflict(format!("a resource named {n:?} already exists")))
-            }
-            CommandResult::Rejected(r) => Err(NodeError::Invalid(r.to_string())),
-            other => Err(NodeError::Refused(format!("unexpected result {other:?}"))),
-        }
-    }
-
     /// A page of resources in name order, after `after`, read linearizably.
     pub async fn list_resources(&self, after: Option<String>, limit: usize) -> Result<Vec<ResourceView>, NodeError> {
         self.0.cluster.read_barrier().await?;
@@ -457,7 +389,10 @@ impl Node {
     }
 
     /// `sync NAME --from PEER`: the leader pulls the peer's current version and records the
-    /// mirror; it stays subscribed afterwards.
+    /// mirror; it stays subscribed afterwards. A resource the peer has published no version of
+    /// yet comes back at version 0 without content ([`ResourceView::has_version`] is false):
+    /// the mirror follows it, and its transfer reads `pending` with the reason
+    /// [`causeway_sync::status::NOTHING_PUBLISHED`] until the first version arrives.
     pub async fn sync_pull(&self, name: &str, peer: &str) -> Result<ResourceView, NodeError> {
         let mut v = crate::app::pull(&self.0.cluster, name, peer).await?;
         // The leader pulled; the path is where this node keeps the mirror.
@@ -480,23 +415,6 @@ impl Node {
 
     pub async fn link_remove(&self, peer: &str) -> Result<(), NodeError> {
         self.0.federation.remove_link(peer).await.map(|_| ())
-    }
-
-    /// Makes a `git push` into a registered repository publish a new version by itself: the
-    /// repository's post-receive hook calls this node's CLI in the background.
-    pub fn install_repo_hook(&self, name: &str, repo: &std::path::Path) {
-        let Ok(exe) = std::env::current_exe() else { return };
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-        let command = format!(
-            "{} --data-dir {} resource publish {} >/dev/null 2>&1 &",
-            quote(&exe.to_string_lossy()),
-            quote(&self.0.data_dir.to_string_lossy()),
-            quote(name)
-        );
-        match causeway_sync::git::install_notify_hook(repo, &command) {
-            Ok(()) => tracing::info!(resource = name, "installed the publish hook"),
-            Err(e) => tracing::warn!(resource = name, error = %e, "could not install the publish hook"),
-        }
     }
 
     /// Stops serving, stops Raft and closes the endpoint.

@@ -115,6 +115,16 @@ pub struct Mirroring {
     committing: Mutex<std::collections::BTreeSet<String>>,
 }
 
+/// A pull found the mirror at the origin's `version`: synced, unless the origin has published
+/// nothing yet (version 0), which the mirror follows but must not read as synced.
+fn arrived(t: &mut Transfer, version: u64, now_ms: u64) {
+    if version == 0 {
+        t.nothing_published(now_ms);
+    } else {
+        t.synced(version, now_ms);
+    }
+}
+
 fn direction_word(d: Direction) -> &'static str {
     match d {
         Direction::Pull => "pull",
@@ -175,7 +185,7 @@ impl Mirroring {
             && let Ok(Some(r)) = self.local_resource(name)
             && r.mirror_of.is_some_and(|o| o.to_string() == peer)
         {
-            t.synced(r.version, now);
+            arrived(&mut t, r.version, now);
         }
         t
     }
@@ -297,10 +307,14 @@ impl Mirroring {
             && local.content == entry.content
             && !(local.content.is_some() && self.mirror_missing(&origin, name, &local.kind))
         {
-            self.with_transfer(name, peer_label, Direction::Pull, |t| t.synced(local.version, now_ms()));
+            self.with_transfer(name, peer_label, Direction::Pull, |t| {
+                arrived(t, local.version, now_ms())
+            });
             return Ok(local);
         }
-        self.with_transfer(name, peer_label, Direction::Pull, |t| t.want(entry.version, now_ms()));
+        if entry.version > 0 {
+            self.with_transfer(name, peer_label, Direction::Pull, |t| t.want(entry.version, now_ms()));
+        }
         let mut refused: Option<String> = None;
         if let Some(root) = root {
             self.fetch_root(name, link, peer_label, entry.version, root).await?;
@@ -334,7 +348,7 @@ impl Mirroring {
             // Recorded (every other ref moved), but the divergent refs are reported, and stay so
             // when another pull finds the mirror already at this version.
             Some(problem) => t.refused(resource.version, problem, now_ms()),
-            None => t.synced(resource.version, now_ms()),
+            None => arrived(t, resource.version, now_ms()),
         });
         tracing::info!(resource = name, version = resource.version, origin = %origin, "mirror synced");
         Ok(resource)

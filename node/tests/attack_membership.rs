@@ -82,8 +82,7 @@ async fn a_removed_member_that_invited_the_others_is_refused_everything() {
     // b publishes content shared with nobody: only the members may fetch it.
     let src = h.path("private.bin");
     std::fs::write(&src, vec![9u8; 50_000]).expect("write");
-    nodes[1].register_artifact("private", &src);
-    let root = nodes[1].json(&["resource", "publish", "private"])["content"]
+    let root = nodes[1].register_artifact("private", &src)["content"]
         .as_str()
         .expect("root")
         .to_string();

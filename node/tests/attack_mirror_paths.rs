@@ -59,11 +59,9 @@ fn share_with_b(a: &NodeProc, name: &str) {
     assert!(out.status.success(), "share {name}: {}", stderr(&out));
 }
 
-/// Registers, publishes and shares the file or directory at `path` as `name` on `a`.
+/// Registers (and so publishes) and shares the file or directory at `path` as `name` on `a`.
 fn offer_artifact(a: &NodeProc, name: &str, path: &Path) {
     a.register_artifact(name, path);
-    let out = a.cli(&["resource", "publish", name]);
-    assert!(out.status.success(), "publish {name}: {}", stderr(&out));
     share_with_b(a, name);
 }
 
@@ -118,7 +116,6 @@ fn names_nested_in_a_repository_mirror_cannot_change_it() {
         origin.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(a.cli(&["resource", "publish", "foo"]).status.success());
     share_with_b(&a, "foo");
     let bar = h.path("bar.bin");
     std::fs::write(&bar, b"an unrelated mirror").unwrap();

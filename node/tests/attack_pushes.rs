@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// Registers a file of `len` bytes as the artifact `name` on `node`, publishes it and shares
-/// it with `peer` under a push share.
+/// Registers a file of `len` bytes as the artifact `name` on `node` (which publishes it) and
+/// shares it with `peer` under a push share.
 fn push_artifact(h: &Harness, node: &NodeProc, name: &str, len: usize, peer: &str) {
     let path = h.path(&format!("{name}.bin"));
     std::fs::write(&path, vec![name.len() as u8; len]).expect("write artifact");
     node.register_artifact(name, &path);
-    assert!(node.cli(&["resource", "publish", name]).status.success());
     let out = node.cli(&["share", name, "--with", peer, "--mode", "push"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -190,7 +189,6 @@ fn removing_a_link_stops_a_running_pull_from_that_peer() {
     let path = h.path("big.bin");
     std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
     a.register_artifact("big", &path);
-    assert!(a.cli(&["resource", "publish", "big"]).status.success());
     assert!(
         a.cli(&["share", "big", "--with", "b", "--mode", "pull"])
             .status

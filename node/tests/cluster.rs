@@ -371,6 +371,7 @@ fn concurrent_writes_on_every_member_replicate_as_shared_entries() {
                             owner: "tests".into(),
                             path: None,
                             metadata: Default::default(),
+                            on_register: causeway::OnRegister::RecordOnly,
                         };
                         let r = client.register_resource(request).await.expect("register");
                         assert_eq!(r.name, name, "each writer gets its own command's result");

@@ -36,8 +36,7 @@ async fn a_member_cut_off_from_its_majority_serves_peers_nothing() {
     let member = isolated[0];
     let src = h.path("report.bin");
     std::fs::write(&src, vec![7u8; 100_000]).expect("write");
-    nodes[0].register_artifact("report", &src);
-    let root = nodes[0].json(&["resource", "publish", "report"])["content"]
+    let root = nodes[0].register_artifact("report", &src)["content"]
         .as_str()
         .expect("root")
         .to_string();
@@ -114,7 +113,6 @@ fn a_restarted_mirror_reads_its_recorded_version_and_follows_a_re_registered_ori
     let src = h.path("v.bin");
     std::fs::write(&src, b"first").expect("write");
     a.register_artifact("v", &src);
-    assert!(a.cli(&["resource", "publish", "v"]).status.success());
     std::fs::write(&src, b"second").expect("write");
     assert!(a.cli(&["resource", "publish", "v"]).status.success());
     assert!(a.cli(&["share", "v", "--with", "b", "--mode", "pull"]).status.success());
@@ -137,8 +135,7 @@ fn a_restarted_mirror_reads_its_recorded_version_and_follows_a_re_registered_ori
     wait_pinned(&b, "a");
     assert!(a.cli(&["resource", "remove", "v"]).status.success());
     std::fs::write(&src, b"third, a new resource").expect("write");
-    a.register_artifact("v", &src);
-    let fresh = a.json(&["resource", "publish", "v"]);
+    let fresh = a.register_artifact("v", &src);
     assert_eq!(fresh["version"], 1);
     assert!(a.cli(&["share", "v", "--with", "b", "--mode", "pull"]).status.success());
     let file = b.dir.join("mirrors").join(cluster_id(&a)).join("artifacts").join("v");

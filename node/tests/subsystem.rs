@@ -44,6 +44,7 @@ fn request(name: &str, kind: &str) -> RegisterResource {
         owner: "tests".into(),
         path: None,
         metadata: BTreeMap::new(),
+        on_register: causeway::OnRegister::RecordOnly,
     }
 }
 
@@ -87,8 +88,9 @@ fn monitoring_example_registers_dashboards_idempotently() {
     node.start();
     let rt = runtime();
 
+    let defs = h.path("dashboards");
     let first = rt
-        .block_on(monitoring::run(&node.dir, &["cpu", "latency"]))
+        .block_on(monitoring::run(&node.dir, &defs, &["cpu", "latency"]))
         .expect("first run");
     assert_eq!(first.registered, ["cpu", "latency"]);
     assert!(first.already_registered.is_empty());
@@ -98,7 +100,9 @@ fn monitoring_example_registers_dashboards_idempotently() {
     );
     assert_eq!(first.shared.as_deref(), Some("cpu"));
     assert_eq!(first.listed, ["cpu", "latency"]);
-    assert_eq!(first.seen_changes.len(), 7, "{:?}", first.seen_changes);
+    // Registered (at version 1: registering published the definition) and metadata, twice;
+    // the share.
+    assert_eq!(first.seen_changes.len(), 5, "{:?}", first.seen_changes);
 
     let rows = node.json(&["resource", "list"]);
     assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
@@ -106,6 +110,7 @@ fn monitoring_example_registers_dashboards_idempotently() {
     assert_dashboard(row(&rows, "latency"), 1);
     let cpu = node.json(&["resource", "show", "cpu"]);
     assert_dashboard(&cpu, 1);
+    assert!(cpu["content"].is_string(), "the definition is published: {cpu}");
     assert_eq!(
         cpu["shares"],
         serde_json::json!([{ "with": "public", "mode": "pull", "read_only": true }])
@@ -115,7 +120,7 @@ fn monitoring_example_registers_dashboards_idempotently() {
 
     // Again: nothing is registered twice, each dashboard gets one more version.
     let second = rt
-        .block_on(monitoring::run(&node.dir, &["cpu", "latency"]))
+        .block_on(monitoring::run(&node.dir, &defs, &["cpu", "latency"]))
         .expect("second run");
     assert!(second.registered.is_empty(), "{second:?}");
     assert_eq!(second.already_registered, ["cpu", "latency"]);
@@ -142,7 +147,7 @@ fn monitoring_example_registers_dashboards_idempotently() {
     // A name some other subsystem owns is not taken over.
     node.register("disk");
     let err = rt
-        .block_on(monitoring::run(&node.dir, &["disk"]))
+        .block_on(monitoring::run(&node.dir, &defs, &["disk"]))
         .expect_err("disk is an artifact");
     assert!(err.to_string().contains("not as a monitoring dashboard"), "{err:#}");
     assert!(node.stop(), "daemon exits cleanly: {}", node.log());

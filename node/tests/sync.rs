@@ -48,8 +48,8 @@ fn artifact_reaches_the_cluster_it_is_shared_with_and_no_other() {
 
     let src = h.path("big.bin");
     let data = write_random(&src, 64 << 20, 7);
-    a.register_artifact("big", &src);
-    let published = a.json(&["resource", "publish", "big"]);
+    // Registering publishes the file as version 1.
+    let published = a.register_artifact("big", &src);
     assert_eq!(published["version"], 1);
     let root = published["content"].as_str().unwrap().to_string();
     let out = a.cli(&["share", "big", "--with", "b", "--mode", "pull", "--read-only"]);
@@ -99,8 +99,7 @@ async fn blob_requests_are_refused_unless_policy_allows() {
     a.start();
     let src = h.path("secret.bin");
     write_random(&src, 200_000, 3);
-    a.register_artifact("secret", &src);
-    let root = a.json(&["resource", "publish", "secret"])["content"]
+    let root = a.register_artifact("secret", &src)["content"]
         .as_str()
         .unwrap()
         .to_string();
@@ -132,7 +131,6 @@ fn tampered_content_is_rejected_and_an_interrupted_pull_completes_later() {
     let src = h.path("t.bin");
     let data = write_random(&src, 8 << 20, 11);
     a.register_artifact("t", &src);
-    assert!(a.cli(&["resource", "publish", "t"]).status.success());
     assert!(
         a.cli(&["share", "t", "--with", "linked", "--mode", "pull"])
             .status
@@ -197,7 +195,6 @@ fn a_transfer_cut_by_killing_the_source_resumes_from_verified_bytes() {
     let src = h.path("huge.bin");
     let data = write_random(&src, 128 << 20, 5);
     a.register_artifact("huge", &src);
-    assert!(a.cli(&["resource", "publish", "huge"]).status.success());
     assert!(
         a.cli(&["share", "huge", "--with", "b", "--mode", "pull"])
             .status
@@ -266,7 +263,6 @@ fn every_member_of_the_receiving_cluster_gets_the_content() {
     let src = h.path("shared.bin");
     let data = write_random(&src, 3 << 20, 9);
     a.register_artifact("shared", &src);
-    assert!(a.cli(&["resource", "publish", "shared"]).status.success());
     assert!(
         a.cli(&["share", "shared", "--with", "b", "--mode", "pull"])
             .status
@@ -302,8 +298,7 @@ fn a_directory_artifact_arrives_as_the_same_tree() {
     std::fs::write(tree.join("index.html"), "<h1>hi</h1>").unwrap();
     std::fs::write(tree.join("assets/app.js"), "console.log(1)").unwrap();
     let big = write_random(&tree.join("assets/img/logo.bin"), 300_000, 4);
-    a.register_artifact("site", &tree);
-    let v = a.json(&["resource", "publish", "site"]);
+    let v = a.register_artifact("site", &tree);
     assert!(
         v["content"].as_str().unwrap().starts_with('s'),
         "a directory is a collection: {v}"
@@ -335,7 +330,6 @@ fn sync_without_from_follows_the_mirrors_origin() {
     let src = h.path("f.bin");
     write_random(&src, 10_000, 1);
     a.register_artifact("f", &src);
-    assert!(a.cli(&["resource", "publish", "f"]).status.success());
     assert!(a.cli(&["share", "f", "--with", "b", "--mode", "pull"]).status.success());
     let out = b.cli(&["sync", "f"]);
     assert!(stderr(&out).contains("--from PEER"), "{}", stderr(&out));

@@ -2,7 +2,8 @@
 //!
 //! One [`Transfer`] tracks one `(resource, peer, direction)`. The caller feeds it events
 //! ([`Transfer::want`], [`Transfer::start`], [`Transfer::progress`], [`Transfer::synced`],
-//! [`Transfer::refused`], [`Transfer::failed`], [`Transfer::denied`]) with the current time in
+//! [`Transfer::nothing_published`], [`Transfer::refused`], [`Transfer::failed`],
+//! [`Transfer::denied`]) with the current time in
 //! milliseconds, and reads a [`TransferStatus`] for any time with [`Transfer::status`]. Nothing here reads a clock, so the
 //! simulator can drive it with simulated time.
 //!
@@ -31,6 +32,10 @@
 //!   `bytes_done`). The transfer reads `synced` only when no newer version is wanted; otherwise it
 //!   reads `pending` and the lag keeps counting. A `synced(v)` that arrives while a transfer of a
 //!   newer version is running records `v` but leaves that transfer `transferring`.
+//! * **Nothing published.** `nothing_published` says the origin has no version of the resource
+//!   yet (it registered it without content): the transfer reads `pending` with the reason
+//!   [`NOTHING_PUBLISHED`], never `synced`, with nothing wanted (lag 0). It is taken in any
+//!   state, like `failed`; a `want`, `start` or `synced` of a version ends it.
 //! * **Failures.** `failed` and `denied` are taken in any state (an explicit outcome of the latest
 //!   attempt); they stay until the next `start` or `synced`. A `want` does not hide them.
 //! * **Refused.** `refused(v)` is a version recorded with part of it refused (a git mirror that
@@ -51,6 +56,9 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// The reason a transfer reads `pending` while its origin has published no version yet.
+pub const NOTHING_PUBLISHED: &str = "nothing published yet";
 
 /// Which way content moves, seen from this cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -154,6 +162,8 @@ pub struct TransferStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Pending,
+    /// The origin has no version yet: reads `pending`, with [`NOTHING_PUBLISHED`].
+    NothingPublished,
     Transferring,
     Synced,
     Failed,
@@ -256,7 +266,7 @@ impl Transfer {
         {
             self.wanted.push_front((v1, t0.min(t1)));
         }
-        if self.phase == Phase::Synced {
+        if matches!(self.phase, Phase::Synced | Phase::NothingPublished) {
             self.phase = Phase::Pending;
         }
     }
@@ -322,6 +332,16 @@ impl Transfer {
         };
     }
 
+    /// The origin has no version of the resource yet: nothing to fetch, and nothing synced.
+    pub fn nothing_published(&mut self, now_ms: u64) {
+        self.touch(now_ms);
+        // The origin has nothing we lack, so nothing is wanted and nothing lags.
+        self.wanted.clear();
+        self.phase = Phase::NothingPublished;
+        self.attempt = None;
+        self.reason = None;
+    }
+
     /// The latest attempt failed.
     pub fn failed(&mut self, reason: String, now_ms: u64) {
         self.touch(now_ms);
@@ -363,6 +383,7 @@ impl Transfer {
         let synced = self.synced.unwrap_or(0);
         let (state, version, reason) = match self.phase {
             Phase::Pending => (TransferState::Pending, synced, None),
+            Phase::NothingPublished => (TransferState::Pending, synced, Some(NOTHING_PUBLISHED.to_string())),
             Phase::Synced => (TransferState::Synced, synced, None),
             Phase::Transferring => {
                 let version = self.attempt.unwrap_or(synced);
@@ -577,6 +598,27 @@ mod tests {
         t.start(6, None, 9_000);
         t.synced(6, 9_500);
         assert_eq!(t.status(9_500, &CFG).state, TransferState::Synced);
+    }
+
+    #[test]
+    fn nothing_published_reads_pending_with_the_reason_until_a_version_comes() {
+        let mut t = t0();
+        t.want(2, 1_000);
+        t.nothing_published(2_000);
+        let s = t.status(3_000, &CFG);
+        assert_eq!((s.state, s.version, s.lag_ms), (TransferState::Pending, 0, 0));
+        assert_eq!(s.reason.as_deref(), Some(NOTHING_PUBLISHED));
+        // It replaces an earlier outcome, as the latest attempt's.
+        t.failed("unreachable".into(), 3_000);
+        t.nothing_published(4_000);
+        assert_eq!(t.status(4_000, &CFG).reason.as_deref(), Some(NOTHING_PUBLISHED));
+        // The origin publishes version 1: pending for it, without the reason, then synced.
+        t.want(1, 5_000);
+        let s = t.status(5_500, &CFG);
+        assert_eq!((s.state, s.reason, s.lag_ms), (TransferState::Pending, None, 500));
+        t.start(1, Some(10), 6_000);
+        t.synced(1, 7_000);
+        assert_eq!(t.status(7_000, &CFG).state, TransferState::Synced);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Properties of the transfer status machine under random event sequences and simulated time.
 
-use causeway_sync::status::{Direction, StatusConfig, Transfer, TransferState};
+use causeway_sync::status::{Direction, NOTHING_PUBLISHED, StatusConfig, Transfer, TransferState};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -12,6 +12,7 @@ enum Op {
     Synced(u64),
     Failed,
     Denied,
+    NothingPublished,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -23,6 +24,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..8).prop_map(Op::Synced),
         1 => Just(Op::Failed),
         1 => Just(Op::Denied),
+        1 => Just(Op::NothingPublished),
     ]
 }
 
@@ -89,6 +91,11 @@ proptest! {
                 }
                 Op::Failed => t.failed("boom".into(), now),
                 Op::Denied => t.denied("no".into(), now),
+                Op::NothingPublished => {
+                    t.nothing_published(now);
+                    // The origin has nothing: nothing it had before is wanted any more.
+                    m.wants.clear();
+                }
             }
             for extra in probes.iter().copied().chain([0]) {
                 let at = now + extra;
@@ -118,6 +125,11 @@ proptest! {
                 }
                 if matches!(s.state, TransferState::Synced | TransferState::Transferring) {
                     prop_assert!(s.reason.is_none());
+                }
+                // A pending transfer gives a reason only when the origin has published nothing.
+                if s.state == TransferState::Pending && s.reason.is_some() {
+                    prop_assert_eq!(s.reason.as_deref(), Some(NOTHING_PUBLISHED));
+                    prop_assert_eq!(s.lag_ms, 0);
                 }
             }
         }

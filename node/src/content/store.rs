@@ -241,6 +241,11 @@ impl ContentStore {
         self.store.sync_db().await.map_err(err)
     }
 
+    /// Drops the tag `tag` (the content stays until nothing holds it).
+    pub async fn untag(&self, tag: &str) -> Result<(), NodeError> {
+        self.store.tags().delete(tag).await.map_err(err).map(|_| ())
+    }
+
     /// Writes a complete blob to `target` (atomically: temp file, then rename).
     pub async fn export_blob(&self, root: HashAndFormat, target: &Path) -> Result<(), NodeError> {
         if let Some(dir) = target.parent() {

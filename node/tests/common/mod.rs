@@ -212,13 +212,13 @@ impl NodeProc {
     }
 
     /// Rewrites this node's config file through `f` (the node must be stopped).
-    /// Registers the file or directory at `path` as the artifact `name`.
-    pub fn register_artifact(&self, name: &str, path: &Path) {
+    /// Registers the file or directory at `path` as the artifact `name`, which publishes its
+    /// content as version 1; returns the registered resource.
+    pub fn register_artifact(&self, name: &str, path: &Path) -> Value {
         let path = path.to_str().expect("utf-8 path");
-        let out = self.cli(&[
+        self.json(&[
             "resource", "register", "--kind", "artifact", "--name", name, "--path", path,
-        ]);
-        assert!(out.status.success(), "register {name}: {}", stderr(&out));
+        ])
     }
 
     pub fn edit_config(&self, f: impl FnOnce(&mut causeway::Config)) {

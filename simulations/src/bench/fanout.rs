@@ -208,6 +208,7 @@ async fn run_rounds(plan: &FanoutPlan, sizes: &[usize], clusters: &[LocalCluster
             owner: "bench".into(),
             path: None,
             metadata: Default::default(),
+            on_register: causeway::OnRegister::RecordOnly,
         })
         .await?;
     origin.share(RESOURCE, "linked", ShareMode::Pull, true).await?;

@@ -461,6 +461,7 @@ async fn first_sync(pair: &Pair, repo: &Path, want: &RefMap) -> Result<FirstSync
             owner: "bench".into(),
             path: Some(path_str(repo)?.to_string()),
             metadata: Default::default(),
+            on_register: causeway::OnRegister::RecordOnly,
         })
         .await?;
     remove_publish_hook(repo)?;

@@ -350,6 +350,7 @@ async fn causeway_pull(pair: &Pair, name: &str, file: &Path, len: usize) -> Resu
             owner: "bench".into(),
             path: Some(path_str(file)?.to_string()),
             metadata: Default::default(),
+            on_register: causeway::OnRegister::RecordOnly,
         })
         .await?;
     pair.a.publish(name, None).await?;
@@ -410,6 +411,7 @@ async fn first_sync(pair: &Pair, kind: &str, path: &Path) -> Result<ClusterId> {
             owner: "bench".into(),
             path: Some(path_str(path)?.to_string()),
             metadata: Default::default(),
+            on_register: causeway::OnRegister::RecordOnly,
         })
         .await?;
     if kind == "forge/repo" {

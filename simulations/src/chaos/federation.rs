@@ -173,7 +173,6 @@ fn build(round: &mut Round) -> Result<World> {
                 "resource", "register", "--kind", "artifact", "--name", name, "--path", path,
             ],
         )?;
-        cli_ok(o, &["resource", "publish", name])?;
         cli_ok(o, &["share", name, "--with", "peer", "--mode", "pull"])?;
     }
     // The private file: a marker at the start and every 4 KiB, so any fragment of it is found.
@@ -199,7 +198,6 @@ fn build(round: &mut Round) -> Result<World> {
             path,
         ],
     )?;
-    cli_ok(o, &["resource", "publish", &names.private])?;
     let origin_id = o.cluster_id.clone();
     Ok(World {
         origin,

@@ -291,7 +291,6 @@ fn exercise(round: &mut Round, net: &Net, nodes: &[Node], report: &mut Report) -
     if !ran.ok() {
         bail!("register on {}: {}", a.name, ran.error_line());
     }
-    publish(a, &art.name)?;
     a.json(&["share", &art.name, "--with", "east", "--mode", "pull"], CLI_TIMEOUT)?;
     b.json(&["sync", &art.name, "--from", "west"], Duration::from_secs(60))?;
     wait_mirror(b, &a.cluster_id, &art.name, 1, &v1, Duration::from_secs(30))?;
