@@ -928,7 +928,19 @@ async fn resource(cli: &Cli, cmd: &ResourceCommand) -> Result<()> {
                     OnRegister::Publish
                 },
             };
-            let r = client(cli).await?.register_resource(req).await?;
+            // Importing a large file or directory takes a while: shown as it goes.
+            let progress = match cli.json || req.path.is_none() || a.no_publish {
+                true => None,
+                false => Some(Follower::start(
+                    &a.name,
+                    progress::import_samples(client(cli).await?, a.name.clone()),
+                )),
+            };
+            let result = client(cli).await?.register_resource(req).await;
+            if let Some(p) = progress {
+                p.stop().await;
+            }
+            let r = result?;
             if cli.json {
                 print_json(&r)?;
             } else if r.has_version() {

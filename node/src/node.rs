@@ -373,7 +373,11 @@ impl Node {
     /// The import running for resource `name` on this node (its content is imported under the
     /// tag `res/NAME`), if any.
     pub fn import_status(&self, name: &str) -> Option<crate::content::imports::ImportView> {
-        self.content().imports().get(&format!("res/{name}"))
+        // A publish imports under the resource's tag, a registration under a tag of its attempt.
+        let imports = self.content().imports();
+        imports
+            .get(&format!("res/{name}"))
+            .or_else(|| imports.find(|tag| crate::register::attempt_tag_names(tag).is_some_and(|n| n == name)))
     }
 
     pub fn content(&self) -> &ContentStore {

@@ -29,6 +29,20 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// The kind whose path is a bare git repository, published as bundles.
 const REPO_KIND: &str = "forge/repo";
 
+/// The tag that holds a registration's content until the resource's own tag does.
+fn attempt_tag(registered_at_ms: u64, name: &str) -> String {
+    format!("{ATTEMPT_TAG_PREFIX}{registered_at_ms}/{name}")
+}
+
+/// The resource name a registration attempt's tag was made for.
+pub fn attempt_tag_names(tag: &str) -> Option<&str> {
+    let rest = tag.strip_prefix(ATTEMPT_TAG_PREFIX)?;
+    rest.split_once('/').map(|(_, name)| name)
+}
+
+/// Where registration attempts' tags start.
+const ATTEMPT_TAG_PREFIX: &str = "register/";
+
 /// The same error, its message prefixed with what was being done.
 fn context(e: NodeError, what: &str) -> NodeError {
     match e {
@@ -66,7 +80,7 @@ impl Node {
         };
         let publish = path.is_some() && req.on_register == OnRegister::Publish;
         let registered_at_ms = now_ms();
-        let attempt_tag = format!("register/{registered_at_ms}/{}", req.name);
+        let attempt_tag = attempt_tag(registered_at_ms, &req.name);
         let first = match &path {
             Some(path) if publish => {
                 self.refuse_taken_name(&req.name).await?;
@@ -224,5 +238,17 @@ impl Node {
             Ok(()) => tracing::info!(resource = name, "installed the publish hook"),
             Err(e) => tracing::warn!(resource = name, error = %e, "could not install the publish hook"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_tag_names_its_resource_even_with_slashes() {
+        assert_eq!(attempt_tag_names(&attempt_tag(17, "model")), Some("model"));
+        assert_eq!(attempt_tag_names(&attempt_tag(17, "team/a/b")), Some("team/a/b"));
+        assert_eq!(attempt_tag_names("res/model"), None);
     }
 }

@@ -62,6 +62,14 @@ impl Imports {
     pub fn get(&self, tag: &str) -> Option<ImportView> {
         self.table().get(tag).cloned()
     }
+
+    /// A running import whose tag `matches`, if any (the table is bounded, so this is cheap).
+    pub fn find(&self, matches: impl Fn(&str) -> bool) -> Option<ImportView> {
+        self.table()
+            .iter()
+            .find(|(tag, _)| matches(tag))
+            .map(|(_, v)| v.clone())
+    }
 }
 
 /// The current file's two phases, in bytes.
