@@ -263,7 +263,7 @@ fn publish_of_a_large_file_shows_its_import() {
         assert!(l.starts_with("big: importing "), "{l}");
         assert!(l.contains(&format!(" / {size} bytes (")), "{l}");
     }
-    assert!(stdout(&out).contains("published big version 1"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("published big version 2"), "{}", stdout(&out));
 }
 
 /// Kills the demo's restarted nodes when the test ends, however it ends.
