@@ -43,6 +43,12 @@ impl PeerEntry {
         {
             return Err("content root too long".into());
         }
+        // Version 0 is a resource with nothing published: an origin never pairs it with
+        // content, and a peer that does would have it fetched yet reported as "nothing
+        // published".
+        if self.version == 0 && self.content.is_some() {
+            return Err("version 0 with a content root".into());
+        }
         Ok(())
     }
 }
@@ -312,6 +318,16 @@ mod tests {
         card::{CardMember, ClusterCard, SignedCard, cluster_id_of},
     };
     use redb::{Database, ReadableDatabase};
+
+    #[test]
+    fn version_zero_with_content_is_refused() {
+        let mut e = entry("x", 0);
+        assert!(e.validate().is_ok());
+        e.content = Some("c".into());
+        assert!(e.validate().is_err());
+        e.version = 1;
+        assert!(e.validate().is_ok());
+    }
 
     fn entry(name: &str, version: u64) -> PeerEntry {
         PeerEntry {

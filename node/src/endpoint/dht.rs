@@ -21,6 +21,7 @@ pub(super) async fn lookup(secret: SecretKey, bootstrap: Option<Vec<String>>) ->
     }
     tokio::task::spawn_blocking(move || {
         let mut dht = n0_mainline::DhtBuilder::default();
+        dht.server_settings(client_only_settings());
         if let Some(nodes) = &bootstrap {
             dht.bootstrap(nodes);
         }
@@ -33,4 +34,47 @@ pub(super) async fn lookup(secret: SecretKey, bootstrap: Option<Vec<String>>) ->
     })
     .await
     .map_err(|e| format!("DHT client setup stopped: {e}"))?
+}
+
+/// The DHT client's server side, should it ever switch to it (the library turns adaptive nodes
+/// into servers once their address looks publicly reachable, which a peer's answers can make it
+/// believe): refuse every request and store nothing. A node needs the DHT only as a client, and
+/// serving it would let strangers fill its memory and use it as a reflector.
+fn client_only_settings() -> n0_mainline::ServerSettings {
+    n0_mainline::ServerSettings {
+        max_info_hashes: 1,
+        max_peers_per_info_hash: 1,
+        max_immutable_values: 1,
+        max_mutable_values: 1,
+        filter: Box::new(RefuseAll),
+    }
+}
+
+/// Answers no DHT request.
+#[derive(Clone, Debug)]
+struct RefuseAll;
+
+impl n0_mainline::RequestFilter for RefuseAll {
+    fn allow_request(&self, _request: &n0_mainline::RequestSpecific, _from: std::net::SocketAddrV4) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_side_stores_next_to_nothing() {
+        let s = client_only_settings();
+        assert_eq!(
+            (
+                s.max_info_hashes,
+                s.max_peers_per_info_hash,
+                s.max_immutable_values,
+                s.max_mutable_values
+            ),
+            (1, 1, 1, 1)
+        );
+    }
 }

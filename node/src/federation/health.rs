@@ -150,7 +150,7 @@ impl LinkHealth {
             self.in_flight = None;
         }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        self.last_error = Some(reason.to_string());
+        self.last_error = Some(printable_reason(reason));
     }
 
     /// Active only while acknowledgements keep arriving; so a dead peer reads `failing` at most
@@ -180,6 +180,29 @@ impl LinkHealth {
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
+}
+
+/// Longest failure reason kept for a link (a peer's refusal text comes from the peer).
+pub const MAX_REASON_LEN: usize = 512;
+
+/// A reason as it may be shown on an admin's terminal: control characters escaped (a peer
+/// chooses its refusal text, and escape sequences could forge output), cut to
+/// [`MAX_REASON_LEN`] bytes.
+pub fn printable_reason(reason: &str) -> String {
+    let mut out = String::new();
+    for c in reason.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.into()
+        };
+        if out.len() + piece.len() > MAX_REASON_LEN {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -242,6 +265,14 @@ mod tests {
         }
         assert_eq!(h.state(300, &CFG), LinkState::Failing);
         assert_eq!(h.last_error(), Some("connection refused"));
+    }
+
+    #[test]
+    fn a_reason_from_a_peer_cannot_drive_the_terminal_nor_grow_without_bound() {
+        let r = printable_reason(&format!("\x1b[2K\rlinked{}", "x".repeat(100_000)));
+        assert!(!r.chars().any(char::is_control), "{r}");
+        assert!(r.len() <= MAX_REASON_LEN + '…'.len_utf8());
+        assert!(r.starts_with("\\u{1b}[2K\\r"), "{r}");
     }
 
     #[test]
