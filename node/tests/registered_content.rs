@@ -60,6 +60,26 @@ fn refs(repo: &Path) -> String {
     )
 }
 
+/// The refs of `repo` if it is a readable repository now: a mirror being written into place
+/// is not yet, and a poll must not fail on that.
+fn refs_if_ready(repo: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .args([
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads",
+            "refs/tags",
+        ])
+        .current_dir(repo)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn commit(work: &Path, file: &str, text: &str) {
     std::fs::write(work.join(file), text).unwrap();
     git(work, &["add", "."]);
@@ -214,7 +234,7 @@ fn a_repository_registered_with_a_path_is_synced_at_once_with_the_same_refs() {
     git(&work, &["push", "-q", empty.to_str().unwrap(), "main"]);
     let empty_mirror = repos.join("empty.git");
     wait_for("the first push at b", || {
-        (empty_mirror.exists() && refs(&empty_mirror) == refs(&empty)).then_some(())
+        (refs_if_ready(&empty_mirror)? == refs(&empty)).then_some(())
     });
 }
 
