@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -23,61 +22,23 @@ fn pull_row(node: &NodeProc, name: &str) -> Option<Value> {
         .cloned()
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Every branch and tag of the bare repository `repo`, as `OBJECT REF` lines.
 fn refs(repo: &Path) -> String {
-    git(
-        repo,
-        &[
-            "for-each-ref",
-            "--format=%(objectname) %(refname)",
-            "refs/heads",
-            "refs/tags",
-        ],
-    )
+    git(repo, &REFS_ARGS)
 }
+
+/// Lists every branch and tag as `OBJECT REF` lines.
+const REFS_ARGS: [&str; 4] = [
+    "for-each-ref",
+    "--format=%(objectname) %(refname)",
+    "refs/heads",
+    "refs/tags",
+];
 
 /// The refs of `repo` if it is a readable repository now: a mirror being written into place
 /// is not yet, and a poll must not fail on that.
 fn refs_if_ready(repo: &Path) -> Option<String> {
-    let out = Command::new("git")
-        .args([
-            "for-each-ref",
-            "--format=%(objectname) %(refname)",
-            "refs/heads",
-            "refs/tags",
-        ])
-        .current_dir(repo)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    try_git(repo, &REFS_ARGS)
 }
 
 fn commit(work: &Path, file: &str, text: &str) {

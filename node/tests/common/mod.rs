@@ -535,3 +535,40 @@ pub fn cluster_id(node: &NodeProc) -> String {
         .expect("cluster_id")
         .to_string()
 }
+
+/// Runs git in `dir` with a fixed identity and no user or system config, or `None` when it
+/// fails (a repository still being written into place, say).
+pub fn try_git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = git_command(dir, args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs git in `dir` as [`try_git`] does, failing the test with git's message when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_command(dir, args).output().expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn git_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args([
+        "-c",
+        "user.name=Test",
+        "-c",
+        "user.email=test@example.com",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .args(args)
+    .current_dir(dir)
+    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    .env("GIT_CONFIG_NOSYSTEM", "1");
+    cmd
+}
